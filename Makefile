@@ -1,0 +1,41 @@
+# flow-auditor — every target creates what it needs (.venv, Debian packages) on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test bench lint typecheck proto replay-example clean system-deps
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+## run: replay the bundled Airflow example and print the report
+run: $(STAMP)
+	$(VENV)/bin/flow-auditor replay examples/airflow/flows.jsonl --matrix examples/airflow/matrix.yaml --fail-on none
+
+## test: lint, type-check and run the whole test suite
+test: $(STAMP)
+	$(VENV)/bin/ruff check auditor tests bench examples
+	$(VENV)/bin/mypy
+	$(VENV)/bin/pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check auditor tests bench examples
+	$(VENV)/bin/ruff format --check auditor tests bench examples
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+## bench: throughput and memory benchmarks (flows/s and ratio to a floor measured in the same run)
+bench: $(STAMP)
+	$(PY) bench/run.py
+
+## proto: regenerate auditor/_proto from proto/
+proto: $(STAMP)
+	$(PY) -m auditor._protogen
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

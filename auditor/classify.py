@@ -1,0 +1,216 @@
+"""Classifying judged connections against the matrix: the auditor's core (DESIGN §4-§5).
+
+Stage: judge → classify. Input: decoded records (:data:`auditor.model.Record`). Output: for each flow
+either an outcome name (``reply``, ``provisional``, ``ignored``, ``out_of_scope``) or a
+:class:`Judgement` — the edge (source, destination, port, protocol, class), the verdict, the matching
+rule and whether this event opened a new connection (5-tuple and class not seen within the dedup window).
+
+Pure: no I/O. State is bounded: the per-identity resolution cache, the rule cache and the dedup table all
+have caps, so memory does not grow with the length of the stream.
+
+Per-flow cost is kept small by resolving endpoints once per Cilium identity (the label part of every
+selector), verified against the endpoint's labels on each hit so that a reused identity number cannot
+return a stale answer; only selectors with ``cidrs``/``fqdns`` look at the flow's addresses.
+
+Error policy: never raises on a flow; a matrix is swapped atomically with :meth:`Auditor.set_matrix`.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Final
+
+import msgspec
+
+from auditor import judge as j
+from auditor.matrix import Component, Matrix, pick
+from auditor.model import ICMP_PROTOCOLS, VERDICT_NAMES, Endpoint, Flow
+
+EXPECTED_ALLOWED: Final = "expected_allowed"
+EXPECTED_DROPPED: Final = "expected_dropped"
+UNEXPECTED_ALLOWED: Final = "unexpected_allowed"
+UNEXPECTED_DROPPED: Final = "unexpected_dropped"
+CLASSES: Final = (EXPECTED_ALLOWED, EXPECTED_DROPPED, UNEXPECTED_ALLOWED, UNEXPECTED_DROPPED)
+VIOLATIONS: Final = (EXPECTED_DROPPED, UNEXPECTED_ALLOWED)
+
+JUDGED: Final = "judged"
+REPLY: Final = "reply"
+PROVISIONAL: Final = "provisional"
+IGNORED: Final = "ignored"
+OUT_OF_SCOPE: Final = "out_of_scope"
+INVALID: Final = "invalid"
+OUTCOMES: Final = (JUDGED, REPLY, PROVISIONAL, IGNORED, OUT_OF_SCOPE, INVALID)
+
+_CODE_OUTCOME: Final = {j.REPLY: REPLY, j.IGNORED: IGNORED, j.PROVISIONAL: PROVISIONAL}
+_CLASS: Final = {
+    (True, j.DELIVERED): EXPECTED_ALLOWED,
+    (True, j.DROPPED): EXPECTED_DROPPED,
+    (False, j.DELIVERED): UNEXPECTED_ALLOWED,
+    (False, j.DROPPED): UNEXPECTED_DROPPED,
+}
+
+DEFAULT_DEDUP_WINDOW: Final = 30.0
+_MAX_DEDUP_ENTRIES: Final = 250_000
+_MAX_CACHE_ENTRIES: Final = 50_000
+
+Edge = tuple[str, str, int | None, str, str]
+"""(source, destination, port, protocol, class); port is None for ICMP."""
+
+
+class Judgement(msgspec.Struct, frozen=True, gc=False):
+    """A flow that carried a final verdict, placed on its edge."""
+
+    flow: Flow
+    edge: Edge
+    verdict: str
+    rule: int  # 1-based index of the matching allow rule, 0 when the matrix does not allow it
+    new_connection: bool
+
+    @property
+    def cls(self) -> str:
+        return self.edge[4]
+
+
+class _Resolved(msgspec.Struct, frozen=True, gc=False):
+    namespace: str
+    labels: tuple[str, ...]
+    workloads: tuple[object, ...]
+    candidates: tuple[Component, ...]
+    fallback: str
+    direct: str | None  # the answer when no address check is needed
+
+
+class DedupTable:
+    """Connections seen within a time window, keyed by a hash of (5-tuple, class).
+
+    Time is flow time (so replays are deterministic), ``now`` is the newest flow time seen. Entries
+    expire ``window`` seconds after they were first seen; the table never holds more than ``max_entries``
+    (oldest first out).
+    """
+
+    def __init__(self, window: float = DEFAULT_DEDUP_WINDOW, max_entries: int = _MAX_DEDUP_ENTRIES) -> None:
+        self.window = window
+        self.max_entries = max_entries
+        self._first: dict[int, float] = {}
+        self._order: deque[tuple[float, int]] = deque()
+        self._now = 0.0
+
+    def __len__(self) -> int:
+        return len(self._first)
+
+    def seen(self, key: int, t: float) -> bool:
+        """True when ``key`` was seen within the window before ``t``; otherwise records it."""
+        first = self._first.get(key)
+        if first is not None and t - first < self.window:
+            return True
+        if t > self._now:
+            self._now = t
+            self._expire()
+        self._first[key] = t
+        self._order.append((t, key))
+        if len(self._order) > self.max_entries:
+            self._drop_oldest()
+        return False
+
+    def _expire(self) -> None:
+        order, first, limit = self._order, self._first, self._now - self.window
+        while order and order[0][0] <= limit:
+            t, key = order.popleft()
+            if first.get(key) == t:
+                del first[key]
+
+    def _drop_oldest(self) -> None:
+        while len(self._order) > self.max_entries:
+            t, key = self._order.popleft()
+            if self._first.get(key) == t:
+                del self._first[key]
+
+
+class Auditor:
+    """Judges and classifies flows against a matrix. One instance per pipeline."""
+
+    def __init__(self, matrix: Matrix, dedup_window: float = DEFAULT_DEDUP_WINDOW) -> None:
+        self.dedup = DedupTable(dedup_window)
+        self.set_matrix(matrix)
+
+    def set_matrix(self, matrix: Matrix) -> None:
+        """Swap the matrix (hot reload). Caches are rebuilt; the dedup table survives."""
+        self.matrix = matrix
+        self._scope = matrix.scope_namespaces
+        self._use_workloads = matrix.uses_workloads
+        self._ids: dict[int, _Resolved] = {}
+        self._anon: dict[tuple[str, tuple[str, ...], tuple[object, ...]], _Resolved] = {}
+        self._rules: dict[tuple[str, str, str, int], int] = {}
+
+    # -- per flow -----------------------------------------------------------------------------------
+    def process(self, flow: Flow) -> Judgement | str:
+        """Outcome name, or a :class:`Judgement` for a final verdict."""
+        scope = self._scope
+        if (
+            scope is not None
+            and flow.source.namespace not in scope
+            and flow.destination.namespace not in scope
+        ):
+            return OUT_OF_SCOPE
+        code = j.judge(flow)
+        if code < j.DELIVERED:
+            return _CODE_OUTCOME[code]
+        src = self.component(flow.source, flow.source_ip, flow.source_names)
+        dst = self.component(flow.destination, flow.destination_ip, flow.destination_names)
+        protocol = flow.protocol
+        icmp = protocol in ICMP_PROTOCOLS
+        port = flow.icmp_type if icmp else flow.destination_port
+        rule_key = (src, dst, protocol, port)
+        rule = self._rules.get(rule_key)
+        if rule is None:
+            rule = self._rule(rule_key)
+        cls = _CLASS[(rule > 0, code)]
+        key = hash((flow.source_ip, flow.destination_ip, flow.source_port, port, protocol, cls))
+        new = not self.dedup.seen(key, flow.time)
+        verdict = VERDICT_NAMES.get(flow.verdict) or str(flow.verdict)
+        return Judgement(flow, (src, dst, None if icmp else port, protocol, cls), verdict, rule, new)
+
+    def component(self, ep: Endpoint, ip: str, names: tuple[str, ...]) -> str:
+        """The component (or fallback name) of one end of a flow."""
+        ident = ep.identity
+        if ident:
+            r = self._ids.get(ident)
+            if (
+                r is None
+                or r.labels != ep.labels
+                or r.namespace != ep.namespace
+                or (self._use_workloads and r.workloads != ep.workloads)
+            ):
+                r = self._resolve(ep)
+                if len(self._ids) >= _MAX_CACHE_ENTRIES:
+                    self._ids.clear()
+                self._ids[ident] = r
+        else:
+            anon_key = (ep.namespace, ep.labels, ep.workloads if self._use_workloads else ())
+            r = self._anon.get(anon_key)
+            if r is None:
+                r = self._resolve(ep)
+                if len(self._anon) >= _MAX_CACHE_ENTRIES:
+                    self._anon.clear()
+                self._anon[anon_key] = r
+        if r.direct is not None:
+            return r.direct
+        return pick(r.candidates, r.fallback, ip, names)
+
+    # -- cache misses -------------------------------------------------------------------------------
+    def _resolve(self, ep: Endpoint) -> _Resolved:
+        candidates, fallback = self.matrix.candidates(ep)
+        direct: str | None = None
+        if not candidates:
+            direct = fallback
+        elif not candidates[0].selector.has_address_part:
+            direct = candidates[0].name
+        return _Resolved(ep.namespace, ep.labels, ep.workloads, candidates, fallback, direct)
+
+    def _rule(self, key: tuple[str, str, str, int]) -> int:
+        rule = self.matrix.rule_for(*key)
+        if len(self._rules) >= _MAX_CACHE_ENTRIES:
+            self._rules.clear()
+        index = rule.index if rule is not None else 0
+        self._rules[key] = index
+        return index

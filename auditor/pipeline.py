@@ -1,0 +1,72 @@
+"""The one pipeline: source → decode → judge → classify → sinks (DESIGN §2).
+
+Stage: wiring. Input: decoded records (from any source). Output: calls on the sinks — one per record,
+so that every received flow lands in exactly one outcome (``received`` = sum of outcomes).
+``replay`` (files) and ``run``/``demo`` (live gRPC) build this same object; only the source differs.
+
+Error policy: never raises on a record. Undecodable input is reported through :meth:`Pipeline.invalid`
+by the source loop, counted as ``invalid`` and skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Protocol
+
+from auditor.classify import IGNORED, INVALID, Auditor, Judgement
+from auditor.decode import DecodeError, decode_line
+from auditor.model import Flow, LostEvents, NodeStatus, Record
+
+
+class Sink(Protocol):
+    """Receives the pipeline's results. Sinks do I/O (metrics, reports, events), never judging."""
+
+    def on_outcome(self, outcome: str) -> None: ...
+    def on_judgement(self, judgement: Judgement) -> None: ...
+    def on_lost(self, record: LostEvents) -> None: ...
+    def on_node_status(self, record: NodeStatus) -> None: ...
+    def on_invalid(self, where: str, reason: str) -> None: ...
+
+
+class Pipeline:
+    """Feeds records through the :class:`~auditor.classify.Auditor` into the sinks."""
+
+    def __init__(self, auditor: Auditor, sinks: Sequence[Sink]) -> None:
+        self.auditor = auditor
+        self.sinks = tuple(sinks)
+
+    def feed(self, record: Record) -> None:
+        if type(record) is Flow:
+            result = self.auditor.process(record)
+            if type(result) is str:
+                for sink in self.sinks:
+                    sink.on_outcome(result)
+            else:
+                assert isinstance(result, Judgement)
+                for sink in self.sinks:
+                    sink.on_judgement(result)
+        elif type(record) is LostEvents:
+            for sink in self.sinks:
+                sink.on_lost(record)
+        elif type(record) is NodeStatus:
+            for sink in self.sinks:
+                sink.on_node_status(record)
+        else:
+            for sink in self.sinks:
+                sink.on_outcome(IGNORED)
+
+    def invalid(self, where: str, reason: str) -> None:
+        for sink in self.sinks:
+            sink.on_invalid(where, reason)
+            sink.on_outcome(INVALID)
+
+    def feed_lines(self, name: str, lines: Iterable[tuple[int, bytes]]) -> None:
+        """Decode and feed numbered JSON lines of one input (``name`` is used in invalid reports)."""
+        feed, decode = self.feed, decode_line
+        for number, line in lines:
+            try:
+                record = decode(line)
+            except DecodeError as e:
+                self.invalid(f"{name}:{number}", str(e))
+                continue
+            feed(record)

@@ -1,0 +1,75 @@
+"""Recorded flow files: the replay source (DESIGN §3).
+
+Stage: source. Input: paths of JSON-lines files (plain or gzip, detected by content, not by name) or
+``-`` for standard input. Output: ``(line_number, line)`` pairs per file, blank lines skipped, plus a
+byte counter for progress display.
+
+Error policy: a file that cannot be opened raises :class:`SourceError` naming it (the CLI turns that into
+exit code 2 before any report is printed); a gzip stream that is cut short raises :class:`SourceError`
+with the file name and the last complete line number.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import sys
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+class SourceError(OSError):
+    """A flow file that cannot be read."""
+
+
+class FlowFile:
+    """One input file; iterate it for ``(line_number, line)``; ``position`` tracks bytes consumed."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.size = 0
+        self._raw: io.BufferedReader
+        if name == "-":
+            self._raw = sys.stdin.buffer  # type: ignore[assignment]  # a BufferedReader at run time
+        else:
+            try:
+                self._raw = open(Path(name), "rb")  # noqa: SIM115 - closed in close()
+                self.size = Path(name).stat().st_size
+            except OSError as e:
+                raise SourceError(f"{name}: cannot open: {e.strerror or e}") from None
+        self.compressed = self._raw.peek(2)[:2] == _GZIP_MAGIC
+        self._stream: IO[bytes] | gzip.GzipFile = self._raw
+        if self.compressed:
+            self._stream = gzip.GzipFile(fileobj=self._raw, mode="rb")
+
+    @property
+    def position(self) -> int:
+        """Bytes of the underlying (possibly compressed) file consumed so far."""
+        try:
+            return self._raw.tell()
+        except (OSError, ValueError):
+            return 0
+
+    def __iter__(self) -> Iterator[tuple[int, bytes]]:
+        number = 0
+        try:
+            for number, line in enumerate(self._stream, 1):
+                if line.strip():
+                    yield number, line
+        except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+            raise SourceError(f"{self.name}: compressed stream is damaged after line {number}: {e}") from None
+
+    def close(self) -> None:
+        if self.name != "-":
+            self._stream.close()
+            self._raw.close()
+
+    def __enter__(self) -> FlowFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

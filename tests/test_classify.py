@@ -1,0 +1,167 @@
+"""Classification, outcome accounting and connection dedup (DESIGN §5)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from factory import DEBUG, POSTGRES, REDIS, SCHEDULER, WORKER, WORLD, flow, pod
+
+from auditor.classify import (
+    EXPECTED_ALLOWED,
+    EXPECTED_DROPPED,
+    OUT_OF_SCOPE,
+    PROVISIONAL,
+    REPLY,
+    UNEXPECTED_ALLOWED,
+    UNEXPECTED_DROPPED,
+    Auditor,
+    DedupTable,
+    Judgement,
+)
+from auditor.matrix import load_matrix, parse_matrix
+from auditor.model import Direction, Endpoint, EventType, ObservationPoint, Verdict
+from auditor.pipeline import Pipeline
+from auditor.sinks.report import ReportSink
+
+MATRIX = load_matrix(Path(__file__).parent.parent / "examples" / "airflow" / "matrix.yaml")
+
+
+def judged(a: Auditor, **overrides: object) -> Judgement:
+    result = a.process(flow(**overrides))
+    assert isinstance(result, Judgement), result
+    return result
+
+
+def test_four_classes() -> None:
+    a = Auditor(MATRIX)
+    assert judged(a).edge == ("worker", "postgresql", 5432, "TCP", EXPECTED_ALLOWED)
+    dropped = judged(a, verdict=Verdict.DROPPED, event_type=EventType.DROP, drop_reason="POLICY_DENIED",
+                     source_port=40001)
+    assert dropped.edge == ("worker", "postgresql", 5432, "TCP", EXPECTED_DROPPED)
+    assert judged(a, source=DEBUG, destination=REDIS, destination_port=6379).edge == (
+        "ns:default", "redis", 6379, "TCP", UNEXPECTED_ALLOWED)
+    attack = judged(a, source=DEBUG, verdict=Verdict.DROPPED, event_type=EventType.DROP)
+    assert attack.edge == ("ns:default", "postgresql", 5432, "TCP", UNEXPECTED_DROPPED)
+    assert attack.rule == 0 and dropped.rule == 3
+
+
+def test_wrong_port_is_unexpected() -> None:
+    j = judged(Auditor(MATRIX), destination_port=5433)
+    assert j.edge[4] == UNEXPECTED_ALLOWED and j.rule == 0
+
+
+def test_attacker_egress_forwarded_is_provisional_not_allowed() -> None:
+    a = Auditor(MATRIX)
+    egress = a.process(flow(source=DEBUG, traffic_direction=Direction.EGRESS,
+                            observation_point=ObservationPoint.TO_OVERLAY))
+    assert egress == PROVISIONAL
+    drop = judged(a, source=DEBUG, verdict=Verdict.DROPPED, event_type=EventType.DROP)
+    assert drop.cls == UNEXPECTED_DROPPED
+
+
+def test_out_of_scope_when_neither_end_is_in_scope() -> None:
+    a = Auditor(MATRIX)
+    kube = pod("kube-system", "coredns-1", 77, "k8s-app=kube-dns")
+    assert a.process(flow(source=DEBUG, destination=kube, destination_port=53)) == OUT_OF_SCOPE
+    assert a.process(flow(source=WORLD, destination=kube)) == OUT_OF_SCOPE
+    assert isinstance(a.process(flow(source=WORLD, destination=POSTGRES)), Judgement)
+
+
+def test_endpoint_known_only_by_labels_gets_its_namespace() -> None:
+    # Hubble sometimes sends identity + labels but no namespace (remote endpoints).
+    remote_worker = Endpoint(identity=WORKER.identity, labels=WORKER.labels, namespace="airflow")
+    j = judged(Auditor(MATRIX), source=remote_worker)
+    assert j.edge[0] == "worker"
+
+
+def test_replies_are_not_judged() -> None:
+    assert Auditor(MATRIX).process(flow(is_reply=True)) == REPLY
+
+
+def test_icmp_edges_have_no_port_and_match_by_protocol() -> None:
+    m = parse_matrix("""\
+apiVersion: flow-auditor/v1alpha1
+kind: CommunicationMatrix
+metadata: {name: icmp}
+components:
+  worker: {namespace: airflow, labels: {component: worker}}
+  postgresql: {namespace: airflow, labels: {app.kubernetes.io/name: postgresql}}
+allow:
+  - {from: worker, to: postgresql, ports: [ICMP]}
+""")
+    j = judged(Auditor(m), protocol="ICMPv4", icmp_type=8, source_port=0, destination_port=0)
+    assert j.edge == ("worker", "postgresql", None, "ICMPv4", EXPECTED_ALLOWED)
+
+
+def test_dedup_same_five_tuple_and_class_within_window() -> None:
+    a = Auditor(MATRIX, dedup_window=30)
+    first = judged(a, time=100.0, event_type=EventType.POLICY_VERDICT, observation_point=0)
+    again = judged(a, time=100.001)  # trace to endpoint of the same connection
+    retransmit = judged(a, time=129.0)
+    later = judged(a, time=131.0)
+    other_port = judged(a, time=100.5, source_port=40002)
+    assert [first.new_connection, again.new_connection, retransmit.new_connection, later.new_connection,
+            other_port.new_connection] == [True, False, False, True, True]
+
+
+def test_audit_then_delivery_counts_once_per_class() -> None:
+    a = Auditor(MATRIX)
+    audit = judged(a, verdict=Verdict.AUDIT, event_type=EventType.POLICY_VERDICT, observation_point=0)
+    delivered = judged(a, time=1_800_000_000.001)
+    assert (audit.cls, audit.verdict, audit.new_connection) == (EXPECTED_DROPPED, "AUDIT", True)
+    assert (delivered.cls, delivered.new_connection) == (EXPECTED_ALLOWED, True)
+
+
+def test_dedup_table_is_bounded_and_expires() -> None:
+    d = DedupTable(window=10, max_entries=100)
+    for i in range(1000):
+        d.seen(i, float(i) / 1000)
+    assert len(d) == 100
+    d.seen(-1, 50.0)
+    assert len(d) == 1
+    assert d.seen(-1, 55.0) and not d.seen(-1, 61.0)
+
+
+def test_reused_identity_with_new_labels_is_resolved_again() -> None:
+    a = Auditor(MATRIX)
+    assert judged(a, source=SCHEDULER).edge[0] == "scheduler"
+    impostor = Endpoint(identity=SCHEDULER.identity, namespace="default", labels=DEBUG.labels, pod_name="x")
+    assert judged(a, source=impostor, source_port=1).edge[0] == "ns:default"
+
+
+def test_set_matrix_swaps_rules_and_keeps_dedup() -> None:
+    a = Auditor(MATRIX)
+    assert judged(a).cls == EXPECTED_ALLOWED
+    strict = parse_matrix(MATRIX_TEXT_WITHOUT_POSTGRES, "strict.yaml")
+    a.set_matrix(strict)
+    again = judged(a, time=1_800_000_000.5)
+    assert again.cls == UNEXPECTED_ALLOWED and again.new_connection  # new class → new connection
+    assert not judged(a, time=1_800_000_001.0).new_connection
+
+
+MATRIX_TEXT_WITHOUT_POSTGRES = """\
+apiVersion: flow-auditor/v1alpha1
+kind: CommunicationMatrix
+metadata: {name: strict}
+scope: {namespaces: [airflow]}
+components:
+  worker: {namespace: airflow, labels: {component: worker}}
+  postgresql: {namespace: airflow, labels: {app.kubernetes.io/name: postgresql}}
+allow: []
+"""
+
+
+def test_every_record_lands_in_exactly_one_outcome() -> None:
+    sink = ReportSink(MATRIX)
+    p = Pipeline(Auditor(MATRIX), [sink])
+    flows = [flow(), flow(is_reply=True), flow(traffic_direction=Direction.EGRESS, observation_point=4),
+             flow(traffic_direction=0, observation_point=4), flow(source=DEBUG, destination=DEBUG), flow(time=1e9 + 1)]
+    for f in flows:
+        p.feed(f)
+    p.invalid("x.jsonl:7", "garbage")
+    report = sink.report()
+    counts = report["flows"]
+    assert counts == {"received": 7, "judged": 2, "reply": 1, "provisional": 1, "ignored": 1, "out_of_scope": 1,
+                      "invalid": 1}
+    assert counts["received"] == sum(v for k, v in counts.items() if k != "received")
+    assert report["invalid_samples"] == [{"file": "x.jsonl", "line": 7, "error": "garbage"}]

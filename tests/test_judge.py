@@ -1,0 +1,112 @@
+"""Each judging rule of DESIGN §5, table-driven on single events."""
+
+from __future__ import annotations
+
+import pytest
+from factory import HOST, POSTGRES, WORLD, flow
+
+from auditor import judge as j
+from auditor.model import (
+    TCP_ACK,
+    TCP_SYN,
+    Direction,
+    Endpoint,
+    EventType,
+    FlowType,
+    ObservationPoint,
+    Verdict,
+)
+
+INGRESS, EGRESS, NODIR = Direction.INGRESS, Direction.EGRESS, Direction.UNKNOWN
+TRACE, POLICY, DROP, L7 = EventType.TRACE, EventType.POLICY_VERDICT, EventType.DROP, EventType.ACCESS_LOG
+P = ObservationPoint
+
+CASES = [
+    # rule 1: replies never produce a verdict, whatever else they say
+    ("reply flag", {"is_reply": True}, j.REPLY),
+    ("dropped reply is still a reply", {"is_reply": True, "verdict": Verdict.DROPPED}, j.REPLY),
+    ("unknown reply bit, TCP SYN-ACK", {"is_reply": None, "tcp_flags": TCP_SYN | TCP_ACK}, j.REPLY),
+    ("unknown reply bit, TCP SYN", {"is_reply": None, "tcp_flags": TCP_SYN}, j.DELIVERED),
+    # rule 2: drops and audits are final on either side
+    ("drop at ingress", {"verdict": Verdict.DROPPED, "event_type": DROP}, j.DROPPED),
+    (
+        "drop at egress",
+        {"verdict": Verdict.DROPPED, "event_type": DROP, "traffic_direction": EGRESS, "observation_point": 0},
+        j.DROPPED,
+    ),
+    ("audit", {"verdict": Verdict.AUDIT, "event_type": POLICY, "observation_point": 0}, j.DROPPED),
+    ("error counts as dropped", {"verdict": Verdict.ERROR}, j.DROPPED),
+    ("L7 drop is a drop", {"verdict": Verdict.DROPPED, "flow_type": FlowType.L7, "event_type": L7}, j.DROPPED),
+    ("drop without L4 cannot be placed", {"verdict": Verdict.DROPPED, "protocol": ""}, j.IGNORED),
+    # rule 3: delivery evidence
+    ("trace to endpoint", {}, j.DELIVERED),
+    ("ingress policy verdict", {"event_type": POLICY, "observation_point": 0}, j.DELIVERED),
+    ("ingress redirect to proxy", {"verdict": Verdict.REDIRECTED, "observation_point": P.TO_PROXY}, j.DELIVERED),
+    (
+        "egress policy verdict towards a pod is provisional",
+        {"event_type": POLICY, "traffic_direction": EGRESS, "observation_point": 0},
+        j.PROVISIONAL,
+    ),
+    (
+        "egress trace towards a pod is provisional",
+        {"traffic_direction": EGRESS, "observation_point": P.TO_OVERLAY},
+        j.PROVISIONAL,
+    ),
+    (
+        "egress trace towards the world is delivered",
+        {"traffic_direction": EGRESS, "observation_point": P.TO_STACK, "destination": WORLD},
+        j.DELIVERED,
+    ),
+    (
+        "egress policy verdict towards the host is delivered",
+        {"event_type": POLICY, "traffic_direction": EGRESS, "observation_point": 0, "destination": HOST},
+        j.DELIVERED,
+    ),
+    (
+        "egress to a CIDR identity is delivered",
+        {
+            "traffic_direction": EGRESS,
+            "observation_point": P.TO_STACK,
+            "destination": Endpoint(identity=16777217, labels=("cidr:140.82.112.0/20", "reserved:world")),
+        },
+        j.DELIVERED,
+    ),
+    (
+        "egress to kube-apiserver is delivered",
+        {"traffic_direction": EGRESS, "observation_point": P.TO_STACK, "destination": Endpoint(identity=7)},
+        j.DELIVERED,
+    ),
+    (
+        "egress to another cluster is delivered",
+        {
+            "traffic_direction": EGRESS,
+            "observation_point": P.TO_OVERLAY,
+            "source": Endpoint(identity=300, cluster_name="east"),
+            "destination": Endpoint(identity=400, cluster_name="west"),
+        },
+        j.DELIVERED,
+    ),
+    (
+        "ingress trace before the endpoint is provisional",
+        {"observation_point": P.FROM_OVERLAY},
+        j.PROVISIONAL,
+    ),
+    # rule 4: no usable direction, L7 records, other verdicts and events
+    ("overlay hop without direction", {"traffic_direction": NODIR, "observation_point": P.TO_OVERLAY}, j.IGNORED),
+    ("L7 record of a judged connection", {"flow_type": FlowType.L7, "event_type": L7}, j.IGNORED),
+    ("socket trace", {"verdict": Verdict.TRACED, "event_type": 7}, j.IGNORED),
+    ("translated", {"verdict": Verdict.TRANSLATED}, j.IGNORED),
+    ("unknown verdict number", {"verdict": 42}, j.IGNORED),
+    ("debug capture", {"event_type": EventType.CAPTURE, "observation_point": 0}, j.IGNORED),
+    ("no L4", {"protocol": ""}, j.IGNORED),
+]
+
+
+@pytest.mark.parametrize(("overrides", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_judge_rules(overrides: dict[str, object], expected: int) -> None:
+    assert j.judge(flow(**overrides)) == expected
+
+
+def test_pod_destination_with_reserved_looking_identity_is_not_external() -> None:
+    assert not j.is_external(POSTGRES, WORLD)
+    assert j.is_external(Endpoint(labels=("reserved:world-ipv6",)), POSTGRES)
