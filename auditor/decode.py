@@ -19,11 +19,12 @@ with a short reason; the caller counts it as ``invalid`` and goes on.
 
 from __future__ import annotations
 
-import calendar
+import functools
+import operator
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Final
+from typing import Any, Final, get_args, get_origin
 
 import msgspec
 
@@ -121,9 +122,13 @@ def drop_reason_name(value: Enum) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
-# Typed schema: only what we read, in both spellings
+# Typed schema: only what we read. Endpoints and workloads decode straight into the model.
+#
+# Proto field names are the fast path. protobuf JSON's camelCase spelling differs only in multi-word
+# keys; such lines are recognised (no snake_case node name, a camelCase marker present) and decoded
+# again with the camelCase twin of the schema.
 
-_STRUCT: Final = {"frozen": True, "gc": False, "omit_defaults": True}
+_STRUCT: Final = {"frozen": True, "gc": False}
 
 
 class _Flags(msgspec.Struct, **_STRUCT):
@@ -137,14 +142,11 @@ class _Flags(msgspec.Struct, **_STRUCT):
 class _Ports(msgspec.Struct, **_STRUCT):
     source_port: int = 0
     destination_port: int = 0
-    sourcePort: int = 0
-    destinationPort: int = 0
     flags: _Flags | None = None
 
 
 class _ICMP(msgspec.Struct, **_STRUCT):
     type: int = 0
-    code: int = 0
 
 
 class _L4(msgspec.Struct, **_STRUCT):
@@ -160,65 +162,38 @@ class _IP(msgspec.Struct, **_STRUCT):
     destination: str = ""
 
 
-class _Workload(msgspec.Struct, **_STRUCT):
-    name: str = ""
-    kind: str = ""
-
-
-class _Endpoint(msgspec.Struct, **_STRUCT):
-    identity: int | str = 0
-    namespace: str = ""
-    labels: tuple[str, ...] = ()
-    pod_name: str = ""
-    podName: str = ""
-    workloads: tuple[_Workload, ...] = ()
-    cluster_name: str = ""
-    clusterName: str = ""
-
-
 class _EventType(msgspec.Struct, **_STRUCT):
     type: int = 0
 
 
 class _Flow(msgspec.Struct, **_STRUCT):
-    time: str = ""
+    time: datetime | None = None
     verdict: Enum = 0
     drop_reason: int = 0
-    dropReason: int = 0
     drop_reason_desc: Enum = 0
-    dropReasonDesc: Enum = 0
     IP: _IP | None = None
     l4: _L4 | None = None
-    source: _Endpoint | None = None
-    destination: _Endpoint | None = None
+    source: Endpoint | None = None
+    destination: Endpoint | None = None
     Type: Enum = 0
     node_name: str = ""
-    nodeName: str = ""
     source_names: tuple[str, ...] = ()
-    sourceNames: tuple[str, ...] = ()
     destination_names: tuple[str, ...] = ()
-    destinationNames: tuple[str, ...] = ()
     reply: bool = False
     event_type: _EventType | None = None
-    eventType: _EventType | None = None
     traffic_direction: Enum = 0
-    trafficDirection: Enum = 0
     trace_observation_point: Enum = 0
-    traceObservationPoint: Enum = 0
     is_reply: bool | None = None
-    isReply: bool | None = None
 
 
 class _Lost(msgspec.Struct, **_STRUCT):
     source: Enum = 0
     num_events_lost: int | str = 0
-    numEventsLost: int | str = 0
 
 
 class _NodeStatus(msgspec.Struct, **_STRUCT):
     state: Enum = 0
     node_names: tuple[str, ...] = ()
-    nodeNames: tuple[str, ...] = ()
     message: str = ""
 
 
@@ -227,33 +202,65 @@ class _Line(_Flow, **_STRUCT):
 
     flow: _Flow | None = None
     lost_events: _Lost | None = None
-    lostEvents: _Lost | None = None
     node_status: _NodeStatus | None = None
-    nodeStatus: _NodeStatus | None = None
+    agent_event: msgspec.Raw = msgspec.Raw()
+    debug_event: msgspec.Raw = msgspec.Raw()
 
 
+def _camel_twin(tp: Any, made: dict[type, type]) -> Any:
+    """The same schema type with protobuf JSON (lowerCamelCase) field names, built once at import.
+
+    msgspec applies ``rename`` only to a struct's own fields, so every struct on the path is rebuilt.
+    """
+    if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
+        if tp not in made:
+            fields = [(f.name, _camel_twin(f.type, made), f.default) for f in msgspec.structs.fields(tp)]
+            made[tp] = msgspec.defstruct(f"Camel{tp.__name__}", fields, rename="camel", frozen=True, gc=False)
+        return made[tp]
+    args = get_args(tp)
+    if not args:
+        return tp
+    mapped = tuple(_camel_twin(a, made) for a in args)
+    if get_origin(tp) is tuple:
+        return tuple[mapped]  # type: ignore[valid-type]
+    return functools.reduce(operator.or_, mapped)
+
+
+_TWINS: Final[dict[type, type]] = {}
+_CLine: Final = _camel_twin(_Line, _TWINS)
+_CEndpoint: Final = _TWINS[Endpoint]
 _decoder: Final = msgspec.json.Decoder(_Line)
-_BARE_FLOW_HINTS: Final = ("verdict", "IP", "l4", "source", "destination", "event_type", "eventType", "Type")
+_camel_decoder: Final = msgspec.json.Decoder(_CLine)
+_CAMEL_MARKER: Final = re.compile(
+    rb'"(?:nodeName|podName|sourcePort|destinationPort|isReply|eventType|trafficDirection|dropReasonDesc|'
+    rb'traceObservationPoint|lostEvents|nodeStatus|numEventsLost|nodeNames|agentEvent|debugEvent)"'
+)
+_BARE_FLOW_HINTS: Final = ("verdict", "IP", "l4", "source", "destination", "event_type", "Type")
 
 
 def decode_line(line: bytes | str) -> Record:
     """Decode one JSON line. Raises :class:`DecodeError`."""
     try:
-        raw = _decoder.decode(line)
+        raw: _Line = _decoder.decode(line)
+        if not (raw.node_name or (raw.flow is not None and raw.flow.node_name)) and _CAMEL_MARKER.search(
+            line.encode() if isinstance(line, str) else line
+        ):
+            raw = _camel_decoder.decode(line)
     except msgspec.DecodeError as e:
         raise DecodeError(_short(e)) from None
-    envelope_node = raw.node_name or raw.nodeName
     if raw.flow is not None:
-        return _flow(raw.flow, envelope_node, raw.time)
-    lost = raw.lost_events or raw.lostEvents
-    if lost is not None:
-        return _lost(lost, envelope_node)
-    status = raw.node_status or raw.nodeStatus
-    if status is not None:
-        return _node_status(status)
+        return _flow(raw.flow, raw.node_name, raw.time)
+    if raw.lost_events is not None:
+        return _lost(raw.lost_events, raw.node_name)
+    if raw.node_status is not None:
+        return _node_status(raw.node_status)
+    if raw.agent_event:
+        return OtherRecord("agent_event")
+    if raw.debug_event:
+        return OtherRecord("debug_event")
     if any(getattr(raw, f) for f in _BARE_FLOW_HINTS):
-        return _flow(raw, envelope_node, raw.time)
-    return OtherRecord("other")
+        return _flow(raw, raw.node_name, raw.time)
+    return OtherRecord("unknown")
 
 
 def _short(e: Exception) -> str:
@@ -261,8 +268,7 @@ def _short(e: Exception) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
-def _flow(f: _Flow, envelope_node: str, envelope_time: str) -> Flow:
-    time_text = f.time or envelope_time
+def _flow(f: _Flow, envelope_node: str, envelope_time: datetime | None) -> Flow:
     l4 = f.l4
     protocol, sport, dport, icmp_type, flags = Protocol.NONE, 0, 0, 0, 0
     if l4 is not None:
@@ -287,19 +293,18 @@ def _flow(f: _Flow, envelope_node: str, envelope_time: str) -> Flow:
         elif (icmp := l4.ICMPv6) is not None:
             protocol, icmp_type = Protocol.ICMPV6, icmp.type
         if ports is not None:
-            sport = ports.source_port or ports.sourcePort
-            dport = ports.destination_port or ports.destinationPort
+            sport, dport = ports.source_port, ports.destination_port
     ip = f.IP
-    is_reply = f.is_reply if f.is_reply is not None else f.isReply
+    is_reply = f.is_reply
     if is_reply is None and f.reply:
         is_reply = True
-    event = f.event_type or f.eventType
-    verdict = f.verdict
-    drop = f.drop_reason_desc or f.dropReasonDesc or f.drop_reason or f.dropReason
+    event = f.event_type
+    verdict, ftype, direction, point = f.verdict, f.Type, f.traffic_direction, f.trace_observation_point
+    drop = f.drop_reason_desc or f.drop_reason
+    t = f.time or envelope_time
     return Flow(
-        parse_time(time_text) if time_text else 0.0,
-        time_text,
-        verdict if isinstance(verdict, int) else _VERDICTS.get(verdict, 0),
+        _timestamp(t) if t is not None else 0.0,
+        verdict if verdict.__class__ is int else _VERDICTS.get(verdict, 0),  # type: ignore[arg-type]
         drop_reason_name(drop) if drop else "",
         _endpoint(f.source),
         _endpoint(f.destination),
@@ -311,93 +316,62 @@ def _flow(f: _Flow, envelope_node: str, envelope_time: str) -> Flow:
         icmp_type,
         flags,
         is_reply,
-        _enum(f.Type, _FLOW_TYPES),
+        ftype if ftype.__class__ is int else _FLOW_TYPES.get(ftype, 0),  # type: ignore[arg-type]
         event.type if event is not None else 0,
-        _enum(f.traffic_direction or f.trafficDirection, _DIRECTIONS),
-        _enum(f.trace_observation_point or f.traceObservationPoint, _POINTS),
-        f.node_name or f.nodeName or envelope_node,
-        f.source_names or f.sourceNames,
-        f.destination_names or f.destinationNames,
+        direction if direction.__class__ is int else _DIRECTIONS.get(direction, 0),  # type: ignore[arg-type]
+        point if point.__class__ is int else _POINTS.get(point, 0),  # type: ignore[arg-type]
+        f.node_name or envelope_node,
+        f.source_names,
+        f.destination_names,
     )
 
 
-def _endpoint(e: _Endpoint | None) -> Endpoint:
+def _timestamp(t: datetime) -> float:
+    if t.tzinfo is None:  # RFC 3339 requires an offset; read a bare local time as UTC
+        t = t.replace(tzinfo=UTC)
+    return t.timestamp()
+
+
+def _endpoint(e: Endpoint | None) -> Endpoint:
     if e is None:
         return EMPTY_ENDPOINT
-    ident = e.identity
-    if isinstance(ident, str):
-        try:
-            ident = int(ident)
-        except ValueError:
-            raise DecodeError(f"endpoint identity is not a number: {ident!r}") from None
-    return Endpoint(
-        ident,
-        e.namespace or (namespace_from_labels(e.labels) if e.labels else ""),
-        e.labels,
-        e.pod_name or e.podName,
-        tuple(Workload(w.kind, w.name) for w in e.workloads) if e.workloads else (),
-        e.cluster_name or e.clusterName,
-    )
+    if e.__class__ is _CEndpoint:  # camelCase twin → the model's own type
+        e = Endpoint(e.identity, e.namespace, e.labels, e.pod_name, _workloads(e.workloads), e.cluster_name)
+    if not e.namespace and e.labels:
+        namespace = namespace_from_labels(e.labels)
+        if namespace:
+            e = msgspec.structs.replace(e, namespace=namespace)
+    return e
+
+
+def _workloads(workloads: tuple[Workload, ...]) -> tuple[Workload, ...]:
+    return tuple(Workload(w.kind, w.name) for w in workloads)
 
 
 def _lost(lost: _Lost, node: str) -> LostEvents:
-    num = lost.num_events_lost or lost.numEventsLost
+    num = lost.num_events_lost
     try:
         count = int(num)
     except ValueError:
         raise DecodeError(f"lost_events.num_events_lost is not a number: {num!r}") from None
     src = lost.source
-    name = _LOST_SOURCES.get(src, str(src)) if isinstance(src, int) else src
+    name = _LOST_SOURCES.get(src, _LOST_SOURCES[0]) if isinstance(src, int) else src
     return LostEvents(name, count, node)
 
 
 def _node_status(status: _NodeStatus) -> NodeStatus:
     state = status.state
-    name = _NODE_STATES.get(state, str(state)) if isinstance(state, int) else state
-    return NodeStatus(name, status.node_names or status.nodeNames, status.message)
-
-
-# --------------------------------------------------------------------------------------------------
-# Timestamps
-
-_second_cache: dict[str, int] = {}
-_RFC3339: Final = re.compile(
-    r"^(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?(Z|z|[+-]\d{2}:\d{2})$"
-)
+    name = _NODE_STATES.get(state, _NODE_STATES[0]) if isinstance(state, int) else state
+    return NodeStatus(name, status.node_names, status.message)
 
 
 def parse_time(text: str) -> float:
     """RFC 3339 timestamp (0-9 fractional digits, ``Z`` or offset) → seconds since the epoch.
 
-    Fast path for Hubble's own ``YYYY-MM-DDTHH:MM:SS[.fffffffff]Z``: the whole-seconds part is cached, so
-    consecutive flows cost one dict lookup and one int conversion. Raises :class:`DecodeError`.
+    Raises :class:`DecodeError`.
     """
-    if text[-1:] == "Z" and len(text) >= 20 and (len(text) == 20 or text[19] == "."):
-        base = _second_cache.get(text[:19])
-        if base is not None:
-            frac = text[20:-1]
-            if not frac:
-                return float(base)
-            if frac.isdigit():
-                return float(base + int(frac) / 10 ** len(frac))
-    return _parse_time_slow(text)
-
-
-def _parse_time_slow(text: str) -> float:
-    m = _RFC3339.match(text)
-    if not m:
-        raise DecodeError(f"invalid timestamp {text!r}")
-    day, clock, frac, zone = m.groups()
     try:
-        dt = datetime.fromisoformat(f"{day}T{clock}+00:00")
-    except ValueError:
+        t = msgspec.json.decode(b'"' + text.encode() + b'"', type=datetime)
+    except msgspec.DecodeError:
         raise DecodeError(f"invalid timestamp {text!r}") from None
-    base: int = calendar.timegm(dt.utctimetuple())
-    if zone in ("Z", "z"):
-        if len(_second_cache) > 4096:
-            _second_cache.clear()
-        _second_cache[f"{day}T{clock}"] = base
-    else:
-        sign = 1 if zone[0] == "+" else -1
-        base -= sign * (int(zone[1:3]) * 3600 + int(zone[4:6]) * 60)
-    return base + (int(frac) / 10 ** len(frac) if frac else 0.0)
+    return _timestamp(t)

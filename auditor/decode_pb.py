@@ -10,12 +10,10 @@ keyed by its serialized bytes) and shared; absent endpoints are ``EMPTY_ENDPOINT
 
 Mapping notes:
 
-- ``time`` is seconds since the epoch; ``time_text`` is RFC 3339 in UTC with nine fractional digits,
-  as Hubble writes it (``2021-11-10T10:40:56.465597700Z``); both are empty/zero when no time is set.
-  In a response, a flow without ``time`` or ``node_name`` (e.g. cut by a field mask) takes the
-  envelope's ``time`` / ``node_name``.
-- ``protocol`` is the name of the ``Layer4`` case (``TCP``, ``UDP``, ``SCTP``, ``ICMPv4``, ``ICMPv6``, or a
-  newer one such as ``VRRP``), ``""`` when there is none.
+- ``time`` is seconds since the epoch (0.0 when no time is set). In a response, a flow without ``time``
+  or ``node_name`` (e.g. cut by a field mask) takes the envelope's ``time`` / ``node_name``.
+- ``protocol`` is the name of the ``Layer4`` case (``TCP``, ``UDP``, ``SCTP``, ``ICMPv4``, ``ICMPv6``), ``""``
+  when there is none or it is a case without ports (``VRRP``, ``IGMP``), exactly as the JSON decoder does.
 - An endpoint without ``namespace`` takes it from its ``k8s:io.kubernetes.pod.namespace`` label.
 - ``is_reply`` is ``None`` when Hubble did not say; the deprecated ``reply`` bool only counts when true.
 - ``drop_reason`` is the ``DropReason`` name of ``drop_reason_desc`` (falling back to the deprecated
@@ -31,7 +29,6 @@ bytes into messages (and counting ``DecodeError``) is the source's job.
 
 from __future__ import annotations
 
-import time as _time
 from functools import lru_cache
 from typing import Final
 
@@ -134,17 +131,6 @@ def drop_reason_name(code: int) -> str:
     return DROP_REASON_NAMES.get(code) or str(code)
 
 
-def format_time(seconds: int, nanos: int) -> str:
-    """RFC 3339 UTC with nine fractional digits, as Hubble prints timestamps."""
-    return f"{_second_text(seconds)}.{nanos:09d}Z"
-
-
-@lru_cache(maxsize=1024)
-def _second_text(seconds: int) -> str:
-    # Flows arrive in bursts within the same second: the cache makes this a dict lookup.
-    return _time.strftime("%Y-%m-%dT%H:%M:%S", _time.gmtime(seconds))
-
-
 def _decode_flow(msg: flow_pb2.Flow, envelope: observer_pb2.GetFlowsResponse | None) -> Flow:
     ts = msg.time
     node_name = msg.node_name
@@ -153,10 +139,7 @@ def _decode_flow(msg: flow_pb2.Flow, envelope: observer_pb2.GetFlowsResponse | N
             ts = envelope.time
         node_name = node_name or envelope.node_name
     seconds, nanos = ts.seconds, ts.nanos
-    if seconds or nanos:
-        time, time_text = seconds + nanos / 1e9, format_time(seconds, nanos)
-    else:
-        time, time_text = 0.0, ""
+    time = seconds + nanos / 1e9 if seconds or nanos else 0.0
     source = _endpoint(msg.source) if msg.HasField("source") else EMPTY_ENDPOINT
     destination = _endpoint(msg.destination) if msg.HasField("destination") else EMPTY_ENDPOINT
     ip = msg.IP
@@ -164,7 +147,6 @@ def _decode_flow(msg: flow_pb2.Flow, envelope: observer_pb2.GetFlowsResponse | N
     # Positional arguments in the order of model.Flow's fields: about 4x cheaper than keywords here.
     return Flow(
         time,
-        time_text,
         msg.verdict,
         drop_reason_name(msg.drop_reason_desc or msg.drop_reason),
         source,
@@ -213,9 +195,7 @@ def _layer4(l4: flow_pb2.Layer4) -> _L4:
     if kind == "SCTP":
         sctp = l4.SCTP
         return "SCTP", sctp.source_port, sctp.destination_port, 0, 0
-    if kind is None:
-        return _NO_L4
-    return kind, 0, 0, 0, 0
+    return _NO_L4  # none, or a newer case (VRRP, IGMP) that has no ports: not judged
 
 
 def _tcp_flags(flags: flow_pb2.TCPFlags) -> int:
@@ -246,7 +226,6 @@ __all__ = [
     "drop_reason_name",
     "endpoint_from_pb",
     "flow_from_pb",
-    "format_time",
     "lost_events_from_pb",
     "node_status_from_pb",
     "record_from_response",

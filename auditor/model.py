@@ -191,13 +191,12 @@ def namespace_from_labels(labels: tuple[str, ...]) -> str:
 class Flow(msgspec.Struct, frozen=True, gc=False):
     """One Hubble flow event, reduced to what the auditor reads.
 
-    ``time`` is seconds since the epoch (float); ``time_text`` keeps Hubble's RFC 3339 spelling for
-    reports. ``is_reply`` is ``None`` when Hubble did not know (the field was absent).
-    Ports are 0 for protocols without ports; ``icmp_type`` is set for ICMP only.
+    ``time`` is seconds since the epoch (float, microsecond precision or better). ``is_reply`` is
+    ``None`` when Hubble did not know (the field was absent). Ports are 0 for protocols without ports;
+    ``icmp_type`` is set for ICMP only.
     """
 
     time: float
-    time_text: str
     verdict: int
     drop_reason: str
     source: Endpoint

@@ -219,7 +219,7 @@ class _TimeFormatter:
 
 
 def format_time(ns: int) -> str:
-    """Nanoseconds since the epoch as Hubble's jsonpb writes a timestamp (``2026-11-23T09:00:00.123456789Z``)."""
+    """Nanoseconds since the epoch as Hubble's jsonpb writes them (``2026-11-23T09:00:00.123456789Z``)."""
     return _TimeFormatter()(ns)
 
 
@@ -281,7 +281,10 @@ def _node(name: str, ip: str, router_ip: str, *, control_plane: bool = False) ->
         "kubernetes.io/os=linux",
     ]
     if control_plane:
-        labels += ["node-role.kubernetes.io/control-plane=", "node.kubernetes.io/exclude-from-external-load-balancers="]
+        labels += [
+            "node-role.kubernetes.io/control-plane=",
+            "node.kubernetes.io/exclude-from-external-load-balancers=",
+        ]
     return _Node(name, ip, router_ip, _mac("node/" + name), tuple(labels))
 
 
@@ -332,8 +335,12 @@ _NS_LABELS: Final[dict[str, dict[str, str]]] = {
 }
 
 
-def _labels(namespace: str, service_account: str, pod_labels: Mapping[str, str],
-            ns_labels: Mapping[str, str] | None = None) -> tuple[str, ...]:
+def _labels(
+    namespace: str,
+    service_account: str,
+    pod_labels: Mapping[str, str],
+    ns_labels: Mapping[str, str] | None = None,
+) -> tuple[str, ...]:
     """Cilium's label list of a pod: pod labels, namespace labels, cluster, service account, namespace."""
     out = [f"k8s:{k}={v}" for k, v in pod_labels.items()]
     for k, v in (_NS_LABELS[namespace] if ns_labels is None else ns_labels).items():
@@ -346,8 +353,9 @@ def _labels(namespace: str, service_account: str, pod_labels: Mapping[str, str],
     return tuple(sorted(out))
 
 
-def _pod(name: str, namespace: str, node: _Node, ip: str, labels: tuple[str, ...],
-         workload: tuple[str, str] | None) -> _Peer:
+def _pod(
+    name: str, namespace: str, node: _Node, ip: str, labels: tuple[str, ...], workload: tuple[str, str] | None
+) -> _Peer:
     digest = _digest(f"{namespace}/{name}")
     return _Peer(
         ip=ip,
@@ -365,45 +373,64 @@ def _pod(name: str, namespace: str, node: _Node, ip: str, labels: tuple[str, ...
 
 
 def _airflow_labels(component: str) -> tuple[str, ...]:
-    return _labels("airflow", f"airflow-{component}",
-                   {"component": component, "release": "airflow", "tier": "airflow"})
+    return _labels(
+        "airflow", f"airflow-{component}", {"component": component, "release": "airflow", "tier": "airflow"}
+    )
 
 
-_PG_LABELS: Final = _labels("airflow", "airflow-postgresql", {
-    "app.kubernetes.io/component": "primary",
-    "app.kubernetes.io/instance": "airflow",
-    "app.kubernetes.io/managed-by": "Helm",
-    "app.kubernetes.io/name": "postgresql",
-    "app.kubernetes.io/version": "16.1.0",
-    "helm.sh/chart": "postgresql-13.2.24",
-})
+_PG_LABELS: Final = _labels(
+    "airflow",
+    "airflow-postgresql",
+    {
+        "app.kubernetes.io/component": "primary",
+        "app.kubernetes.io/instance": "airflow",
+        "app.kubernetes.io/managed-by": "Helm",
+        "app.kubernetes.io/name": "postgresql",
+        "app.kubernetes.io/version": "16.1.0",
+        "helm.sh/chart": "postgresql-13.2.24",
+    },
+)
 
 
 def _prometheus_labels(ns_label_present: bool) -> tuple[str, ...]:
     ns_labels = dict(_NS_LABELS["monitoring"])
     if not ns_label_present:
         del ns_labels["name"]
-    return _labels("monitoring", "kube-prometheus-stack-prometheus", {
-        "app.kubernetes.io/instance": "kube-prometheus-stack-prometheus",
-        "app.kubernetes.io/managed-by": "prometheus-operator",
-        "app.kubernetes.io/name": "prometheus",
-        "app.kubernetes.io/version": "2.54.1",
-        "operator.prometheus.io/name": "kube-prometheus-stack-prometheus",
-        "operator.prometheus.io/shard": "0",
-        "prometheus": "kube-prometheus-stack-prometheus",
-    }, ns_labels)
+    return _labels(
+        "monitoring",
+        "kube-prometheus-stack-prometheus",
+        {
+            "app.kubernetes.io/instance": "kube-prometheus-stack-prometheus",
+            "app.kubernetes.io/managed-by": "prometheus-operator",
+            "app.kubernetes.io/name": "prometheus",
+            "app.kubernetes.io/version": "2.54.1",
+            "operator.prometheus.io/name": "kube-prometheus-stack-prometheus",
+            "operator.prometheus.io/shard": "0",
+            "prometheus": "kube-prometheus-stack-prometheus",
+        },
+        ns_labels,
+    )
 
 
 def _traefik_labels(instance: str, chart: str) -> tuple[str, ...]:
-    return _labels("kube-system", "traefik", {
-        "app.kubernetes.io/instance": instance,
-        "app.kubernetes.io/managed-by": "Helm",
-        "app.kubernetes.io/name": "traefik",
-        "helm.sh/chart": chart,
-    })
+    return _labels(
+        "kube-system",
+        "traefik",
+        {
+            "app.kubernetes.io/instance": instance,
+            "app.kubernetes.io/managed-by": "Helm",
+            "app.kubernetes.io/name": "traefik",
+            "helm.sh/chart": chart,
+        },
+    )
 
 
 _COREDNS_LABELS: Final = _labels("kube-system", "coredns", {"k8s-app": "kube-dns"})
+
+
+def _airflow_pod(component: str, name: str, node: _Node, ip: str, kind: str) -> _Peer:
+    """A pod of the official Airflow chart (labels tier/component/release, one service account each)."""
+    return _pod(name, "airflow", node, ip, _airflow_labels(component), (f"airflow-{component}", kind))
 
 
 class _Cluster:
@@ -411,43 +438,62 @@ class _Cluster:
 
     def __init__(self) -> None:
         w1, w2 = _WORKER, _WORKER2
-        self.webserver = _pod("airflow-webserver-7d9f8c6b5-x2k4p", "airflow", w1, "10.244.1.23",
-                              _airflow_labels("webserver"), ("airflow-webserver", "Deployment"))
-        self.scheduler = _pod("airflow-scheduler-6b8f7d9c4-m5n7q", "airflow", w1, "10.244.1.57",
-                              _airflow_labels("scheduler"), ("airflow-scheduler", "Deployment"))
-        self.triggerer = _pod("airflow-triggerer-0", "airflow", w1, "10.244.1.88",
-                              _airflow_labels("triggerer"), ("airflow-triggerer", "StatefulSet"))
-        self.statsd = _pod("airflow-statsd-5c9d8b7f6-p2r4t", "airflow", w1, "10.244.1.102",
-                           _airflow_labels("statsd"), ("airflow-statsd", "Deployment"))
-        self.worker = _pod("airflow-worker-0", "airflow", w2, "10.244.2.31",
-                           _airflow_labels("worker"), ("airflow-worker", "StatefulSet"))
-        self.postgresql = _pod("airflow-postgresql-0", "airflow", w2, "10.244.2.64",
-                               _PG_LABELS, ("airflow-postgresql", "StatefulSet"))
-        self.redis = _pod("airflow-redis-0", "airflow", w2, "10.244.2.77",
-                          _airflow_labels("redis"), ("airflow-redis", "StatefulSet"))
+        self.webserver = _airflow_pod(
+            "webserver", "airflow-webserver-7d9f8c6b5-x2k4p", w1, "10.244.1.23", "Deployment"
+        )
+        self.scheduler = _airflow_pod(
+            "scheduler", "airflow-scheduler-6b8f7d9c4-m5n7q", w1, "10.244.1.57", "Deployment"
+        )
+        self.triggerer = _airflow_pod("triggerer", "airflow-triggerer-0", w1, "10.244.1.88", "StatefulSet")
+        self.statsd = _airflow_pod(
+            "statsd", "airflow-statsd-5c9d8b7f6-p2r4t", w1, "10.244.1.102", "Deployment"
+        )
+        self.worker = _airflow_pod("worker", "airflow-worker-0", w2, "10.244.2.31", "StatefulSet")
+        self.redis = _airflow_pod("redis", "airflow-redis-0", w2, "10.244.2.77", "StatefulSet")
+        pg_workload = ("airflow-postgresql", "StatefulSet")
+        self.postgresql = _pod("airflow-postgresql-0", "airflow", w2, "10.244.2.64", _PG_LABELS, pg_workload)
         prom = ("prometheus-kube-prometheus-stack-prometheus-0", "monitoring", w1, "10.244.1.140")
         prom_workload = ("prometheus-kube-prometheus-stack-prometheus", "StatefulSet")
         self.prometheus = _pod(*prom, _prometheus_labels(True), prom_workload)
         self.prometheus_unlabelled = _pod(*prom, _prometheus_labels(False), prom_workload)
-        self.traefik = _pod("traefik-5f6c8d7b9-h4j6k", "kube-system", w2, "10.244.2.15",
-                            _traefik_labels("traefik", "traefik-27.0.2"), ("traefik", "Deployment"))
-        self.traefik_upgraded = _pod("traefik-7b4d9f8c6-r8t2v", "kube-system", w2, "10.244.2.219",
-                                     _traefik_labels("traefik-kube-system", "traefik-28.0.0"),
-                                     ("traefik", "Deployment"))
-        self.coredns1 = _pod("coredns-7db6d8ff4d-4xk9m", "kube-system", w1, "10.244.1.12",
-                             _COREDNS_LABELS, ("coredns", "Deployment"))
-        self.coredns2 = _pod("coredns-7db6d8ff4d-9wz2r", "kube-system", w2, "10.244.2.11",
-                             _COREDNS_LABELS, ("coredns", "Deployment"))
-        self.debug_shell = _pod("debug-shell", "default", w1, "10.244.1.201",
-                                _labels("default", "default", {"run": "debug-shell"}), None)
-        self.attacker = _pod("attacker-7c9f6d5b8-k2x9w", "default", w1, "10.244.1.233",
-                             _labels("default", "default", {"app": "attacker", "pod-template-hash": "7c9f6d5b8"}),
-                             ("attacker", "Deployment"))
-        self.github = _Peer(ip="140.82.112.3", identity=2, labels=("reserved:world",), names=("api.github.com",))
-        self.apiserver = _Peer(ip="172.18.0.2", identity=7,
-                               labels=("reserved:kube-apiserver", "reserved:remote-node"))
-        self.health_w2 = _Peer(ip="10.244.2.52", identity=4, labels=("reserved:health",), node=w2,
-                               ep_id=1537, mac=_mac("health/w2"), ifindex=8, lxc="lxc_health")
+        traefik = ("traefik", "Deployment")
+        old, new = (
+            _traefik_labels("traefik", "traefik-27.0.2"),
+            _traefik_labels("traefik-kube-system", "traefik-28.0.0"),
+        )
+        self.traefik = _pod("traefik-5f6c8d7b9-h4j6k", "kube-system", w2, "10.244.2.15", old, traefik)
+        self.traefik_upgraded = _pod(
+            "traefik-7b4d9f8c6-r8t2v", "kube-system", w2, "10.244.2.219", new, traefik
+        )
+        coredns = ("coredns", "Deployment")
+        self.coredns1 = _pod(
+            "coredns-7db6d8ff4d-4xk9m", "kube-system", w1, "10.244.1.12", _COREDNS_LABELS, coredns
+        )
+        self.coredns2 = _pod(
+            "coredns-7db6d8ff4d-9wz2r", "kube-system", w2, "10.244.2.11", _COREDNS_LABELS, coredns
+        )
+        debug_labels = _labels("default", "default", {"run": "debug-shell"})
+        self.debug_shell = _pod("debug-shell", "default", w1, "10.244.1.201", debug_labels, None)
+        attacker_labels = _labels("default", "default", {"app": "attacker"})
+        attacker = ("attacker", "Deployment")
+        self.attacker = _pod(
+            "attacker-7c9f6d5b8-k2x9w", "default", w1, "10.244.1.233", attacker_labels, attacker
+        )
+        world = ("reserved:world",)
+        self.github = _Peer(ip="140.82.112.3", identity=2, labels=world, names=("api.github.com",))
+        apiserver = ("reserved:kube-apiserver", "reserved:remote-node")
+        self.apiserver = _Peer(ip="172.18.0.2", identity=7, labels=apiserver)
+        health = ("reserved:health",)
+        self.health_w2 = _Peer(
+            ip="10.244.2.52",
+            identity=4,
+            labels=health,
+            node=w2,
+            ep_id=1537,
+            mac=_mac("health/w2"),
+            ifindex=8,
+            lxc="lxc_health",
+        )
 
     @staticmethod
     def host(node: _Node) -> _Peer:
@@ -469,8 +515,16 @@ _DROP_CODES: Final = {"POLICY_DENIED": 133}
 
 # Cilium monitor trace sub-types and the observation point Hubble derives from them.
 _TRACE_SUBTYPE: Final = {
-    "TO_ENDPOINT": 0, "TO_PROXY": 1, "TO_HOST": 2, "TO_STACK": 3, "TO_OVERLAY": 4,
-    "FROM_ENDPOINT": 5, "FROM_PROXY": 6, "FROM_HOST": 7, "FROM_STACK": 8, "FROM_OVERLAY": 9,
+    "TO_ENDPOINT": 0,
+    "TO_PROXY": 1,
+    "TO_HOST": 2,
+    "TO_STACK": 3,
+    "TO_OVERLAY": 4,
+    "FROM_ENDPOINT": 5,
+    "FROM_PROXY": 6,
+    "FROM_HOST": 7,
+    "FROM_STACK": 8,
+    "FROM_OVERLAY": 9,
 }
 
 
@@ -508,7 +562,9 @@ class _Packet:
         return _Packet(self.dst, self.src, self.dport, self.sport, self.protocol, flags, True, 0)
 
     def again(self, flags: tuple[str, ...]) -> _Packet:
-        return _Packet(self.src, self.dst, self.sport, self.dport, self.protocol, flags, False, self.icmp_type)
+        return _Packet(
+            self.src, self.dst, self.sport, self.dport, self.protocol, flags, icmp_type=self.icmp_type
+        )
 
 
 @dataclass(frozen=True)
@@ -632,7 +688,7 @@ class _Recorder:
         self.start_ns = start_ns
         self.rng = rng
         self.records: list[tuple[int, int, Event, str]] = []
-        self.edges: dict[tuple[str, str, int | None, str, str], _EdgeTally] = {}
+        self.edges: dict[tuple[str, str, int, str, str], _EdgeTally] = {}
         self.rules_seen: set[int] = set()
         self._fmt = _TimeFormatter()
         self._ports: set[tuple[str, int]] = set()
@@ -685,13 +741,83 @@ class _Recorder:
         if rule is not None:
             self.rules_seen.add(rule)
 
+    # -- event kinds ------------------------------------------------------------------------------
+    def pv(
+        self,
+        t: int,
+        node: _Node,
+        pkt: _Packet,
+        outcome: str,
+        direction: str,
+        verdict: str = "FORWARDED",
+        *,
+        match_type: int = 2,
+        policy: _Policy | None = None,
+    ) -> int:
+        """A policy-verdict event (type 5); ``is_reply`` is false unless the verdict is a drop."""
+        self.flow(
+            t,
+            node,
+            pkt,
+            outcome,
+            verdict=verdict,
+            event_type=(5, 0),
+            direction=direction,
+            match_type=match_type if verdict in ("FORWARDED", "REDIRECTED") else 0,
+            drop_reason="POLICY_DENIED" if verdict == "DROPPED" else "",
+            is_reply=None if verdict == "DROPPED" else False,
+            policies=(policy,) if policy else (),
+        )
+        return t + self.hop()
+
+    def trace(
+        self,
+        t: int,
+        node: _Node,
+        pkt: _Packet,
+        outcome: str,
+        point: str,
+        direction: str = "",
+        *,
+        reason: str = "",
+        interface: Mapping[str, Any] | None = None,
+    ) -> int:
+        """A trace event (type 4) at an observation point; no reason means Hubble cannot tell replies."""
+        self.flow(
+            t,
+            node,
+            pkt,
+            outcome,
+            verdict="FORWARDED",
+            event_type=(4, _TRACE_SUBTYPE[point]),
+            direction=direction,
+            point=point,
+            trace_reason=reason,
+            is_reply=(reason == "REPLY") if reason else None,
+            interface=interface,
+        )
+        return t + self.hop()
+
+    def drop(self, t: int, node: _Node, pkt: _Packet, outcome: str) -> int:
+        """A policy drop notification (type 1, sub-type 133) at the destination's ingress."""
+        self.flow(
+            t,
+            node,
+            pkt,
+            outcome,
+            verdict="DROPPED",
+            event_type=(1, 133),
+            direction="INGRESS",
+            drop_reason="POLICY_DENIED",
+        )
+        return t + self.hop()
+
     # -- connections ------------------------------------------------------------------------------
     def connection(self, t: int, conn: _Conn) -> None:
         """All events of one connection attempt starting at ``t``, and its ground truth."""
-        src, dst = conn.src, conn.dst
-        sport = self.sport(src.ip)
+        sport = self.sport(conn.src.ip)
         flags = ("SYN",) if conn.protocol == "TCP" else ()
-        syn = _Packet(src, dst, sport, conn.dport, conn.protocol, flags)
+        syn = _Packet(conn.src, conn.dst, sport, conn.dport, conn.protocol, flags)
         if conn.dst.node is None:
             self._to_outside(t, conn, syn)
         elif conn.delivered:
@@ -699,41 +825,46 @@ class _Recorder:
         else:
             self._dropped(t, conn, syn)
 
-    def _scope(self, conn: _Conn, outcome: str) -> str:
+    @staticmethod
+    def _out(conn: _Conn, outcome: str) -> str:
         return outcome if conn.in_scope else "out_of_scope"
 
     def _egress_side(self, t: int, conn: _Conn, pkt: _Packet, *, first: bool) -> int:
-        """Source-node events of an original-direction packet towards a pod; returns the time after them."""
-        src, dst = conn.src, conn.dst
-        node = src.node
+        """Source-node events of an original-direction packet towards a pod; returns the time after them.
+
+        Egress-side FORWARDED/REDIRECTED towards a pod proves nothing (provisional); AUDIT is final.
+        """
+        src, node = conn.src, conn.src.node
         if node is None or not src.pod_name:  # the host (kubelet): no endpoint program, no egress event
             return t
-        towards_pod = "provisional"
+        maybe = self._out(conn, "provisional")
         reason = "NEW" if first else "ESTABLISHED"
         if first and conn.egress_policy is not None:
             if conn.egress_audit:
-                self.flow(t, node, pkt, self._scope(conn, "judged"), verdict="AUDIT", event_type=(5, 0),
-                          direction="EGRESS", is_reply=False)
-            elif conn.dns_query:
-                self.flow(t, node, pkt, self._scope(conn, towards_pod), verdict="REDIRECTED", event_type=(5, 0),
-                          direction="EGRESS", match_type=2, is_reply=False, policies=(conn.egress_policy,))
+                t = self.pv(t, node, pkt, self._out(conn, "judged"), "EGRESS", "AUDIT")
             else:
-                self.flow(t, node, pkt, self._scope(conn, towards_pod), verdict="FORWARDED", event_type=(5, 0),
-                          direction="EGRESS", match_type=2, is_reply=False, policies=(conn.egress_policy,))
-            t += self.hop()
+                verdict = "REDIRECTED" if conn.dns_query else "FORWARDED"
+                t = self.pv(t, node, pkt, maybe, "EGRESS", verdict, policy=conn.egress_policy)
         if conn.dns_query and first:
-            self.flow(t, node, pkt, self._scope(conn, towards_pod), verdict="FORWARDED", event_type=(4, 1),
-                      direction="EGRESS", point="TO_PROXY", trace_reason=reason, is_reply=False)
+            t = self.trace(t, node, pkt, maybe, "TO_PROXY", "EGRESS", reason=reason)
             t += self.rng.randrange(120 * _US, 400 * _US)
             query = conn.dns_query
             l7 = {"type": "REQUEST", "dns": {"query": query, "observation_source": "proxy", "qtypes": ["A"]}}
-            self.flow(t, node, pkt, self._scope(conn, "ignored"), verdict="FORWARDED", event_type=(129, 0),
-                      direction="EGRESS", is_reply=False, l7=l7, summary=f"DNS Query {query} A")
+            self.flow(
+                t,
+                node,
+                pkt,
+                self._out(conn, "ignored"),
+                verdict="FORWARDED",
+                event_type=(129, 0),
+                direction="EGRESS",
+                is_reply=False,
+                l7=l7,
+                summary=f"DNS Query {query} A",
+            )
             t += self.hop()
-        if dst.node is not node:
-            self.flow(t, node, pkt, self._scope(conn, towards_pod), verdict="FORWARDED", event_type=(4, 4),
-                      direction="EGRESS", point="TO_OVERLAY", trace_reason=reason, is_reply=False,
-                      interface=_VXLAN)
+        if conn.dst.node is not node:
+            t = self.trace(t, node, pkt, maybe, "TO_OVERLAY", "EGRESS", reason=reason, interface=_VXLAN)
             t += self.wire()
         return t
 
@@ -743,126 +874,127 @@ class _Recorder:
         assert dst_node is not None
         if conn.src.node is dst_node or not conn.src.pod_name:
             return t
-        self.flow(t, dst_node, pkt, self._scope(conn, "ignored"), verdict="FORWARDED", event_type=(4, 9),
-                  point="FROM_OVERLAY", interface=_VXLAN)
-        return t + self.hop()
+        return self.trace(t, dst_node, pkt, self._out(conn, "ignored"), "FROM_OVERLAY", interface=_VXLAN)
 
     def _reply(self, t: int, conn: _Conn, pkt: _Packet) -> int:
         """A reply packet from the destination back to the source (``is_reply: true`` everywhere)."""
-        src_node, dst_node = conn.src.node, conn.dst.node
-        outcome = self._scope(conn, "reply")
-        if dst_node is not None and not conn.src.pod_name:  # reply to the host (kubelet probe)
-            self.flow(t, dst_node, pkt, outcome, verdict="FORWARDED", event_type=(4, 3), direction="INGRESS",
-                      point="TO_STACK", trace_reason="REPLY", is_reply=True)
-            return t + self.hop()
-        if dst_node is not None and src_node is dst_node:
-            self.flow(t, dst_node, pkt, outcome, verdict="FORWARDED", event_type=(4, 0), direction="EGRESS",
-                      point="TO_ENDPOINT", trace_reason="REPLY", is_reply=True,
-                      interface={"index": conn.src.ifindex, "name": conn.src.lxc})
-            return t + self.hop()
-        if dst_node is not None:
-            self.flow(t, dst_node, pkt, outcome, verdict="FORWARDED", event_type=(4, 4), direction="INGRESS",
-                      point="TO_OVERLAY", trace_reason="REPLY", is_reply=True, interface=_VXLAN)
+        src, src_node, dst_node = conn.src, conn.src.node, conn.dst.node
+        assert dst_node is not None
+        out = self._out(conn, "reply")
+        if not src.pod_name:  # back to the host (kubelet probe)
+            return self.trace(t, dst_node, pkt, out, "TO_STACK", "INGRESS", reason="REPLY")
+        if src_node is not dst_node:
+            t = self.trace(t, dst_node, pkt, out, "TO_OVERLAY", "INGRESS", reason="REPLY", interface=_VXLAN)
             t += self.wire()
-        if src_node is not None:
-            self.flow(t, src_node, pkt, outcome, verdict="FORWARDED", event_type=(4, 0), direction="EGRESS",
-                      point="TO_ENDPOINT", trace_reason="REPLY", is_reply=True,
-                      interface={"index": conn.src.ifindex, "name": conn.src.lxc})
-            t += self.hop()
-        return t
+        assert src_node is not None
+        return self.trace(
+            t,
+            src_node,
+            pkt,
+            out,
+            "TO_ENDPOINT",
+            "EGRESS",
+            reason="REPLY",
+            interface={"index": src.ifindex, "name": src.lxc},
+        )
 
     def _deliver(self, t: int, conn: _Conn, pkt: _Packet, *, first: bool) -> int:
-        """Ingress-side evidence at the destination pod for an original-direction packet."""
-        dst_node = conn.dst.node
+        """Ingress-side evidence at the destination pod for an original-direction packet (final)."""
+        dst, dst_node = conn.dst, conn.dst.node
         assert dst_node is not None
-        judged = self._scope(conn, "judged")
+        judged = self._out(conn, "judged")
         if first and conn.ingress_policy is not None:
             # The host is allowed by Cilium's allow-localhost (an L3-only match), not by the NetworkPolicy.
-            host = conn.src.identity == 1
-            self.flow(t, dst_node, pkt, judged, verdict="FORWARDED", event_type=(5, 0), direction="INGRESS",
-                      match_type=1 if host else 2, is_reply=False, policies=() if host else (conn.ingress_policy,))
-            t += self.hop()
-        self.flow(t, dst_node, pkt, judged, verdict="FORWARDED", event_type=(4, 0), direction="INGRESS",
-                  point="TO_ENDPOINT", trace_reason="NEW" if first else "ESTABLISHED", is_reply=False,
-                  interface={"index": conn.dst.ifindex, "name": conn.dst.lxc})
-        return t + self.hop()
+            if conn.src.identity == 1:
+                t = self.pv(t, dst_node, pkt, judged, "INGRESS", match_type=1)
+            else:
+                t = self.pv(t, dst_node, pkt, judged, "INGRESS", policy=conn.ingress_policy)
+        return self.trace(
+            t,
+            dst_node,
+            pkt,
+            judged,
+            "TO_ENDPOINT",
+            "INGRESS",
+            reason="NEW" if first else "ESTABLISHED",
+            interface={"index": dst.ifindex, "name": dst.lxc},
+        )
 
     def _delivered(self, t: int, conn: _Conn, syn: _Packet) -> None:
         rtt = self.rng.randrange(200 * _US, 2 * _MS)
         t = self._egress_side(t, conn, syn, first=True)
         t = self._overlay_in(t, conn, syn)
         t = self._deliver(t, conn, syn, first=True)
-        if conn.protocol == "UDP":
-            if conn.dns_query:
-                self._reply(t + rtt, conn, syn.answer(()))
-            self._truth_delivered(conn)
-            return
-        t = self._reply(t + rtt, conn, syn.answer(("SYN", "ACK")))
-        if conn.detail >= 1:
-            for flags in (("ACK",), ("ACK", "PSH")):
-                pkt = syn.again(flags)
-                t = self._egress_side(t + self.hop(), conn, pkt, first=False)
-                t = self._overlay_in(t, conn, pkt)
-                t = self._deliver(t, conn, pkt, first=False)
-            t = self._reply(t + rtt, conn, syn.answer(("ACK", "PSH")))
-        if conn.detail >= 2:
-            close = syn.again(("ACK", "FIN"))
-            t = self._egress_side(t + self.rng.randrange(5 * _MS, 80 * _MS), conn, close, first=False)
-            t = self._overlay_in(t, conn, close)
-            t = self._deliver(t, conn, close, first=False)
-            self._reply(t + rtt, conn, syn.answer(("ACK", "FIN")))
-        self._truth_delivered(conn)
-
-    def _truth_delivered(self, conn: _Conn) -> None:
-        if not conn.in_scope:
-            return
-        if conn.egress_audit:
-            self.expect(conn, False, "AUDIT")
-        self.expect(conn, True, "FORWARDED")
+        if conn.protocol == "TCP":
+            t = self._reply(t + rtt, conn, syn.answer(("SYN", "ACK")))
+            if conn.detail >= 1:
+                for flags in (("ACK",), ("ACK", "PSH")):
+                    pkt = syn.again(flags)
+                    t = self._egress_side(t + self.hop(), conn, pkt, first=False)
+                    t = self._overlay_in(t, conn, pkt)
+                    t = self._deliver(t, conn, pkt, first=False)
+                t = self._reply(t + rtt, conn, syn.answer(("ACK", "PSH")))
+            if conn.detail >= 2:
+                close = syn.again(("ACK", "FIN"))
+                t = self._egress_side(t + self.rng.randrange(5 * _MS, 80 * _MS), conn, close, first=False)
+                t = self._overlay_in(t, conn, close)
+                t = self._deliver(t, conn, close, first=False)
+                self._reply(t + rtt, conn, syn.answer(("ACK", "FIN")))
+        elif conn.dns_query:
+            self._reply(t + rtt, conn, syn.answer(()))
+        if conn.in_scope:
+            if conn.egress_audit:
+                self.expect(conn, False, "AUDIT")
+            self.expect(conn, True, "FORWARDED")
 
     def _dropped(self, t: int, conn: _Conn, syn: _Packet) -> None:
         """Ingress policy drop at the destination, with SYN retransmits 1 s and 3 s later."""
         dst_node = conn.dst.node
         assert dst_node is not None
-        judged = self._scope(conn, "judged")
+        judged = self._out(conn, "judged")
         for n, delay in enumerate((0, 1 * _NS, 3 * _NS)):
             when = t + delay + (self.rng.randrange(0, 3 * _MS) if delay else 0)
             when = self._egress_side(when, conn, syn, first=n == 0)
             when = self._overlay_in(when, conn, syn)
             if conn.ingress_policy is not None:
-                self.flow(when, dst_node, syn, judged, verdict="DROPPED", event_type=(5, 0), direction="INGRESS",
-                          drop_reason="POLICY_DENIED")
-                when += self.hop()
-            self.flow(when, dst_node, syn, judged, verdict="DROPPED", event_type=(1, 133), direction="INGRESS",
-                      drop_reason="POLICY_DENIED")
+                when = self.pv(when, dst_node, syn, judged, "INGRESS", "DROPPED")
+            self.drop(when, dst_node, syn, judged)
         if conn.in_scope:
             self.expect(conn, False, "DROPPED", "POLICY_DENIED")
 
     def _to_outside(self, t: int, conn: _Conn, syn: _Packet) -> None:
         """Egress to a peer outside Cilium's endpoints (world, kube-apiserver): egress evidence is final."""
-        node = conn.src.node
+        src, node = conn.src, conn.src.node
         assert node is not None
-        judged = self._scope(conn, "judged")
+        judged, reply = self._out(conn, "judged"), self._out(conn, "reply")
+        iface = {"index": src.ifindex, "name": src.lxc}
         if conn.egress_policy is not None:
-            self.flow(t, node, syn, judged, verdict="FORWARDED", event_type=(5, 0), direction="EGRESS",
-                      match_type=2, is_reply=False, policies=(conn.egress_policy,))
-            t += self.hop()
-        self.flow(t, node, syn, judged, verdict="FORWARDED", event_type=(4, 3), direction="EGRESS",
-                  point="TO_STACK", trace_reason="NEW", is_reply=False)
+            t = self.pv(t, node, syn, judged, "EGRESS", policy=conn.egress_policy)
+        t = self.trace(t, node, syn, judged, "TO_STACK", "EGRESS", reason="NEW")
         rtt = self.rng.randrange(8 * _MS, 40 * _MS)
-        t += rtt
-        iface = {"index": conn.src.ifindex, "name": conn.src.lxc}
-        reply = self._scope(conn, "reply")
-        self.flow(t, node, syn.answer(("SYN", "ACK")), reply, verdict="FORWARDED", event_type=(4, 0),
-                  direction="EGRESS", point="TO_ENDPOINT", trace_reason="REPLY", is_reply=True, interface=iface)
-        t += self.hop()
+        t = self.trace(
+            t + rtt,
+            node,
+            syn.answer(("SYN", "ACK")),
+            reply,
+            "TO_ENDPOINT",
+            "EGRESS",
+            reason="REPLY",
+            interface=iface,
+        )
         if conn.detail >= 1:
             for flags in (("ACK",), ("ACK", "PSH")):
-                self.flow(t, node, syn.again(flags), judged, verdict="FORWARDED", event_type=(4, 3),
-                          direction="EGRESS", point="TO_STACK", trace_reason="ESTABLISHED", is_reply=False)
-                t += self.hop()
-            self.flow(t + rtt, node, syn.answer(("ACK", "PSH")), reply, verdict="FORWARDED", event_type=(4, 0),
-                      direction="EGRESS", point="TO_ENDPOINT", trace_reason="REPLY", is_reply=True, interface=iface)
+                t = self.trace(t, node, syn.again(flags), judged, "TO_STACK", "EGRESS", reason="ESTABLISHED")
+            self.trace(
+                t + rtt,
+                node,
+                syn.answer(("ACK", "PSH")),
+                reply,
+                "TO_ENDPOINT",
+                "EGRESS",
+                reason="REPLY",
+                interface=iface,
+            )
         if conn.in_scope:
             self.expect(conn, True, "FORWARDED")
 
@@ -870,19 +1002,33 @@ class _Recorder:
         """Cilium's node-to-node health probe (out of scope: neither end is in a namespace)."""
         assert health.node is not None
         pkt = _Packet(_Cluster.remote_node(src_node), health, 0, 0, "ICMPv4", icmp_type=8)
-        self.flow(t, health.node, pkt, "out_of_scope", verdict="FORWARDED", event_type=(4, 0), direction="INGRESS",
-                  point="TO_ENDPOINT", trace_reason="NEW", is_reply=False,
-                  interface={"index": health.ifindex, "name": health.lxc})
+        self.trace(
+            t,
+            health.node,
+            pkt,
+            "out_of_scope",
+            "TO_ENDPOINT",
+            "INGRESS",
+            reason="NEW",
+            interface={"index": health.ifindex, "name": health.lxc},
+        )
 
     # -- result -----------------------------------------------------------------------------------
     def scenario(self) -> Scenario:
         self.records.sort(key=lambda r: (r[0], r[1]))
         edges = [
-            ExpectedEdge(src, dst, port, proto, cls, tally.connections,
-                         dict(sorted(tally.verdicts.items())), dict(sorted(tally.drop_reasons.items())),
-                         _rule_for(src, dst, port, proto) if cls.startswith("expected_") else None)
-            for (src, dst, port, proto, cls), tally in sorted(
-                self.edges.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] or 0, kv[0][3], kv[0][4]))
+            ExpectedEdge(
+                src,
+                dst,
+                port,
+                proto,
+                cls,
+                tally.connections,
+                dict(sorted(tally.verdicts.items())),
+                dict(sorted(tally.drop_reasons.items())),
+                _rule_for(src, dst, port, proto) if cls.startswith("expected_") else None,
+            )
+            for (src, dst, port, proto, cls), tally in sorted(self.edges.items(), key=lambda kv: kv[0])
         ]
         unused = [number for number, *_ in _RULES if number not in self.rules_seen]
         return Scenario([r[2] for r in self.records], [r[3] for r in self.records], edges, unused)
@@ -941,94 +1087,239 @@ def airflow_scenario(start: datetime = DEFAULT_START, *, seed: int = 7) -> Scena
 
     # 1. Normal traffic -------------------------------------------------------------------------
     for s in spread(10, 1.0):
-        rec.connection(rec.at(s), _Conn(_Cluster.host(_WORKER), c.webserver, 8080, "kubelet", "webserver",
-                                         ingress_policy=_np("webserver")))
-    for component, pod, count in (("webserver", c.webserver, 4), ("scheduler", c.scheduler, 6),
-                                  ("worker", c.worker, 5)):
+        rec.connection(
+            rec.at(s),
+            _Conn(
+                _Cluster.host(_WORKER),
+                c.webserver,
+                8080,
+                "kubelet",
+                "webserver",
+                ingress_policy=_np("webserver"),
+            ),
+        )
+    for component, pod, count in (
+        ("webserver", c.webserver, 4),
+        ("scheduler", c.scheduler, 6),
+        ("worker", c.worker, 5),
+    ):
         for s in spread(count):
-            rec.connection(rec.at(s), _Conn(pod, c.postgresql, 5432, component, "postgresql",
-                                             egress_policy=_egress(component), ingress_policy=_PG_POLICY,
-                                             detail=detail()))
+            rec.connection(
+                rec.at(s),
+                _Conn(
+                    pod,
+                    c.postgresql,
+                    5432,
+                    component,
+                    "postgresql",
+                    egress_policy=_egress(component),
+                    ingress_policy=_PG_POLICY,
+                    detail=detail(),
+                ),
+            )
     for component, pod, count in (("scheduler", c.scheduler, 5), ("worker", c.worker, 5)):
         for s in spread(count):
-            rec.connection(rec.at(s), _Conn(pod, c.redis, 6379, component, "redis",
-                                             egress_policy=_egress(component), ingress_policy=_np("redis"),
-                                             detail=detail()))
+            rec.connection(
+                rec.at(s),
+                _Conn(
+                    pod,
+                    c.redis,
+                    6379,
+                    component,
+                    "redis",
+                    egress_policy=_egress(component),
+                    ingress_policy=_np("redis"),
+                    detail=detail(),
+                ),
+            )
     for s in spread(3):
-        rec.connection(rec.at(s), _Conn(c.scheduler, c.worker, 8793, "scheduler", "worker",
-                                         egress_policy=_egress("scheduler"), ingress_policy=_np("worker"),
-                                         detail=detail()))
+        rec.connection(
+            rec.at(s),
+            _Conn(
+                c.scheduler,
+                c.worker,
+                8793,
+                "scheduler",
+                "worker",
+                egress_policy=_egress("scheduler"),
+                ingress_policy=_np("worker"),
+                detail=detail(),
+            ),
+        )
     worker_egress = _egress("worker")
-    queries = ("airflow-postgresql.airflow.svc.cluster.local.", "airflow-redis.airflow.svc.cluster.local.",
-               "airflow-statsd.airflow.svc.cluster.local.", "api.github.com.")
-    for i, s in enumerate(spread(6)):
-        rec.connection(rec.at(s), _Conn(c.worker, c.coredns1, 53, "worker", "kube-dns", protocol="UDP",
-                                         egress_policy=worker_egress, dns_query=queries[i % len(queries)]))
+    queries = (
+        "airflow-postgresql.airflow.svc.cluster.local.",
+        "airflow-redis.airflow.svc.cluster.local.",
+        "airflow-statsd.airflow.svc.cluster.local.",
+        "api.github.com.",
+    )
+    for i, s in enumerate(spread(8)):
+        rec.connection(
+            rec.at(s),
+            _Conn(
+                c.worker,
+                c.coredns1,
+                53,
+                "worker",
+                "kube-dns",
+                protocol="UDP",
+                egress_policy=worker_egress,
+                dns_query=queries[i % len(queries)],
+            ),
+        )
         if i % len(queries) == len(queries) - 1:
-            rec.connection(rec.at(s + 0.05), _Conn(c.worker, c.github, 443, "worker", "internet",
-                                                    egress_policy=worker_egress, detail=1))
+            rec.connection(
+                rec.at(s + 0.05),
+                _Conn(c.worker, c.github, 443, "worker", "internet", egress_policy=worker_egress, detail=1),
+            )
     for component, pod, count in (("worker", c.worker, 5), ("scheduler", c.scheduler, 3)):
         for s in spread(count):
-            rec.connection(rec.at(s), _Conn(pod, c.statsd, 9125, component, "statsd", protocol="UDP",
-                                             egress_policy=_egress(component), ingress_policy=_np("statsd")))
+            rec.connection(
+                rec.at(s),
+                _Conn(
+                    pod,
+                    c.statsd,
+                    9125,
+                    component,
+                    "statsd",
+                    protocol="UDP",
+                    egress_policy=_egress(component),
+                    ingress_policy=_np("statsd"),
+                ),
+            )
     for s in spread(2, 5.0):
         prom = c.prometheus if s < _PROMETHEUS_LABEL_LOST_S else c.prometheus_unlabelled
-        rec.connection(rec.at(s), _Conn(prom, c.webserver, 8080, "prometheus", "webserver",
-                                         ingress_policy=_np("webserver"), detail=1))
-        rec.connection(rec.at(s + 0.4), _Conn(prom, c.statsd, 9102, "prometheus", "statsd",
-                                               ingress_policy=_np("statsd"), detail=1))
+        rec.connection(
+            rec.at(s),
+            _Conn(
+                prom, c.webserver, 8080, "prometheus", "webserver", ingress_policy=_np("webserver"), detail=1
+            ),
+        )
+        rec.connection(
+            rec.at(s + 0.4),
+            _Conn(prom, c.statsd, 9102, "prometheus", "statsd", ingress_policy=_np("statsd"), detail=1),
+        )
 
     # 2. Prometheus loses its namespace label: exporter scrapes dropped ----------------------------
-    for target, port, policy, first in ((c.postgresql, 9187, _PG_POLICY, 12.0),
-                                        (c.redis, 9121, _np("redis"), 17.0)):
+    for target, port, policy, first in (
+        (c.postgresql, 9187, _PG_POLICY, 12.0),
+        (c.redis, 9121, _np("redis"), 17.0),
+    ):
         name = "postgresql" if target is c.postgresql else "redis"
-        rec.connection(rec.at(first), _Conn(c.prometheus, target, port, "prometheus", name,
-                                             ingress_policy=policy, detail=1))
+        rec.connection(
+            rec.at(first),
+            _Conn(c.prometheus, target, port, "prometheus", name, ingress_policy=policy, detail=1),
+        )
         scrape = _PROMETHEUS_LABEL_LOST_S + first + 15.0
         while scrape < _DURATION_S - 5.0:
-            rec.connection(rec.at(scrape + rng.uniform(0, 0.05)),
-                           _Conn(c.prometheus_unlabelled, target, port, "prometheus", name,
-                                 ingress_policy=policy, delivered=False))
+            rec.connection(
+                rec.at(scrape + rng.uniform(0, 0.05)),
+                _Conn(
+                    c.prometheus_unlabelled,
+                    target,
+                    port,
+                    "prometheus",
+                    name,
+                    ingress_policy=policy,
+                    delivered=False,
+                ),
+            )
             scrape += 60.0
 
     # 3. A debug pod reaches Redis (policy too broad) ------------------------------------------------
     for s in (241.0, 247.5, 262.0):
-        rec.connection(rec.at(s), _Conn(c.debug_shell, c.redis, 6379, "ns:default", "redis",
-                                         ingress_policy=_np("redis"), detail=1))
+        rec.connection(
+            rec.at(s),
+            _Conn(c.debug_shell, c.redis, 6379, "ns:default", "redis", ingress_policy=_np("redis"), detail=1),
+        )
 
     # 4. A compromised pod probes PostgreSQL: provisional egress, dropped at ingress ----------------
     for s in (402.0, 405.2, 409.9, 431.3):
-        rec.connection(rec.at(s), _Conn(c.attacker, c.postgresql, 5432, "ns:default", "postgresql",
-                                         ingress_policy=_PG_POLICY, delivered=False))
+        rec.connection(
+            rec.at(s),
+            _Conn(
+                c.attacker,
+                c.postgresql,
+                5432,
+                "ns:default",
+                "postgresql",
+                ingress_policy=_PG_POLICY,
+                delivered=False,
+            ),
+        )
 
     # 5. Audit mode on the triggerer: would be dropped, delivered -----------------------------------
     for s in spread(4, 20.0):
-        rec.connection(rec.at(s), _Conn(c.triggerer, c.postgresql, 5432, "triggerer", "postgresql",
-                                         egress_policy=_egress("triggerer"), ingress_policy=_PG_POLICY,
-                                         egress_audit=True, detail=detail()))
+        rec.connection(
+            rec.at(s),
+            _Conn(
+                c.triggerer,
+                c.postgresql,
+                5432,
+                "triggerer",
+                "postgresql",
+                egress_policy=_egress("triggerer"),
+                ingress_policy=_PG_POLICY,
+                egress_audit=True,
+                detail=detail(),
+            ),
+        )
 
     # 6 (and 1). Traefik → webserver, broken between the Traefik upgrade and the policy fix ---------
     for s in spread(10, 3.0):
         if _TRAEFIK_UPGRADE_S <= s < _TRAEFIK_POLICY_FIXED_S:
             continue
         pod = c.traefik_upgraded if s >= _TRAEFIK_UPGRADE_S else c.traefik
-        rec.connection(rec.at(s), _Conn(pod, c.webserver, 8080, "traefik", "webserver",
-                                         ingress_policy=_np("webserver"), detail=detail()))
+        rec.connection(
+            rec.at(s),
+            _Conn(
+                pod,
+                c.webserver,
+                8080,
+                "traefik",
+                "webserver",
+                ingress_policy=_np("webserver"),
+                detail=detail(),
+            ),
+        )
     for s in (372.4, 389.0, 417.3, 455.8):
-        rec.connection(rec.at(s), _Conn(c.traefik_upgraded, c.webserver, 8080, "traefik", "webserver",
-                                         ingress_policy=_np("webserver"), delivered=False))
+        rec.connection(
+            rec.at(s),
+            _Conn(
+                c.traefik_upgraded,
+                c.webserver,
+                8080,
+                "traefik",
+                "webserver",
+                ingress_policy=_np("webserver"),
+                delivered=False,
+            ),
+        )
 
     # 7. Out of scope, health probes, lost events -----------------------------------------------
     for i, s in enumerate(spread(4, 30.0)):
         prom = c.prometheus if s < _PROMETHEUS_LABEL_LOST_S else c.prometheus_unlabelled
-        rec.connection(rec.at(s), _Conn(prom, c.apiserver, 6443, "prometheus", "kube-apiserver", in_scope=False))
+        rec.connection(
+            rec.at(s), _Conn(prom, c.apiserver, 6443, "prometheus", "kube-apiserver", in_scope=False)
+        )
         traefik = c.traefik if s < _TRAEFIK_UPGRADE_S else c.traefik_upgraded
-        rec.connection(rec.at(s + 1.3), _Conn(traefik, c.coredns2, 53, "traefik", "kube-dns", protocol="UDP",
-                                               in_scope=False))
+        rec.connection(
+            rec.at(s + 1.3),
+            _Conn(traefik, c.coredns2, 53, "traefik", "kube-dns", protocol="UDP", in_scope=False),
+        )
         coredns = c.coredns1 if i % 2 else c.coredns2
         assert coredns.node is not None
-        rec.connection(rec.at(s + 2.1), _Conn(_Cluster.host(coredns.node), coredns, 8080 if i % 2 else 8181,
-                                               "kubelet", "kube-dns", in_scope=False))
+        rec.connection(
+            rec.at(s + 2.1),
+            _Conn(
+                _Cluster.host(coredns.node),
+                coredns,
+                8080 if i % 2 else 8181,
+                "kubelet",
+                "kube-dns",
+                in_scope=False,
+            ),
+        )
     for s in (60.0, 360.0):
         rec.icmp_health(rec.at(s), _WORKER, c.health_w2)
     rec.lost(rec.at(251.0), _WORKER, 3, 1)
@@ -1090,10 +1381,17 @@ def _synth_labels(component: str) -> tuple[str, str, tuple[str, ...]]:
 
 
 class _SynthPod:
-    __slots__ = ("ip", "mac", "node", "remote", "local", "iface")
+    __slots__ = ("iface", "ip", "local", "mac", "node", "remote")
 
-    def __init__(self, ip: str, mac: str, node: int, remote: dict[str, Any], local: dict[str, Any],
-                 iface: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        ip: str,
+        mac: str,
+        node: int,
+        remote: dict[str, Any],
+        local: dict[str, Any],
+        iface: dict[str, Any],
+    ) -> None:
         self.ip = ip
         self.mac = mac
         self.node = node
@@ -1111,9 +1409,12 @@ def _synth_pods(distinct_pods: int, n_nodes: int, rng: random.Random) -> dict[st
         count = max(1, distinct_pods * weight // total_weight)
         namespace, _sa, labels = _synth_labels(component)
         identity = _identity_of(labels)
-        workload_name = {"kube-dns": "coredns", "traefik": "traefik", "debug": "debug-shell",
-                         "prometheus": "prometheus-kube-prometheus-stack-prometheus"}.get(component,
-                                                                                         f"airflow-{component}")
+        workload_name = {
+            "kube-dns": "coredns",
+            "traefik": "traefik",
+            "debug": "debug-shell",
+            "prometheus": "prometheus-kube-prometheus-stack-prometheus",
+        }.get(component, f"airflow-{component}")
         hash_part = format(_digest(component), "x")[:9]
         members: list[_SynthPod] = []
         for i in range(count):
@@ -1125,8 +1426,13 @@ def _synth_pods(distinct_pods: int, n_nodes: int, rng: random.Random) -> dict[st
             node = index % n_nodes
             ip = f"10.{244 + (index >> 16)}.{(index >> 8) & 0xFF}.{index & 0xFF}"
             index += 1
-            ep: dict[str, Any] = {"identity": identity, "cluster_name": _CLUSTER, "namespace": namespace,
-                                  "labels": list(labels), "pod_name": name}
+            ep: dict[str, Any] = {
+                "identity": identity,
+                "cluster_name": _CLUSTER,
+                "namespace": namespace,
+                "labels": list(labels),
+                "pod_name": name,
+            }
             if kind:
                 ep["workloads"] = [{"name": workload_name, "kind": kind}]
             local = {"ID": 100 + (_digest(name) % 3900), **ep}
@@ -1136,8 +1442,9 @@ def _synth_pods(distinct_pods: int, n_nodes: int, rng: random.Random) -> dict[st
     return pods
 
 
-def synthetic_events(n: int, *, distinct_pods: int = 1000, seed: int = 1,
-                     start: datetime = DEFAULT_START) -> Iterator[Event]:
+def synthetic_events(
+    n: int, *, distinct_pods: int = 1000, seed: int = 1, start: datetime = DEFAULT_START
+) -> Iterator[Event]:
     """``n`` realistic Hubble jsonpb records for benchmarks (deterministic for given arguments).
 
     Airflow components with ``distinct_pods`` pods (names, IPs, endpoint IDs, MACs) spread over
@@ -1197,17 +1504,26 @@ def synthetic_events(n: int, *, distinct_pods: int = 1000, seed: int = 1,
                 dst_ip, dst_mac = dst.ip, dst.mac
             src_ep = src.local if node == src_node else src.remote
             if kind != "l7":
-                f["ethernet"] = ({"source": dst_mac, "destination": src.mac} if reply
-                                 else {"source": src.mac, "destination": dst_mac})
+                f["ethernet"] = (
+                    {"source": dst_mac, "destination": src.mac}
+                    if reply
+                    else {"source": src.mac, "destination": dst_mac}
+                )
             if reply:
                 f["IP"] = {"source": dst_ip, "destination": src.ip, "ipVersion": "IPv4"}
-                f["l4"] = ({"TCP": {"source_port": dport, "destination_port": sport, "flags": spec[3]}}
-                           if proto == "TCP" else {"UDP": {"source_port": dport, "destination_port": sport}})
+                f["l4"] = (
+                    {"TCP": {"source_port": dport, "destination_port": sport, "flags": spec[3]}}
+                    if proto == "TCP"
+                    else {"UDP": {"source_port": dport, "destination_port": sport}}
+                )
                 f["source"], f["destination"] = dst_ep, src_ep
             else:
                 f["IP"] = {"source": src.ip, "destination": dst_ip, "ipVersion": "IPv4"}
-                f["l4"] = ({"TCP": {"source_port": sport, "destination_port": dport, "flags": spec[3]}}
-                           if proto == "TCP" else {"UDP": {"source_port": sport, "destination_port": dport}})
+                f["l4"] = (
+                    {"TCP": {"source_port": sport, "destination_port": dport, "flags": spec[3]}}
+                    if proto == "TCP"
+                    else {"UDP": {"source_port": sport, "destination_port": dport}}
+                )
                 f["source"], f["destination"] = src_ep, dst_ep
             f["Type"] = "L7" if kind == "l7" else "L3_L4"
             f["node_name"] = node_names[node]
@@ -1248,8 +1564,14 @@ def _fast_uuid(bits: int) -> str:
 _SYN: Final = {"SYN": True}
 _SYNACK: Final = {"SYN": True, "ACK": True}
 _ACKPSH: Final = {"PSH": True, "ACK": True}
-_SYNTH_DNS_L7: Final = {"type": "REQUEST", "dns": {"query": "airflow-postgresql.airflow.svc.cluster.local.",
-                                                   "observation_source": "proxy", "qtypes": ["A"]}}
+_SYNTH_DNS_L7: Final = {
+    "type": "REQUEST",
+    "dns": {
+        "query": "airflow-postgresql.airflow.svc.cluster.local.",
+        "observation_source": "proxy",
+        "qtypes": ["A"],
+    },
+}
 
 # Per pattern, the events of one connection: (node s/d, kind, verdict, TCP flags, event_type, direction,
 # policy_match_type, observation point, trace reason, is_reply, interface, summary).
@@ -1263,6 +1585,9 @@ _T_PROXY: Final = {"type": 4, "sub_type": 1}
 _DROP: Final = {"type": 1, "sub_type": 133}
 _L7: Final = {"type": 129}
 _S_SYN: Final = "TCP Flags: SYN"
+_S_SA: Final = "TCP Flags: SYN, ACK"
+_S_AP: Final = "TCP Flags: ACK, PSH"
+_S_DNS: Final = "DNS Query airflow-postgresql.airflow.svc.cluster.local. A"
 _SYNTH_PATTERNS: Final[dict[str, tuple[_Spec, ...]]] = {
     "tcp": (
         ("s", "pv", "FORWARDED", _SYN, _PV, "EGRESS", 2, "", "", False, "", _S_SYN),
@@ -1270,22 +1595,30 @@ _SYNTH_PATTERNS: Final[dict[str, tuple[_Spec, ...]]] = {
         ("d", "t", "FORWARDED", _SYN, _T_FOVL, "", 0, "FROM_OVERLAY", "", None, "vxlan", _S_SYN),
         ("d", "pv", "FORWARDED", _SYN, _PV, "INGRESS", 2, "", "", False, "", _S_SYN),
         ("d", "t", "FORWARDED", _SYN, _T_EP, "INGRESS", 0, "TO_ENDPOINT", "NEW", False, "lxc", _S_SYN),
-        ("d", "r", "FORWARDED", _SYNACK, _T_OVL, "INGRESS", 0, "TO_OVERLAY", "REPLY", True, "vxlan",
-         "TCP Flags: SYN, ACK"),
-        ("s", "r", "FORWARDED", _SYNACK, _T_EP, "EGRESS", 0, "TO_ENDPOINT", "REPLY", True, "lxc",
-         "TCP Flags: SYN, ACK"),
-        ("d", "t", "FORWARDED", _ACKPSH, _T_EP, "INGRESS", 0, "TO_ENDPOINT", "ESTABLISHED", False, "lxc",
-         "TCP Flags: ACK, PSH"),
-        ("s", "r", "FORWARDED", _ACKPSH, _T_EP, "EGRESS", 0, "TO_ENDPOINT", "REPLY", True, "lxc",
-         "TCP Flags: ACK, PSH"),
+        ("d", "r", "FORWARDED", _SYNACK, _T_OVL, "INGRESS", 0, "TO_OVERLAY", "REPLY", True, "vxlan", _S_SA),
+        ("s", "r", "FORWARDED", _SYNACK, _T_EP, "EGRESS", 0, "TO_ENDPOINT", "REPLY", True, "lxc", _S_SA),
+        (
+            "d",
+            "t",
+            "FORWARDED",
+            _ACKPSH,
+            _T_EP,
+            "INGRESS",
+            0,
+            "TO_ENDPOINT",
+            "ESTABLISHED",
+            False,
+            "lxc",
+            _S_AP,
+        ),
+        ("s", "r", "FORWARDED", _ACKPSH, _T_EP, "EGRESS", 0, "TO_ENDPOINT", "REPLY", True, "lxc", _S_AP),
     ),
     "audit": (
         ("s", "pv", "AUDIT", _SYN, _PV, "EGRESS", 0, "", "", False, "", _S_SYN),
         ("s", "t", "FORWARDED", _SYN, _T_OVL, "EGRESS", 0, "TO_OVERLAY", "NEW", False, "vxlan", _S_SYN),
         ("d", "pv", "FORWARDED", _SYN, _PV, "INGRESS", 2, "", "", False, "", _S_SYN),
         ("d", "t", "FORWARDED", _SYN, _T_EP, "INGRESS", 0, "TO_ENDPOINT", "NEW", False, "lxc", _S_SYN),
-        ("s", "r", "FORWARDED", _SYNACK, _T_EP, "EGRESS", 0, "TO_ENDPOINT", "REPLY", True, "lxc",
-         "TCP Flags: SYN, ACK"),
+        ("s", "r", "FORWARDED", _SYNACK, _T_EP, "EGRESS", 0, "TO_ENDPOINT", "REPLY", True, "lxc", _S_SA),
     ),
     "drop": (
         ("s", "t", "FORWARDED", _SYN, _T_OVL, "EGRESS", 0, "TO_OVERLAY", "NEW", False, "vxlan", _S_SYN),
@@ -1303,16 +1636,14 @@ _SYNTH_PATTERNS: Final[dict[str, tuple[_Spec, ...]]] = {
     "dns": (
         ("s", "pv", "REDIRECTED", _SYN, _PV, "EGRESS", 2, "", "", False, "", "UDP"),
         ("s", "t", "FORWARDED", _SYN, _T_PROXY, "EGRESS", 0, "TO_PROXY", "NEW", False, "", "UDP"),
-        ("s", "l7", "FORWARDED", _SYN, _L7, "EGRESS", 0, "", "", False, "",
-         "DNS Query airflow-postgresql.airflow.svc.cluster.local. A"),
+        ("s", "l7", "FORWARDED", _SYN, _L7, "EGRESS", 0, "", "", False, "", _S_DNS),
         ("d", "t", "FORWARDED", _SYN, _T_EP, "INGRESS", 0, "TO_ENDPOINT", "NEW", False, "lxc", "UDP"),
         ("s", "r", "FORWARDED", _SYN, _T_EP, "EGRESS", 0, "TO_ENDPOINT", "REPLY", True, "lxc", "UDP"),
     ),
     "world": (
         ("s", "pv", "FORWARDED", _SYN, _PV, "EGRESS", 2, "", "", False, "", _S_SYN),
         ("s", "t", "FORWARDED", _SYN, _T_STACK, "EGRESS", 0, "TO_STACK", "NEW", False, "", _S_SYN),
-        ("s", "r", "FORWARDED", _SYNACK, _T_EP, "EGRESS", 0, "TO_ENDPOINT", "REPLY", True, "lxc",
-         "TCP Flags: SYN, ACK"),
+        ("s", "r", "FORWARDED", _SYNACK, _T_EP, "EGRESS", 0, "TO_ENDPOINT", "REPLY", True, "lxc", _S_SA),
     ),
 }
 
@@ -1345,18 +1676,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m auditor.scenario --out FILE``: write the Airflow example (or a synthetic stream)."""
     parser = argparse.ArgumentParser(prog="python -m auditor.scenario", description=main.__doc__)
     parser.add_argument("--out", type=Path, required=True, help="output JSON-lines file")
-    parser.add_argument("--start", type=_parse_start, default=DEFAULT_START,
-                        help="flow time of the first event, RFC 3339 (default: %(default)s)")
+    parser.add_argument(
+        "--start",
+        type=_parse_start,
+        default=DEFAULT_START,
+        help="flow time of the first event, RFC 3339 (default: %(default)s)",
+    )
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: 7, synthetic: 1)")
-    parser.add_argument("--synthetic", type=int, metavar="N", default=None,
-                        help="write N synthetic benchmark events instead of the Airflow example")
+    parser.add_argument(
+        "--synthetic",
+        type=int,
+        metavar="N",
+        default=None,
+        help="write N synthetic benchmark events instead of the Airflow example",
+    )
     parser.add_argument("--distinct-pods", type=int, default=1000, help="pods of the synthetic stream")
     args = parser.parse_args(argv)
     try:
         if args.synthetic is not None:
             seed = 1 if args.seed is None else args.seed
-            events: Iterable[Event] = synthetic_events(args.synthetic, distinct_pods=args.distinct_pods,
-                                                       seed=seed, start=args.start)
+            events: Iterable[Event] = synthetic_events(
+                args.synthetic, distinct_pods=args.distinct_pods, seed=seed, start=args.start
+            )
         else:
             events = airflow_scenario(args.start, seed=7 if args.seed is None else args.seed).events
         write_jsonl(events, args.out)

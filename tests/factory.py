@@ -16,7 +16,9 @@ def pod(namespace: str, name: str, identity: int, *labels: str, **extra: Any) ->
         f"{NS_LABEL}{namespace}",
         f"k8s:io.kubernetes.pod.namespace={namespace}",
     )
-    return Endpoint(identity=identity, namespace=namespace, labels=tuple(sorted(all_labels)), pod_name=name, **extra)
+    return Endpoint(
+        identity=identity, namespace=namespace, labels=tuple(sorted(all_labels)), pod_name=name, **extra
+    )
 
 
 WORKER = pod("airflow", "airflow-worker-0", 1001, "tier=airflow", "component=worker")
@@ -31,7 +33,6 @@ HOST = Endpoint(identity=1, labels=("reserved:host",))
 def flow(**overrides: Any) -> Flow:
     fields: dict[str, Any] = {
         "time": 1_800_000_000.0,
-        "time_text": "2027-01-15T08:00:00Z",
         "verdict": Verdict.FORWARDED,
         "drop_reason": "",
         "source": WORKER,

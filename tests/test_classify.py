@@ -35,11 +35,17 @@ def judged(a: Auditor, **overrides: object) -> Judgement:
 def test_four_classes() -> None:
     a = Auditor(MATRIX)
     assert judged(a).edge == ("worker", "postgresql", 5432, "TCP", EXPECTED_ALLOWED)
-    dropped = judged(a, verdict=Verdict.DROPPED, event_type=EventType.DROP, drop_reason="POLICY_DENIED",
-                     source_port=40001)
+    dropped = judged(
+        a, verdict=Verdict.DROPPED, event_type=EventType.DROP, drop_reason="POLICY_DENIED", source_port=40001
+    )
     assert dropped.edge == ("worker", "postgresql", 5432, "TCP", EXPECTED_DROPPED)
     assert judged(a, source=DEBUG, destination=REDIS, destination_port=6379).edge == (
-        "ns:default", "redis", 6379, "TCP", UNEXPECTED_ALLOWED)
+        "ns:default",
+        "redis",
+        6379,
+        "TCP",
+        UNEXPECTED_ALLOWED,
+    )
     attack = judged(a, source=DEBUG, verdict=Verdict.DROPPED, event_type=EventType.DROP)
     assert attack.edge == ("ns:default", "postgresql", 5432, "TCP", UNEXPECTED_DROPPED)
     assert attack.rule == 0 and dropped.rule == 3
@@ -52,8 +58,9 @@ def test_wrong_port_is_unexpected() -> None:
 
 def test_attacker_egress_forwarded_is_provisional_not_allowed() -> None:
     a = Auditor(MATRIX)
-    egress = a.process(flow(source=DEBUG, traffic_direction=Direction.EGRESS,
-                            observation_point=ObservationPoint.TO_OVERLAY))
+    egress = a.process(
+        flow(source=DEBUG, traffic_direction=Direction.EGRESS, observation_point=ObservationPoint.TO_OVERLAY)
+    )
     assert egress == PROVISIONAL
     drop = judged(a, source=DEBUG, verdict=Verdict.DROPPED, event_type=EventType.DROP)
     assert drop.cls == UNEXPECTED_DROPPED
@@ -100,8 +107,13 @@ def test_dedup_same_five_tuple_and_class_within_window() -> None:
     retransmit = judged(a, time=129.0)
     later = judged(a, time=131.0)
     other_port = judged(a, time=100.5, source_port=40002)
-    assert [first.new_connection, again.new_connection, retransmit.new_connection, later.new_connection,
-            other_port.new_connection] == [True, False, False, True, True]
+    assert [
+        first.new_connection,
+        again.new_connection,
+        retransmit.new_connection,
+        later.new_connection,
+        other_port.new_connection,
+    ] == [True, False, False, True, True]
 
 
 def test_audit_then_delivery_counts_once_per_class() -> None:
@@ -154,14 +166,27 @@ allow: []
 def test_every_record_lands_in_exactly_one_outcome() -> None:
     sink = ReportSink(MATRIX)
     p = Pipeline(Auditor(MATRIX), [sink])
-    flows = [flow(), flow(is_reply=True), flow(traffic_direction=Direction.EGRESS, observation_point=4),
-             flow(traffic_direction=0, observation_point=4), flow(source=DEBUG, destination=DEBUG), flow(time=1e9 + 1)]
+    flows = [
+        flow(),
+        flow(is_reply=True),
+        flow(traffic_direction=Direction.EGRESS, observation_point=4),
+        flow(traffic_direction=0, observation_point=4),
+        flow(source=DEBUG, destination=DEBUG),
+        flow(time=1e9 + 1),
+    ]
     for f in flows:
         p.feed(f)
     p.invalid("x.jsonl:7", "garbage")
     report = sink.report()
     counts = report["flows"]
-    assert counts == {"received": 7, "judged": 2, "reply": 1, "provisional": 1, "ignored": 1, "out_of_scope": 1,
-                      "invalid": 1}
+    assert counts == {
+        "received": 7,
+        "judged": 2,
+        "reply": 1,
+        "provisional": 1,
+        "ignored": 1,
+        "out_of_scope": 1,
+        "invalid": 1,
+    }
     assert counts["received"] == sum(v for k, v in counts.items() if k != "received")
     assert report["invalid_samples"] == [{"file": "x.jsonl", "line": 7, "error": "garbage"}]

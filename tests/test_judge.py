@@ -36,12 +36,20 @@ CASES = [
     ),
     ("audit", {"verdict": Verdict.AUDIT, "event_type": POLICY, "observation_point": 0}, j.DROPPED),
     ("error counts as dropped", {"verdict": Verdict.ERROR}, j.DROPPED),
-    ("L7 drop is a drop", {"verdict": Verdict.DROPPED, "flow_type": FlowType.L7, "event_type": L7}, j.DROPPED),
+    (
+        "L7 drop is a drop",
+        {"verdict": Verdict.DROPPED, "flow_type": FlowType.L7, "event_type": L7},
+        j.DROPPED,
+    ),
     ("drop without L4 cannot be placed", {"verdict": Verdict.DROPPED, "protocol": ""}, j.IGNORED),
     # rule 3: delivery evidence
     ("trace to endpoint", {}, j.DELIVERED),
     ("ingress policy verdict", {"event_type": POLICY, "observation_point": 0}, j.DELIVERED),
-    ("ingress redirect to proxy", {"verdict": Verdict.REDIRECTED, "observation_point": P.TO_PROXY}, j.DELIVERED),
+    (
+        "ingress redirect to proxy",
+        {"verdict": Verdict.REDIRECTED, "observation_point": P.TO_PROXY},
+        j.DELIVERED,
+    ),
     (
         "egress policy verdict towards a pod is provisional",
         {"event_type": POLICY, "traffic_direction": EGRESS, "observation_point": 0},
@@ -92,7 +100,11 @@ CASES = [
         j.PROVISIONAL,
     ),
     # rule 4: no usable direction, L7 records, other verdicts and events
-    ("overlay hop without direction", {"traffic_direction": NODIR, "observation_point": P.TO_OVERLAY}, j.IGNORED),
+    (
+        "overlay hop without direction",
+        {"traffic_direction": NODIR, "observation_point": P.TO_OVERLAY},
+        j.IGNORED,
+    ),
     ("L7 record of a judged connection", {"flow_type": FlowType.L7, "event_type": L7}, j.IGNORED),
     ("socket trace", {"verdict": Verdict.TRACED, "event_type": 7}, j.IGNORED),
     ("translated", {"verdict": Verdict.TRANSLATED}, j.IGNORED),

@@ -37,40 +37,97 @@ SELECTOR_CASES = [
     ("labels", "{labels: {component: worker, tier: airflow}}", WORKER, True),
     ("labels: all must match", "{labels: {component: worker, tier: web}}", WORKER, False),
     ("namespaceLabels", "{namespaceLabels: {kubernetes.io/metadata.name: airflow}}", WORKER, True),
-    ("namespaceLabels mismatch", "{namespaceLabels: {kubernetes.io/metadata.name: monitoring}}", WORKER, False),
-    ("matchExpressions In", "{matchExpressions: [{key: component, operator: In, values: [worker, x]}]}", WORKER, True),
-    ("matchExpressions NotIn", "{matchExpressions: [{key: component, operator: NotIn, values: [worker]}]}",
-     WORKER, False),
-    ("matchExpressions NotIn absent key", "{matchExpressions: [{key: nope, operator: NotIn, values: [a]}]}",
-     WORKER, True),
+    (
+        "namespaceLabels mismatch",
+        "{namespaceLabels: {kubernetes.io/metadata.name: monitoring}}",
+        WORKER,
+        False,
+    ),
+    (
+        "matchExpressions In",
+        "{matchExpressions: [{key: component, operator: In, values: [worker, x]}]}",
+        WORKER,
+        True,
+    ),
+    (
+        "matchExpressions NotIn",
+        "{matchExpressions: [{key: component, operator: NotIn, values: [worker]}]}",
+        WORKER,
+        False,
+    ),
+    (
+        "matchExpressions NotIn absent key",
+        "{matchExpressions: [{key: nope, operator: NotIn, values: [a]}]}",
+        WORKER,
+        True,
+    ),
     ("matchExpressions Exists", "{matchExpressions: [{key: tier, operator: Exists}]}", WORKER, True),
-    ("matchExpressions DoesNotExist", "{matchExpressions: [{key: tier, operator: DoesNotExist}]}", WORKER, False),
-    ("serviceAccount", "{serviceAccount: airflow-worker}",
-     pod("airflow", "w", 9, "io.cilium.k8s.policy.serviceaccount=airflow-worker"), True),
+    (
+        "matchExpressions DoesNotExist",
+        "{matchExpressions: [{key: tier, operator: DoesNotExist}]}",
+        WORKER,
+        False,
+    ),
+    (
+        "serviceAccount",
+        "{serviceAccount: airflow-worker}",
+        pod("airflow", "w", 9, "io.cilium.k8s.policy.serviceaccount=airflow-worker"),
+        True,
+    ),
     ("serviceAccount mismatch", "{serviceAccount: airflow-worker}", WORKER, False),
-    ("workload", "{workload: {kind: StatefulSet, name: airflow-worker}}",
-     pod("airflow", "w", 9, workloads=(Workload("StatefulSet", "airflow-worker"),)), True),
-    ("workload any kind", "{workload: {name: airflow-worker}}",
-     pod("airflow", "w", 9, workloads=(Workload("StatefulSet", "airflow-worker"),)), True),
-    ("workload mismatch", "{workload: {kind: Deployment, name: airflow-worker}}",
-     pod("airflow", "w", 9, workloads=(Workload("StatefulSet", "airflow-worker"),)), False),
+    (
+        "workload",
+        "{workload: {kind: StatefulSet, name: airflow-worker}}",
+        pod("airflow", "w", 9, workloads=(Workload("StatefulSet", "airflow-worker"),)),
+        True,
+    ),
+    (
+        "workload any kind",
+        "{workload: {name: airflow-worker}}",
+        pod("airflow", "w", 9, workloads=(Workload("StatefulSet", "airflow-worker"),)),
+        True,
+    ),
+    (
+        "workload mismatch",
+        "{workload: {kind: Deployment, name: airflow-worker}}",
+        pod("airflow", "w", 9, workloads=(Workload("StatefulSet", "airflow-worker"),)),
+        False,
+    ),
     ("entity world", "{entities: [world]}", WORLD, True),
-    ("entity world matches world-ipv4", "{entities: [world]}", Endpoint(identity=9, labels=("reserved:world-ipv4",)),
-     True),
-    ("entity world matches world-ipv6", "{entities: [world]}", Endpoint(labels=("reserved:world-ipv6",)), True),
+    (
+        "entity world matches world-ipv4",
+        "{entities: [world]}",
+        Endpoint(identity=9, labels=("reserved:world-ipv4",)),
+        True,
+    ),
+    (
+        "entity world matches world-ipv6",
+        "{entities: [world]}",
+        Endpoint(labels=("reserved:world-ipv6",)),
+        True,
+    ),
     ("entity host", "{entities: [host]}", HOST, True),
-    ("entity kube-apiserver by identity 7", "{entities: [kube-apiserver]}",
-     Endpoint(identity=7, labels=("reserved:kube-apiserver", "reserved:remote-node")), True),
-    ("entity remote-node is not kube-apiserver", "{entities: [remote-node]}",
-     Endpoint(identity=7, labels=("reserved:kube-apiserver", "reserved:remote-node")), False),
+    (
+        "entity kube-apiserver by identity 7",
+        "{entities: [kube-apiserver]}",
+        Endpoint(identity=7, labels=("reserved:kube-apiserver", "reserved:remote-node")),
+        True,
+    ),
+    (
+        "entity remote-node is not kube-apiserver",
+        "{entities: [remote-node]}",
+        Endpoint(identity=7, labels=("reserved:kube-apiserver", "reserved:remote-node")),
+        False,
+    ),
     ("entity on a pod", "{entities: [world]}", WORKER, False),
     ("AND of fields", "{namespace: airflow, labels: {component: redis}}", REDIS, True),
     ("AND of fields, one fails", "{namespace: default, labels: {component: redis}}", REDIS, False),
 ]
 
 
-@pytest.mark.parametrize(("selector", "endpoint", "matches"), [c[1:] for c in SELECTOR_CASES],
-                         ids=[c[0] for c in SELECTOR_CASES])
+@pytest.mark.parametrize(
+    ("selector", "endpoint", "matches"), [c[1:] for c in SELECTOR_CASES], ids=[c[0] for c in SELECTOR_CASES]
+)
 def test_selector_kinds(selector: str, endpoint: Endpoint, matches: bool) -> None:
     m = one(selector)
     assert (m.resolve(endpoint) == "c") is matches
@@ -80,22 +137,38 @@ ADDRESS_CASES = [
     ("cidr", "{cidrs: [140.82.112.0/20]}", "140.82.113.3", (), True),
     ("cidr outside", "{cidrs: [140.82.112.0/20]}", "8.8.8.8", (), False),
     ("cidr except", "{cidrs: [{cidr: 10.0.0.0/8, except: [10.96.0.0/12]}]}", "10.96.0.1", (), False),
-    ("cidr except outside the hole", "{cidrs: [{cidr: 10.0.0.0/8, except: [10.96.0.0/12]}]}", "10.1.0.1", (),
-     True),
+    (
+        "cidr except outside the hole",
+        "{cidrs: [{cidr: 10.0.0.0/8, except: [10.96.0.0/12]}]}",
+        "10.1.0.1",
+        (),
+        True,
+    ),
     ("cidr v6", "{cidrs: [2001:db8::/32]}", "2001:db8::1", (), True),
     ("fqdn exact", "{fqdns: [vault.example.com]}", "1.2.3.4", ("vault.example.com",), True),
-    ("fqdn exact with trailing dot and case", "{fqdns: [vault.example.com]}", "1.2.3.4", ("Vault.Example.com.",),
-     True),
+    (
+        "fqdn exact with trailing dot and case",
+        "{fqdns: [vault.example.com]}",
+        "1.2.3.4",
+        ("Vault.Example.com.",),
+        True,
+    ),
     ("fqdn wildcard", '{fqdns: ["*.github.com"]}', "1.2.3.4", ("api.github.com",), True),
     ("fqdn wildcard does not match the apex", '{fqdns: ["*.github.com"]}', "1.2.3.4", ("github.com",), False),
     ("fqdn no names", "{fqdns: [vault.example.com]}", "1.2.3.4", (), False),
-    ("cidr and fqdn both required", "{cidrs: [1.2.3.0/24], fqdns: [a.example.com]}", "1.2.3.4",
-     ("b.example.com",), False),
+    (
+        "cidr and fqdn both required",
+        "{cidrs: [1.2.3.0/24], fqdns: [a.example.com]}",
+        "1.2.3.4",
+        ("b.example.com",),
+        False,
+    ),
 ]
 
 
-@pytest.mark.parametrize(("selector", "ip", "names", "matches"), [c[1:] for c in ADDRESS_CASES],
-                         ids=[c[0] for c in ADDRESS_CASES])
+@pytest.mark.parametrize(
+    ("selector", "ip", "names", "matches"), [c[1:] for c in ADDRESS_CASES], ids=[c[0] for c in ADDRESS_CASES]
+)
 def test_address_selectors(selector: str, ip: str, names: tuple[str, ...], matches: bool) -> None:
     m = one(selector)
     assert (m.resolve(WORLD, ip, names) == "c") is matches
@@ -119,7 +192,11 @@ NAMING_CASES = [
     ("world", WORLD, "world"),
     ("world-ipv4 folds to world", Endpoint(identity=9, labels=("reserved:world-ipv4",)), "world"),
     ("host", HOST, "host"),
-    ("kube-apiserver wins over remote-node", Endpoint(identity=7, labels=("reserved:remote-node",)), "kube-apiserver"),
+    (
+        "kube-apiserver wins over remote-node",
+        Endpoint(identity=7, labels=("reserved:remote-node",)),
+        "kube-apiserver",
+    ),
     ("remote-node", Endpoint(identity=6, labels=("reserved:remote-node",)), "remote-node"),
     ("health", Endpoint(identity=4, labels=("reserved:health",)), "health"),
     ("pod in another namespace", DEBUG, "ns:default"),
@@ -127,7 +204,9 @@ NAMING_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("endpoint", "name"), [c[1:] for c in NAMING_CASES], ids=[c[0] for c in NAMING_CASES])
+@pytest.mark.parametrize(
+    ("endpoint", "name"), [c[1:] for c in NAMING_CASES], ids=[c[0] for c in NAMING_CASES]
+)
 def test_unmatched_endpoints_are_named_by_what_they_are(endpoint: Endpoint, name: str) -> None:
     m = one("{labels: {component: nothing-has-this}}")
     assert m.resolve(endpoint) == name
@@ -213,38 +292,83 @@ def test_example_matrix_loads_and_describes() -> None:
 
 ERROR_CASES = [
     ("unknown top-level field", "componentz: {}\n", 4, "componentz: unknown field"),
-    ("unknown selector field",
-     "components:\n  a: {namespace: x, label: {a: b}}\nallow: []\n", 5, "components.a.label: unknown field"),
-    ("unknown component in rule",
-     "components:\n  a: {namespace: x}\nallow:\n  - {from: a, to: b, ports: [80]}\n", 7,
-     "allow[0].to: unknown component 'b' (declared: a)"),
-    ("bad port", "components:\n  a: {namespace: x}\nallow:\n  - {from: a, to: a, ports: [\"80/TPC\"]}\n", 7,
-     "allow[0].ports[0]: unknown protocol 'TPC'"),
-    ("port out of range", "components:\n  a: {namespace: x}\nallow:\n  - {from: a, to: a, ports: [70000]}\n", 7,
-     "allow[0].ports[0]: port out of range"),
-    ("inverted range", "components:\n  a: {namespace: x}\nallow:\n  - {from: a, to: a, ports: [\"90-80\"]}\n", 7,
-     "empty port range"),
-    ("duplicate component",
-     "components:\n  a: {namespace: x}\n  a: {namespace: y}\nallow: []\n", 6, "components.a: duplicate key"),
+    (
+        "unknown selector field",
+        "components:\n  a: {namespace: x, label: {a: b}}\nallow: []\n",
+        5,
+        "components.a.label: unknown field",
+    ),
+    (
+        "unknown component in rule",
+        "components:\n  a: {namespace: x}\nallow:\n  - {from: a, to: b, ports: [80]}\n",
+        7,
+        "allow[0].to: unknown component 'b' (declared: a)",
+    ),
+    (
+        "bad port",
+        'components:\n  a: {namespace: x}\nallow:\n  - {from: a, to: a, ports: ["80/TPC"]}\n',
+        7,
+        "allow[0].ports[0]: unknown protocol 'TPC'",
+    ),
+    (
+        "port out of range",
+        "components:\n  a: {namespace: x}\nallow:\n  - {from: a, to: a, ports: [70000]}\n",
+        7,
+        "allow[0].ports[0]: port out of range",
+    ),
+    (
+        "inverted range",
+        'components:\n  a: {namespace: x}\nallow:\n  - {from: a, to: a, ports: ["90-80"]}\n',
+        7,
+        "empty port range",
+    ),
+    (
+        "duplicate component",
+        "components:\n  a: {namespace: x}\n  a: {namespace: y}\nallow: []\n",
+        6,
+        "components.a: duplicate key",
+    ),
     ("empty selector", "components:\n  a: {}\nallow: []\n", 5, "components.a: empty selector"),
     ("unknown entity", "components:\n  a: {entities: [wrld]}\nallow: []\n", 5, "unknown entity 'wrld'"),
     ("bad cidr", "components:\n  a: {cidrs: [10.0.0.1/8]}\nallow: []\n", 5, "invalid CIDR '10.0.0.1/8'"),
-    ("except outside cidr", "components:\n  a: {cidrs: [{cidr: 10.0.0.0/8, except: [192.168.0.0/16]}]}\nallow: []\n",
-     5, "192.168.0.0/16 is not inside 10.0.0.0/8"),
-    ("bad operator",
-     "components:\n  a: {matchExpressions: [{key: a, operator: Equals, values: [b]}]}\nallow: []\n", 5,
-     "unknown operator 'Equals'"),
-    ("In without values", "components:\n  a: {matchExpressions: [{key: a, operator: In}]}\nallow: []\n", 5,
-     "operator In needs a non-empty list of values"),
-    ("missing ports", "components:\n  a: {namespace: x}\nallow:\n  - {from: a, to: a}\n", 7,
-     "allow[0].ports: required field is missing"),
-    ("labels not a mapping", "components:\n  a: {labels: [a, b]}\nallow: []\n", 5, "components.a.labels: expected a mapping"),
+    (
+        "except outside cidr",
+        "components:\n  a: {cidrs: [{cidr: 10.0.0.0/8, except: [192.168.0.0/16]}]}\nallow: []\n",
+        5,
+        "192.168.0.0/16 is not inside 10.0.0.0/8",
+    ),
+    (
+        "bad operator",
+        "components:\n  a: {matchExpressions: [{key: a, operator: Equals, values: [b]}]}\nallow: []\n",
+        5,
+        "unknown operator 'Equals'",
+    ),
+    (
+        "In without values",
+        "components:\n  a: {matchExpressions: [{key: a, operator: In}]}\nallow: []\n",
+        5,
+        "operator In needs a non-empty list of values",
+    ),
+    (
+        "missing ports",
+        "components:\n  a: {namespace: x}\nallow:\n  - {from: a, to: a}\n",
+        7,
+        "allow[0].ports: required field is missing",
+    ),
+    (
+        "labels not a mapping",
+        "components:\n  a: {labels: [a, b]}\nallow: []\n",
+        5,
+        "components.a.labels: expected a mapping",
+    ),
     ("bad fqdn", "components:\n  a: {fqdns: ['*']}\nallow: []\n", 5, "invalid FQDN '*'"),
     ("missing components", "allow: []\n", 1, "components: required field is missing"),
 ]
 
 
-@pytest.mark.parametrize(("body", "line", "message"), [c[1:] for c in ERROR_CASES], ids=[c[0] for c in ERROR_CASES])
+@pytest.mark.parametrize(
+    ("body", "line", "message"), [c[1:] for c in ERROR_CASES], ids=[c[0] for c in ERROR_CASES]
+)
 def test_matrix_errors_name_file_line_and_key(body: str, line: int, message: str) -> None:
     with pytest.raises(MatrixError) as info:
         parse_matrix(HEADER + body, "bad.yaml")
@@ -255,8 +379,10 @@ def test_matrix_errors_name_file_line_and_key(body: str, line: int, message: str
 
 def test_wrong_api_version() -> None:
     with pytest.raises(MatrixError, match=r"^x.yaml:1: apiVersion: unsupported 'v1'"):
-        parse_matrix("apiVersion: v1\nkind: CommunicationMatrix\nmetadata: {name: a}\ncomponents: {}\nallow: []\n",
-                     "x.yaml")
+        parse_matrix(
+            "apiVersion: v1\nkind: CommunicationMatrix\nmetadata: {name: a}\ncomponents: {}\nallow: []\n",
+            "x.yaml",
+        )
 
 
 def test_invalid_yaml_names_the_line() -> None:
