@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# Tools installed by scripts/install-test-deps.sh (kubectl) come first on PATH.
+export PATH := $(CURDIR)/.tools/bin:$(PATH)
 
 .PHONY: run test bench lint typecheck proto replay-example clean system-deps
 
@@ -16,8 +18,8 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(VENV)/bin/flow-auditor replay examples/airflow/flows.jsonl --matrix examples/airflow/matrix.yaml --fail-on none
 
-## test: lint, type-check and run the whole test suite
-test: $(STAMP)
+## test: install the real tools (Prometheus, promtool, Alertmanager, kubectl), lint, type-check, run all tests
+test: $(STAMP) system-deps
 	$(VENV)/bin/ruff check auditor tests bench examples
 	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest -q
@@ -37,5 +39,8 @@ bench: $(STAMP)
 proto: $(STAMP)
 	$(PY) -m auditor._protogen
 
+system-deps:
+	scripts/install-test-deps.sh
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache build *.egg-info
