@@ -1,0 +1,245 @@
+"""The ``flow-auditor replay`` and ``matrix check`` command lines, end to end (real files, real processes).
+
+Golden files under ``tests/golden/`` pin the reports of the Airflow example; regenerate them after an
+intended change with ``UPDATE_GOLDEN=1 pytest tests/test_replay_cli.py``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from auditor.cli import main
+from auditor.scenario import airflow_scenario
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "airflow"
+FLOWS = EXAMPLE / "flows.jsonl"
+MATRIX = EXAMPLE / "matrix.yaml"
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def run_cli(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "auditor", *args],
+        input=stdin.decode() if stdin is not None else None,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+
+
+def replay_json(*files: str, extra: tuple[str, ...] = ()) -> tuple[int, dict[str, Any]]:
+    proc = run_cli("replay", *files, "--matrix", str(MATRIX), "--format", "json", *extra)
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def check_golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if os.environ.get("UPDATE_GOLDEN"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    assert path.exists(), f"missing golden file {path}; run with UPDATE_GOLDEN=1"
+    assert text == path.read_text(), (
+        f"{name} differs from the golden file; rerun with UPDATE_GOLDEN=1 if intended"
+    )
+
+
+def test_example_report_matches_golden_json_and_exits_1() -> None:
+    code, report = replay_json("examples/airflow/flows.jsonl")
+    assert code == 1
+    check_golden("airflow-report.json", json.dumps(report, indent=2) + "\n")
+
+
+@pytest.mark.parametrize(("fmt", "suffix"), [("markdown", "md"), ("table", "txt"), ("html", "html")])
+def test_example_report_matches_golden_text_formats(fmt: str, suffix: str) -> None:
+    proc = run_cli("replay", "examples/airflow/flows.jsonl", "--matrix", str(MATRIX), "--format", fmt)
+    assert proc.returncode == 1, proc.stderr
+    check_golden(f"airflow-report.{suffix}", proc.stdout)
+
+
+def test_example_report_equals_the_scenario_ground_truth() -> None:
+    """The generator declares what each connection is meant to be; the auditor must find exactly that."""
+    scenario = airflow_scenario(datetime(2026, 11, 23, 9, 0, tzinfo=UTC))
+    _, report = replay_json("examples/airflow/flows.jsonl")
+    expected = sorted(
+        (json.dumps(e.as_dict(), sort_keys=True) for e in scenario.expected_edges),
+    )
+    keys = (
+        "source",
+        "destination",
+        "port",
+        "protocol",
+        "class",
+        "connections",
+        "verdicts",
+        "drop_reasons",
+        "rule",
+    )
+    got = sorted(json.dumps({k: e[k] for k in keys}, sort_keys=True) for e in report["edges"])
+    assert got == expected
+    intended = {k: v for k, v in scenario.outcome_counts().items() if k != "lost"}
+    assert {k: v for k, v in report["flows"].items() if k in intended} == intended
+    assert report["flows"]["invalid"] == 0
+    assert report["classes"] == scenario.class_counts()
+    assert [r["rule"] for r in report["unused_rules"]] == scenario.unused_rules
+
+
+def test_every_class_of_the_scenario_is_reported() -> None:
+    _, report = replay_json("examples/airflow/flows.jsonl")
+    assert all(count > 0 for count in report["classes"].values()), report["classes"]
+    assert report["flows"]["received"] == sum(v for k, v in report["flows"].items() if k != "received")
+
+
+@pytest.mark.parametrize(
+    ("fail_on", "code"),
+    [
+        ("unexpected_dropped", 1),
+        ("expected_allowed,unexpected_dropped", 1),
+        ("none", 0),
+    ],
+)
+def test_fail_on_changes_the_exit_code(fail_on: str, code: int) -> None:
+    assert (
+        main(
+            [
+                "replay",
+                str(FLOWS),
+                "--matrix",
+                str(MATRIX),
+                "--format",
+                "json",
+                "--fail-on",
+                fail_on,
+                "-o",
+                os.devnull,
+            ]
+        )
+        == code
+    )
+
+
+def test_no_violation_exits_0(tmp_path: Path) -> None:
+    clean = tmp_path / "clean.jsonl"
+    with FLOWS.open() as src, clean.open("w") as dst:
+        for line in src:
+            if "debug-shell" in line or "prometheus" in line or "traefik" in line or "triggerer" in line:
+                continue
+            dst.write(line)
+    code, report = replay_json(str(clean))
+    assert report["classes"]["expected_dropped"] == report["classes"]["unexpected_allowed"] == 0
+    assert code == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("replay", "missing.jsonl", "--matrix", str(MATRIX)), "missing.jsonl: no such file"),
+        (("replay", str(FLOWS), "--matrix", "missing.yaml"), "missing.yaml: cannot read file"),
+        (
+            ("replay", str(FLOWS), "--matrix", str(MATRIX), "--fail-on", "bad_class"),
+            "unknown class bad_class",
+        ),
+        (("matrix", "check", "missing.yaml"), "missing.yaml: cannot read file"),
+    ],
+)
+def test_usage_and_input_errors_exit_2_with_one_line(args: tuple[str, ...], message: str) -> None:
+    proc = run_cli(*args)
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+
+
+def test_bad_matrix_exits_2_naming_file_line_and_key(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        MATRIX.read_text().replace("to: webserver, ports: [8080]", "to: webservr, ports: [8080]", 1)
+    )
+    proc = run_cli("replay", str(FLOWS), "--matrix", str(bad))
+    assert proc.returncode == 2
+    line = next(i for i, text in enumerate(bad.read_text().splitlines(), 1) if "webservr" in text)
+    assert proc.stderr.strip() == (
+        f"flow-auditor: error: {bad}:{line}: allow[0].to: unknown component 'webservr' (declared: "
+        "internet, kube-dns, kubelet, postgresql, prometheus, redis, scheduler, statsd, traefik, triggerer, "
+        "webserver, worker)"
+    )
+
+
+def test_garbage_lines_in_the_middle_are_counted_with_line_numbers(tmp_path: Path) -> None:
+    lines = FLOWS.read_text().splitlines(keepends=True)
+    damaged = tmp_path / "damaged.jsonl"
+    middle = len(lines) // 2
+    damaged.write_text(
+        "".join(lines[:middle])
+        + lines[middle][: len(lines[middle]) // 2]
+        + "\n"
+        + "not json at all\n"
+        + "".join(lines[middle + 1 :])
+    )
+    _, clean = replay_json(str(FLOWS))
+    _, report = replay_json(str(damaged))
+    assert report["flows"]["invalid"] == 2
+    assert [(s["file"], s["line"]) for s in report["invalid_samples"]] == [
+        (str(damaged), middle + 1),
+        (str(damaged), middle + 2),
+    ]
+    # everything else is still judged: exactly one event (the truncated one) is missing
+    assert report["flows"]["received"] == clean["flows"]["received"] + 1
+    assert sum(report["classes"].values()) >= sum(clean["classes"].values()) - 1
+
+
+def test_gzip_and_stdin_give_the_same_report(tmp_path: Path) -> None:
+    gz = tmp_path / "flows.jsonl.gz"
+    gz.write_bytes(gzip.compress(FLOWS.read_bytes()))
+    _, plain = replay_json(str(FLOWS))
+    _, compressed = replay_json(str(gz))
+    proc = run_cli("replay", "-", "--matrix", str(MATRIX), "--format", "json", stdin=FLOWS.read_bytes())
+    assert compressed == plain
+    assert json.loads(proc.stdout) == plain
+
+
+def test_several_files_are_one_replay(tmp_path: Path) -> None:
+    lines = FLOWS.read_text().splitlines(keepends=True)
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    first.write_text("".join(lines[:400]))
+    second.write_text("".join(lines[400:]))
+    _, whole = replay_json(str(FLOWS))
+    _, split = replay_json(str(first), str(second))
+    assert split["classes"] == whole["classes"] and split["flows"] == whole["flows"]
+
+
+def test_truncated_gzip_is_an_input_error(tmp_path: Path) -> None:
+    gz = tmp_path / "cut.jsonl.gz"
+    gz.write_bytes(gzip.compress(FLOWS.read_bytes())[:5000])
+    proc = run_cli("replay", str(gz), "--matrix", str(MATRIX))
+    assert proc.returncode == 2 and "compressed stream is damaged" in proc.stderr
+
+
+def test_matrix_check_prints_the_compiled_matrix() -> None:
+    proc = run_cli("matrix", "check", str(MATRIX))
+    assert proc.returncode == 0
+    assert "matrix 'airflow'" in proc.stdout and "12 components, 13 rules" in proc.stdout
+    assert "12. prometheus -> postgresql [9187/TCP]" in proc.stdout
+
+
+def test_matrix_env_twin(monkeypatch: pytest.MonkeyPatch) -> None:
+    env = dict(os.environ, FLOW_AUDITOR_MATRIX=str(MATRIX), FLOW_AUDITOR_FORMAT="json")
+    proc = subprocess.run(
+        [sys.executable, "-m", "auditor", "replay", str(FLOWS)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 1 and json.loads(proc.stdout)["matrix"] == "airflow"
