@@ -4,6 +4,9 @@ Stage: wiring. Input: decoded records (from any source). Output: calls on the si
 so that every received flow lands in exactly one outcome (``received`` = sum of outcomes).
 ``replay`` (files) and ``run``/``demo`` (live gRPC) build this same object; only the source differs.
 
+A new matrix (hot reload) is handed over with :meth:`Pipeline.request_matrix` from any thread and applied
+by the feeding thread between two records, to the auditor and to every sink that has ``set_matrix``.
+
 Error policy: never raises on a record. Undecodable input is reported through :meth:`Pipeline.invalid`
 by the source loop, counted as ``invalid`` and skipped.
 """
@@ -15,6 +18,7 @@ from typing import Protocol
 
 from auditor.classify import IGNORED, INVALID, Auditor, Judgement
 from auditor.decode import DecodeError, decode_line
+from auditor.matrix import Matrix
 from auditor.model import Flow, LostEvents, NodeStatus, Record
 
 
@@ -34,8 +38,25 @@ class Pipeline:
     def __init__(self, auditor: Auditor, sinks: Sequence[Sink]) -> None:
         self.auditor = auditor
         self.sinks = tuple(sinks)
+        self._pending: Matrix | None = None
+
+    def request_matrix(self, matrix: Matrix) -> None:
+        """Hand a new matrix over from another thread; applied before the next record (hot reload)."""
+        self._pending = matrix
+
+    def _apply_pending(self) -> None:
+        matrix, self._pending = self._pending, None
+        if matrix is None:
+            return
+        self.auditor.set_matrix(matrix)
+        for sink in self.sinks:
+            set_matrix = getattr(sink, "set_matrix", None)
+            if set_matrix is not None:
+                set_matrix(matrix)
 
     def feed(self, record: Record) -> None:
+        if self._pending is not None:
+            self._apply_pending()
         if type(record) is Flow:
             result = self.auditor.process(record)
             if type(result) is str:
