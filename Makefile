@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # Tools installed by scripts/install-test-deps.sh (kubectl) come first on PATH.
 export PATH := $(CURDIR)/.tools/bin:$(PATH)
 
-.PHONY: run test bench lint typecheck proto replay-example clean system-deps
+.PHONY: run test bench lint typecheck proto monitoring clean system-deps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,13 +20,15 @@ run: $(STAMP)
 
 ## test: install the real tools (Prometheus, promtool, Alertmanager, kubectl), lint, type-check, run all tests
 test: $(STAMP) system-deps
-	$(VENV)/bin/ruff check auditor tests bench examples
+	$(VENV)/bin/ruff check auditor monitoring tests bench examples
 	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check auditor tests bench examples
-	$(VENV)/bin/ruff format --check auditor tests bench examples
+	$(VENV)/bin/ruff check auditor monitoring tests bench examples
+	$(VENV)/bin/ruff format --check auditor monitoring tests bench examples
+	$(PY) -m monitoring.build --check
+	$(VENV)/bin/hadolint Dockerfile
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
@@ -34,6 +36,10 @@ typecheck: $(STAMP)
 ## bench: throughput and memory benchmarks (flows/s and ratio to a floor measured in the same run)
 bench: $(STAMP)
 	$(PY) bench/run.py
+
+## monitoring: regenerate the alert rules and the Grafana dashboard from monitoring/
+monitoring: $(STAMP)
+	$(PY) -m monitoring.build
 
 ## proto: regenerate auditor/_proto from proto/
 proto: $(STAMP)

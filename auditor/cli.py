@@ -1,7 +1,9 @@
 """The ``flow-auditor`` command line (DESIGN §6).
 
 Stage: front end. ``replay`` reads recorded flow files through the one pipeline and prints a report;
-``matrix check`` validates and prints a compiled matrix.
+``run`` is the daemon (live Hubble stream); ``demo`` runs the daemon against an embedded Hubble server
+playing the Airflow scenario; ``matrix check`` validates and prints a compiled matrix; ``policies generate``
+emits the NetworkPolicies that enforce a matrix and ``policies diff`` compares deployed ones with it.
 
 Exit codes: 0 no violation; 1 at least one connection in a ``--fail-on`` class; 2 usage or input error
 (a one-line message on stderr that names the problem: missing file, bad matrix with file:line:key, unknown
@@ -16,9 +18,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from auditor import __version__
 from auditor.classify import CLASSES, DEFAULT_DEDUP_WINDOW, VIOLATIONS, Auditor
@@ -27,6 +30,10 @@ from auditor.pipeline import Pipeline
 from auditor.render import FORMATS, render
 from auditor.sinks.report import ReportSink
 from auditor.sources.files import FlowFile, SourceError
+
+if TYPE_CHECKING:
+    from auditor.daemon import DaemonConfig
+    from auditor.sources.hubble import HubbleConfig
 
 EXIT_OK, EXIT_VIOLATION, EXIT_USAGE = 0, 1, 2
 _PROGRESS_MIN_BYTES = 8 * 1024 * 1024
@@ -88,12 +95,212 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--no-progress", action="store_true", help="never show the progress bar")
     replay.set_defaults(func=cmd_replay)
 
+    run = sub.add_parser(
+        "run", help="the daemon: follow Hubble live, serve metrics, health and alerts' input"
+    )
+    _daemon_options(run)
+    run.add_argument(
+        "--server",
+        default=_env("server", "localhost:4245"),
+        help="Hubble Relay host:port or unix:///var/run/cilium/hubble.sock (default: localhost:4245) "
+        "[FLOW_AUDITOR_SERVER]",
+    )
+    run.add_argument(
+        "--matrix",
+        "-m",
+        default=_env("matrix"),
+        required=_env("matrix") is None,
+        help="communication matrix YAML, hot-reloaded when it changes [FLOW_AUDITOR_MATRIX]",
+    )
+    run.add_argument(
+        "--tls", action="store_true", default=_env_bool("tls"), help="use TLS [FLOW_AUDITOR_TLS]"
+    )
+    run.add_argument(
+        "--tls-ca-cert-files",
+        nargs="*",
+        default=_env_list("tls_ca_cert_files"),
+        metavar="FILE",
+        help="CA certificates to trust [FLOW_AUDITOR_TLS_CA_CERT_FILES, comma-separated]",
+    )
+    run.add_argument(
+        "--tls-client-cert-file",
+        default=_env("tls_client_cert_file"),
+        metavar="FILE",
+        help="client certificate for mTLS [FLOW_AUDITOR_TLS_CLIENT_CERT_FILE]",
+    )
+    run.add_argument(
+        "--tls-client-key-file",
+        default=_env("tls_client_key_file"),
+        metavar="FILE",
+        help="client key for mTLS [FLOW_AUDITOR_TLS_CLIENT_KEY_FILE]",
+    )
+    run.add_argument(
+        "--tls-server-name",
+        default=_env("tls_server_name"),
+        metavar="NAME",
+        help="server name to verify, e.g. instance.hubble-relay.cilium.io [FLOW_AUDITOR_TLS_SERVER_NAME]",
+    )
+    run.add_argument(
+        "--timeout",
+        type=parse_duration,
+        default=parse_duration(_env("timeout", "5s")),
+        help="connection timeout (default: 5s) [FLOW_AUDITOR_TIMEOUT]",
+    )
+    run.add_argument(
+        "--since",
+        type=parse_since,
+        default=_env("since"),
+        help="on start, also judge flows this far back from Hubble's buffer: a duration (10m) or "
+        "RFC 3339 time [FLOW_AUDITOR_SINCE]",
+    )
+    run.add_argument(
+        "--server-side-filter",
+        action="store_true",
+        default=_env_bool("server_side_filter"),
+        help="ask Hubble only for flows from/to the matrix's scope namespaces "
+        "[FLOW_AUDITOR_SERVER_SIDE_FILTER]",
+    )
+    run.add_argument(
+        "--kube-events",
+        action="store_true",
+        default=_env_bool("kube_events"),
+        help="post Kubernetes Events for violation edges [FLOW_AUDITOR_KUBE_EVENTS]",
+    )
+    run.add_argument(
+        "--kube-events-interval",
+        type=parse_duration,
+        default=parse_duration(_env("kube_events_interval", "5m")),
+        help="at most one Event update per edge per interval (default: 5m)",
+    )
+    run.set_defaults(func=cmd_run)
+
+    demo = sub.add_parser(
+        "demo", help="the daemon against an embedded Hubble server playing the Airflow scenario"
+    )
+    _daemon_options(demo, log_format="console")
+    demo.add_argument(
+        "--speed",
+        type=float,
+        default=float(_env("speed", 10.0)),
+        help="scenario time per wall-clock second (default: 10: a violation every few seconds)",
+    )
+    demo.set_defaults(func=cmd_demo)
+
+    policies = sub.add_parser(
+        "policies", help="NetworkPolicies from a matrix, and deployed policies vs. a matrix"
+    )
+    psub = policies.add_subparsers(dest="policies_command", required=True, parser_class=_Parser)
+    gen = psub.add_parser(
+        "generate", help="emit the NetworkPolicies that enforce the matrix (YAML on stdout)"
+    )
+    gen.add_argument("--matrix", "-m", default=_env("matrix"), required=_env("matrix") is None)
+    gen.add_argument(
+        "--flavor",
+        choices=("kubernetes", "cilium"),
+        default="kubernetes",
+        help="networking.k8s.io/v1 NetworkPolicy (default) or cilium.io/v2 CiliumNetworkPolicy",
+    )
+    gen.add_argument(
+        "--cluster-cidr",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="pod/service CIDRs to exclude from world ipBlocks (repeatable)",
+    )
+    gen.add_argument("--output", "-o", help="write to a file instead of stdout")
+    gen.set_defaults(func=cmd_policies_generate)
+    pdiff = psub.add_parser(
+        "diff", help="what deployed NetworkPolicies allow vs. what the matrix intends (static)"
+    )
+    pdiff.add_argument(
+        "files", nargs="+", metavar="FILE", help="policy YAML (kubectl get netpol -A -o yaml), or -"
+    )
+    pdiff.add_argument("--matrix", "-m", default=_env("matrix"), required=_env("matrix") is None)
+    pdiff.set_defaults(func=cmd_policies_diff)
+
     matrix = sub.add_parser("matrix", help="communication matrix tools")
     msub = matrix.add_subparsers(dest="matrix_command", required=True, parser_class=_Parser)
     check = msub.add_parser("check", help="validate a matrix and print its compiled form")
     check.add_argument("file", metavar="FILE")
     check.set_defaults(func=cmd_matrix_check)
     return parser
+
+
+def _daemon_options(p: argparse.ArgumentParser, log_format: str = "json") -> None:
+    p.add_argument(
+        "--listen-address",
+        default=_env("listen_address", ":9967"),
+        metavar="HOST:PORT",
+        help="metrics and health HTTP server (default: :9967) [FLOW_AUDITOR_LISTEN_ADDRESS]",
+    )
+    p.add_argument(
+        "--log-format",
+        choices=("json", "console"),
+        default=_env("log_format", log_format),
+        help=f"log format (default: {log_format}) [FLOW_AUDITOR_LOG_FORMAT]",
+    )
+    p.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default=_env("log_level", "info"),
+        help="[FLOW_AUDITOR_LOG_LEVEL]",
+    )
+    p.add_argument(
+        "--reload-interval",
+        type=parse_duration,
+        default=parse_duration(_env("reload_interval", "5s")),
+        help="how often the matrix file is checked for changes (default: 5s); SIGHUP checks at once",
+    )
+    p.add_argument(
+        "--dedup-window",
+        type=parse_duration,
+        default=parse_duration(_env("dedup_window", str(DEFAULT_DEDUP_WINDOW))),
+        help="events of one 5-tuple within this window are one connection (default: 30s)",
+    )
+
+
+def _env_bool(option: str) -> bool:
+    return str(_env(option, "")).strip().lower() in ("1", "true", "yes", "on")
+
+
+def _env_list(option: str) -> list[str]:
+    return [v for v in str(_env(option, "")).replace(",", " ").split() if v]
+
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """``500ms``, ``5s``, ``10m``, ``1h``, or a number of seconds."""
+    value = str(text).strip()
+    for unit in ("ms", "s", "m", "h"):
+        if value.endswith(unit) and value[: -len(unit)].replace(".", "", 1).isdigit():
+            return float(value[: -len(unit)]) * _UNITS[unit]
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r} (e.g. 500ms, 5s, 10m, 1h)") from None
+    if seconds < 0:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: negative")
+    return seconds
+
+
+def parse_since(text: str | None) -> float | None:
+    """``--since``: a duration back from now, or an RFC 3339 time; seconds since the epoch."""
+    if text is None:
+        return None
+    try:
+        return time.time() - parse_duration(text)
+    except argparse.ArgumentTypeError:
+        pass
+    from auditor.decode import DecodeError, parse_time
+
+    try:
+        return parse_time(text)
+    except DecodeError:
+        raise argparse.ArgumentTypeError(
+            f"invalid --since {text!r} (a duration like 10m or an RFC 3339 time)"
+        ) from None
 
 
 def parse_classes(text: str) -> frozenset[str]:
@@ -109,6 +316,78 @@ def parse_classes(text: str) -> frozenset[str]:
     return frozenset(classes)
 
 
+def _hubble_config(args: argparse.Namespace) -> HubbleConfig:
+    from auditor.sources.hubble import HubbleConfig
+
+    if (args.tls_client_cert_file is None) != (args.tls_client_key_file is None):
+        raise UsageError("--tls-client-cert-file and --tls-client-key-file go together")
+    for f in [*args.tls_ca_cert_files, args.tls_client_cert_file, args.tls_client_key_file]:
+        if f is not None and not Path(f).is_file():
+            raise UsageError(f"{f}: no such file")
+    uses_tls = args.tls or bool(args.tls_ca_cert_files or args.tls_client_cert_file)
+    return HubbleConfig(
+        server=args.server,
+        tls=uses_tls,
+        tls_ca_cert_files=tuple(args.tls_ca_cert_files),
+        tls_client_cert_file=args.tls_client_cert_file,
+        tls_client_key_file=args.tls_client_key_file,
+        tls_server_name=args.tls_server_name,
+        timeout=args.timeout,
+        since=args.since,
+    )
+
+
+def _daemon_config(args: argparse.Namespace, matrix: str, hubble: HubbleConfig) -> DaemonConfig:
+    from auditor.daemon import DaemonConfig, parse_listen_address
+
+    try:
+        parse_listen_address(args.listen_address)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    return DaemonConfig(
+        matrix=matrix,
+        hubble=hubble,
+        listen_address=args.listen_address,
+        reload_interval=args.reload_interval,
+        dedup_window=args.dedup_window,
+        server_side_filter=getattr(args, "server_side_filter", False),
+        kube_events=getattr(args, "kube_events", False),
+        kube_events_interval=getattr(args, "kube_events_interval", 300.0),
+    )
+
+
+def _start_daemon(config: DaemonConfig) -> int:
+    from auditor.daemon import DaemonConfigError
+    from auditor.daemon import run as daemon_run
+
+    try:
+        return daemon_run(config)
+    except (MatrixError, DaemonConfigError) as e:
+        raise UsageError(str(e)) from None
+    except OSError as e:  # the listen address is taken, …
+        raise UsageError(f"{config.listen_address}: {e.strerror or e}") from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from auditor.daemon import configure_logging
+
+    configure_logging(args.log_format, args.log_level)
+    return _start_daemon(_daemon_config(args, args.matrix, _hubble_config(args)))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from auditor.daemon import configure_logging
+    from auditor.demo import DEMO_MATRIX, start_demo_server
+
+    configure_logging(args.log_format, args.log_level)
+    server = start_demo_server(speed=args.speed)
+    try:
+        hubble = HubbleConfig(server=f"127.0.0.1:{server.port}", timeout=5.0)
+        return _start_daemon(_daemon_config(args, str(DEMO_MATRIX), hubble))
+    finally:
+        server.stop()
+
+
 def _load(path: str) -> Matrix:
     try:
         return load_matrix(path)
@@ -119,6 +398,47 @@ def _load(path: str) -> Matrix:
 def cmd_matrix_check(args: argparse.Namespace) -> int:
     print(describe(_load(args.file)))
     return EXIT_OK
+
+
+def cmd_policies_generate(args: argparse.Namespace) -> int:
+    from auditor.kube.policies import build, to_yaml
+
+    matrix = _load(args.matrix)
+    try:
+        result = build(matrix, args.flavor, cluster_cidrs=args.cluster_cidr)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    text = to_yaml(result.objects)
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_policies_diff(args: argparse.Namespace) -> int:
+    from auditor.kube.netpol import PolicyError, load_documents
+    from auditor.kube.policies import diff, format_differences
+
+    matrix = _load(args.matrix)
+    documents: list[dict[str, Any]] = []
+    for name in args.files:
+        try:
+            text = sys.stdin.read() if name == "-" else Path(name).read_text(encoding="utf-8")
+        except OSError as e:
+            raise UsageError(f"{name}: cannot read: {e.strerror or e}") from None
+        try:
+            documents.extend(load_documents(text))
+        except (ValueError, PolicyError) as e:
+            raise UsageError(f"{name}: {e}") from None
+    try:
+        differences = diff(documents, matrix)
+    except (ValueError, PolicyError) as e:
+        raise UsageError(str(e)) from None
+    sys.stdout.write(format_differences(differences))
+    return EXIT_VIOLATION if differences else EXIT_OK
 
 
 def cmd_replay(args: argparse.Namespace) -> int:

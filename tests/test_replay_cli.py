@@ -243,3 +243,27 @@ def test_matrix_env_twin(monkeypatch: pytest.MonkeyPatch) -> None:
         cwd=ROOT,
     )
     assert proc.returncode == 1 and json.loads(proc.stdout)["matrix"] == "airflow"
+
+
+def test_policies_generate_and_diff_round_trip(tmp_path: Path) -> None:
+    generated = run_cli("policies", "generate", "--matrix", str(MATRIX))
+    assert generated.returncode == 0, generated.stderr
+    assert "kind: NetworkPolicy" in generated.stdout and "name: airflow-default-deny" in generated.stdout
+    policies = tmp_path / "policies.yaml"
+    policies.write_text(generated.stdout)
+    same = run_cli("policies", "diff", str(policies), "--matrix", str(MATRIX))
+    assert (same.returncode, same.stdout.strip()) == (0, "no difference")
+    # Deleting the PostgreSQL policy must show the legitimate traffic it no longer allows.
+    documents = generated.stdout.split("\n---\n")
+    kept = [d for d in documents if "name: airflow-postgresql\n" not in d]
+    assert len(kept) == len(documents) - 1
+    policies.write_text("\n---\n".join(kept))
+    broken = run_cli("policies", "diff", str(policies), "--matrix", str(MATRIX))
+    assert broken.returncode == 1
+    assert "postgresql" in broken.stdout
+
+
+def test_policies_generate_cilium_flavor() -> None:
+    proc = run_cli("policies", "generate", "--matrix", str(MATRIX), "--flavor", "cilium")
+    assert proc.returncode == 0, proc.stderr
+    assert "kind: CiliumNetworkPolicy" in proc.stdout and "toFQDNs" not in proc.stdout

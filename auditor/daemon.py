@@ -1,0 +1,390 @@
+"""The long-running auditor: live Hubble stream → the one pipeline → metrics, logs, Kubernetes Events.
+
+Stage: wiring (I/O edge). Input: a :class:`DaemonConfig` (from ``flow-auditor run``/``demo``). Output: an
+HTTP server (``/metrics``, ``/healthz``, ``/readyz``), structured logs, optional Kubernetes Events.
+
+Threads: the *stream* thread follows Hubble and runs the pipeline (the only writer of pipeline state);
+the *HTTP* thread serves scrapes and probes; the *reload* thread polls the matrix file's content
+(ConfigMap mounts swap a symlink, so the path is re-read, not watched) and SIGHUP wakes it at once. The
+main thread waits for SIGTERM/SIGINT and shuts everything down within a few seconds.
+
+Error policy: a bad matrix at start raises :class:`~auditor.matrix.MatrixError` (the CLI exits 2); a bad
+matrix on reload keeps the old one, logs why and counts ``flow_auditor_matrix_reloads_total{result="error"}``.
+Stream failures are retried forever (see ``auditor.sources.hubble``); nothing on the wire stops the daemon.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import FrameType
+from typing import Any, Final
+
+import structlog
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+
+from auditor.classify import DEFAULT_DEDUP_WINDOW, VIOLATIONS, Auditor, Judgement
+from auditor.matrix import Matrix, MatrixError, load_matrix
+from auditor.model import LostEvents, NodeStatus
+from auditor.pipeline import Pipeline, Sink
+from auditor.sinks.metrics import MetricsSink
+from auditor.sources.hubble import HubbleConfig, HubbleSource, StreamEvents
+
+log = structlog.get_logger("flow-auditor")
+
+
+class DaemonConfigError(ValueError):
+    """A configuration the daemon cannot start with (the CLI exits 2)."""
+
+
+READY_GRACE: Final = 30.0  # seconds a broken stream still counts as ready (short reconnects do not flap)
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    matrix: str
+    hubble: HubbleConfig
+    listen_address: str = ":9967"
+    reload_interval: float = 5.0
+    dedup_window: float = DEFAULT_DEDUP_WINDOW
+    violation_log_interval: float = 300.0
+    server_side_filter: bool = False
+    kube_events: bool = False
+    kube_events_interval: float = 300.0
+    extra_sinks: tuple[Sink, ...] = field(default=())
+
+
+def parse_listen_address(text: str) -> tuple[str, int]:
+    """``:9967``, ``0.0.0.0:9967``, ``127.0.0.1:0``, ``[::]:9967`` → (host, port)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"invalid listen address {text!r} (expected HOST:PORT or :PORT)")
+    return host.strip("[]"), int(port)
+
+
+class ViolationLogSink:
+    """One log line per new violation edge, then at most one per edge per interval (with a count)."""
+
+    def __init__(
+        self, interval: float, clock: Callable[[], float] = time.monotonic, max_edges: int = 10_000
+    ) -> None:
+        self.interval = interval
+        self.clock = clock
+        self.max_edges = max_edges
+        self._last: dict[tuple[Any, ...], tuple[float, int]] = {}
+
+    def on_judgement(self, j: Judgement) -> None:
+        if not j.new_connection or j.edge[4] not in VIOLATIONS:
+            return
+        now = self.clock()
+        last = self._last.get(j.edge)
+        if last is not None and now - last[0] < self.interval:
+            self._last[j.edge] = (last[0], last[1] + 1)
+            return
+        if len(self._last) >= self.max_edges:
+            self._last.clear()
+        suppressed = last[1] if last is not None else 0
+        self._last[j.edge] = (now, 0)
+        source, destination, port, protocol, cls = j.edge
+        flow = j.flow
+        log.warning(
+            "violation",
+            **{"class": cls},
+            source=source,
+            destination=destination,
+            port=port,
+            protocol=protocol,
+            verdict=j.verdict,
+            drop_reason=flow.drop_reason or None,
+            source_pod=flow.source.pod or flow.source_ip,
+            destination_pod=flow.destination.pod or flow.destination_ip,
+            node=flow.node_name,
+            rule=j.rule or None,
+            new_edge=last is None,
+            connections_since_last_log=suppressed,
+        )
+
+    def on_outcome(self, outcome: str) -> None:
+        pass
+
+    def on_lost(self, record: LostEvents) -> None:
+        log.warning(
+            "lost events", source=record.source, count=record.num_events, node=record.node_name or None
+        )
+
+    def on_node_status(self, record: NodeStatus) -> None:
+        log.info(
+            "hubble node status",
+            state=record.state,
+            nodes=list(record.node_names),
+            message=record.message or None,
+        )
+
+    def on_invalid(self, where: str, reason: str) -> None:
+        pass  # counted by the metrics sink; logged once by the daemon
+
+
+class _InvalidLogSink:
+    """Logs the first undecodable message with a sample, then every 1000th (never one line per event)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def on_invalid(self, where: str, reason: str) -> None:
+        self.count += 1
+        if self.count == 1 or self.count % 1000 == 0:
+            log.warning("undecodable event skipped", where=where, reason=reason, total=self.count)
+
+    def on_outcome(self, outcome: str) -> None:
+        pass
+
+    def on_judgement(self, judgement: Judgement) -> None:
+        pass
+
+    def on_lost(self, record: LostEvents) -> None:
+        pass
+
+    def on_node_status(self, record: NodeStatus) -> None:
+        pass
+
+
+class Daemon:
+    """Owns the threads; :meth:`start`, then :meth:`wait` or :meth:`stop`."""
+
+    def __init__(self, config: DaemonConfig, registry: CollectorRegistry | None = None) -> None:
+        self.config = config
+        self.matrix = load_matrix(config.matrix)  # MatrixError at start: the CLI exits 2
+        self._matrix_digest = _digest(Path(config.matrix))
+        self.registry = registry or CollectorRegistry()
+        self.metrics = MetricsSink(self.matrix, self.registry)
+        sinks: list[Sink] = [self.metrics, ViolationLogSink(config.violation_log_interval), _InvalidLogSink()]
+        self.kube_events: Any = None
+        if config.kube_events:
+            from auditor.sinks.kube_events import KubeConfigError, KubeEventsSink
+
+            try:
+                self.kube_events = KubeEventsSink.from_environment(
+                    interval=config.kube_events_interval, scope=self.matrix.scope_namespaces
+                )
+            except KubeConfigError as e:
+                raise DaemonConfigError(f"--kube-events: {e}") from None
+            sinks.append(self.kube_events)
+        sinks.extend(config.extra_sinks)
+        self.pipeline = Pipeline(Auditor(self.matrix, config.dedup_window), sinks)
+        hubble = config.hubble
+        if config.server_side_filter and self.matrix.scope_namespaces:
+            hubble = replace(hubble, namespaces=tuple(sorted(self.matrix.scope_namespaces)))
+        self.source = HubbleSource(hubble, self.pipeline, self._stream_events())
+        self.stopped = threading.Event()
+        self._terminate = threading.Event()
+        self._reload_now = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.http: ThreadingHTTPServer | None = None
+        self._down_logged = False
+
+    # -- stream health → metrics and logs -------------------------------------------------------------
+    def _stream_events(self) -> StreamEvents:
+        def connected() -> None:
+            self.metrics.set_hubble_up(True)
+            self._down_logged = False
+            log.info(
+                "connected to hubble", server=self.config.hubble.server, reconnects=self.source.reconnects
+            )
+
+        def disconnected(reason: str) -> None:
+            self.metrics.set_hubble_up(False)
+            if self.stopped.is_set():
+                return
+            if not self._down_logged:
+                self._down_logged = True
+                log.warning("hubble stream down", server=self.config.hubble.server, reason=reason)
+
+        def reconnecting(delay: float) -> None:
+            self.metrics.inc_reconnects()
+
+        return StreamEvents(connected, disconnected, reconnecting, self.metrics.set_last_flow_timestamp)
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._start_http()
+        self._spawn("stream", self.source.run)
+        self._spawn("reload", self._reload_loop)
+        log.info(
+            "flow-auditor started",
+            matrix=self.matrix.name,
+            rules=len(self.matrix.rules),
+            server=self.config.hubble.server,
+            listen=self.listen_address,
+        )
+
+    def _spawn(self, name: str, target: Callable[[], None]) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self.stopped.is_set():
+            return
+        self.stopped.set()
+        self._reload_now.set()
+        self.source.stop()
+        if self.http is not None:
+            self.http.shutdown()
+            self.http.server_close()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if self.kube_events is not None:
+            self.kube_events.close(timeout=max(0.5, deadline - time.monotonic()))
+        log.info("flow-auditor stopped")
+
+    def wait(self) -> None:
+        """Block until SIGTERM/SIGINT (main thread), then stop. SIGHUP reloads the matrix."""
+
+        def terminate(signum: int, frame: FrameType | None) -> None:
+            log.info("signal received, shutting down", signal=signal.Signals(signum).name)
+            self._terminate.set()
+
+        def hangup(signum: int, frame: FrameType | None) -> None:
+            self._reload_now.set()
+
+        signal.signal(signal.SIGTERM, terminate)
+        signal.signal(signal.SIGINT, terminate)
+        signal.signal(signal.SIGHUP, hangup)
+        while not self._terminate.wait(0.5):
+            pass
+        self.stop()
+
+    # -- readiness ------------------------------------------------------------------------------------
+    def ready(self) -> tuple[bool, str]:
+        if self.source.connected:
+            return True, "ok"
+        if self.source.last_connected and time.monotonic() - self.source.last_connected < READY_GRACE:
+            return True, "reconnecting"
+        return False, "hubble stream not connected"
+
+    # -- hot reload -----------------------------------------------------------------------------------
+    def _reload_loop(self) -> None:
+        while not self.stopped.is_set():
+            self._reload_now.wait(self.config.reload_interval)
+            forced = self._reload_now.is_set()
+            self._reload_now.clear()
+            if self.stopped.is_set():
+                return
+            self.check_reload(forced=forced)
+
+    def check_reload(self, forced: bool = False) -> bool | None:
+        """Reload when the file's content changed (or ``forced``). True/False: reloaded/failed; None: same."""
+        path = Path(self.config.matrix)
+        digest = _digest(path)
+        if digest == self._matrix_digest and not forced:
+            return None
+        self._matrix_digest = digest
+        try:
+            matrix = load_matrix(path)
+        except MatrixError as e:
+            self.metrics.matrix_reloaded(False)
+            log.error(
+                "matrix reload failed, keeping the previous matrix", error=str(e), matrix=self.matrix.name
+            )
+            return False
+        old_scope = self.matrix.scope_namespaces
+        self.matrix = matrix
+        self.pipeline.request_matrix(matrix)
+        self.metrics.matrix_reloaded(True)
+        log.info(
+            "matrix reloaded", matrix=matrix.name, rules=len(matrix.rules), components=len(matrix.components)
+        )
+        if self.config.server_side_filter and matrix.scope_namespaces != old_scope:
+            self.source.set_namespaces(tuple(sorted(matrix.scope_namespaces or ())))
+        return True
+
+    # -- HTTP -----------------------------------------------------------------------------------------
+    @property
+    def listen_address(self) -> str:
+        if self.http is None:
+            return self.config.listen_address
+        host, port = self.http.server_address[:2]
+        return f"{host!s}:{port}"
+
+    def _start_http(self) -> None:
+        host, port = parse_listen_address(self.config.listen_address)
+        daemon = self
+
+        class Handler(BaseHTTPRequestHandler):
+            server_version = "flow-auditor"
+
+            def do_GET(self) -> None:
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
+                    self._send(200, encoder(daemon.registry), content_type)
+                elif path == "/healthz":
+                    self._send(200, b"ok\n", "text/plain; charset=utf-8")
+                elif path == "/readyz":
+                    ok, why = daemon.ready()
+                    self._send(200 if ok else 503, f"{why}\n".encode(), "text/plain; charset=utf-8")
+                elif path == "/":
+                    body = b"flow-auditor: /metrics /healthz /readyz\n"
+                    self._send(200, body, "text/plain; charset=utf-8")
+                else:
+                    self._send(404, b"not found\n", "text/plain; charset=utf-8")
+
+            def _send(self, code: int, body: bytes, content_type: str) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # scrapes and probes are not worth a log line each
+
+        self.http = ThreadingHTTPServer((host, port), Handler)
+        self.http.daemon_threads = True
+        self._spawn("http", self.http.serve_forever)
+
+
+def _digest(path: Path) -> str:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return ""
+
+
+def configure_logging(fmt: str = "json", level: str = "info") -> None:
+    """structlog: JSON lines (default) or console; ISO timestamps, level names."""
+    import logging
+    import sys
+
+    renderer: Any = structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer()
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper(), logging.INFO)),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+
+
+def run(config: DaemonConfig, on_started: Callable[[Daemon], None] | None = None) -> int:
+    """Start, block until a termination signal, stop. Returns the exit code."""
+    daemon = Daemon(config)
+    daemon.start()
+    if on_started is not None:
+        on_started(daemon)
+    daemon.wait()
+    return 0
+
+
+__all__ = ["Daemon", "DaemonConfig", "Matrix", "configure_logging", "run"]
