@@ -14,8 +14,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-## run: replay the bundled Airflow example and print the report
+## run: the daemon against the embedded demo Hubble server (metrics on http://localhost:9967/metrics)
 run: $(STAMP)
+	$(VENV)/bin/flow-auditor demo
+
+## replay-example: replay the bundled Airflow flows and print the report
+replay-example: $(STAMP)
 	$(VENV)/bin/flow-auditor replay examples/airflow/flows.jsonl --matrix examples/airflow/matrix.yaml --fail-on none
 
 ## test: install the real tools (Prometheus, promtool, Alertmanager, kubectl), lint, type-check, run all tests

@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     from auditor.sources.hubble import HubbleConfig
 
 EXIT_OK, EXIT_VIOLATION, EXIT_USAGE = 0, 1, 2
+# The Airflow example matrix, shipped in the package for `demo` (a test keeps it equal to examples/airflow/).
+DEMO_MATRIX = Path(__file__).parent / "demo" / "airflow-matrix.yaml"
 _PROGRESS_MIN_BYTES = 8 * 1024 * 1024
 _PROGRESS_EVERY = 8192
 
@@ -377,15 +379,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from auditor.daemon import configure_logging
-    from auditor.demo import DEMO_MATRIX, start_demo_server
+    from auditor.demo import start_demo
+    from auditor.sources.hubble import HubbleConfig
 
     configure_logging(args.log_format, args.log_level)
-    server = start_demo_server(speed=args.speed)
+    demo = start_demo("127.0.0.1:0", speed=args.speed)
     try:
-        hubble = HubbleConfig(server=f"127.0.0.1:{server.port}", timeout=5.0)
+        hubble = HubbleConfig(server=demo.address, timeout=5.0)
         return _start_daemon(_daemon_config(args, str(DEMO_MATRIX), hubble))
     finally:
-        server.stop()
+        demo.stop()
 
 
 def _load(path: str) -> Matrix:

@@ -297,7 +297,7 @@ class Daemon:
             return False
         old_scope = self.matrix.scope_namespaces
         self.matrix = matrix
-        self.pipeline.request_matrix(matrix)
+        self.pipeline.set_matrix(matrix)
         self.metrics.matrix_reloaded(True)
         log.info(
             "matrix reloaded", matrix=matrix.name, rules=len(matrix.rules), components=len(matrix.components)

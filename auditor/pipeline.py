@@ -4,8 +4,9 @@ Stage: wiring. Input: decoded records (from any source). Output: calls on the si
 so that every received flow lands in exactly one outcome (``received`` = sum of outcomes).
 ``replay`` (files) and ``run``/``demo`` (live gRPC) build this same object; only the source differs.
 
-A new matrix (hot reload) is handed over with :meth:`Pipeline.request_matrix` from any thread and applied
-by the feeding thread between two records, to the auditor and to every sink that has ``set_matrix``.
+A new matrix (hot reload) is swapped in with :meth:`Pipeline.set_matrix` from any thread, between two
+records (a live source feeds under :attr:`Pipeline.lock`), for the auditor and every sink that has
+``set_matrix``.
 
 Error policy: never raises on a record. Undecodable input is reported through :meth:`Pipeline.invalid`
 by the source loop, counted as ``invalid`` and skipped.
@@ -13,6 +14,7 @@ by the source loop, counted as ``invalid`` and skipped.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
@@ -38,25 +40,22 @@ class Pipeline:
     def __init__(self, auditor: Auditor, sinks: Sequence[Sink]) -> None:
         self.auditor = auditor
         self.sinks = tuple(sinks)
-        self._pending: Matrix | None = None
+        self.lock = threading.Lock()
 
-    def request_matrix(self, matrix: Matrix) -> None:
-        """Hand a new matrix over from another thread; applied before the next record (hot reload)."""
-        self._pending = matrix
+    def set_matrix(self, matrix: Matrix) -> None:
+        """Swap the matrix (hot reload) for the auditor and every sink that has ``set_matrix``.
 
-    def _apply_pending(self) -> None:
-        matrix, self._pending = self._pending, None
-        if matrix is None:
-            return
-        self.auditor.set_matrix(matrix)
-        for sink in self.sinks:
-            set_matrix = getattr(sink, "set_matrix", None)
-            if set_matrix is not None:
-                set_matrix(matrix)
+        Takes :attr:`lock`, which a live source holds while it feeds a record: the swap happens between
+        two records and is in effect when this returns, even while the stream is quiet.
+        """
+        with self.lock:
+            self.auditor.set_matrix(matrix)
+            for sink in self.sinks:
+                set_matrix = getattr(sink, "set_matrix", None)
+                if set_matrix is not None:
+                    set_matrix(matrix)
 
     def feed(self, record: Record) -> None:
-        if self._pending is not None:
-            self._apply_pending()
         if type(record) is Flow:
             result = self.auditor.process(record)
             if type(result) is str:

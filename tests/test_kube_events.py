@@ -288,7 +288,7 @@ def test_matrix_reload_replaces_the_scope_that_picks_the_involved_pod(server: Ev
     coredns = pod("kube-system", "coredns-5d78c9869d-abcde", 77, "k8s-app=kube-dns")
     (j,) = judgements({**DROP, "destination": coredns, "destination_port": 53, "protocol": "UDP"})
     sink = make_sink(server.url, scope=None)
-    sink.set_matrix(MATRIX)  # as Pipeline.request_matrix does on hot reload
+    sink.set_matrix(MATRIX)  # as Pipeline.set_matrix does on hot reload
     sink.on_judgement(j)
     assert sink.close(5)
     (event,) = server.events.values()

@@ -276,29 +276,28 @@ class HubbleSource:
 
     def _consume(self, call: Any, backoff: Backoff) -> str:
         parse = observer_pb2.GetFlowsResponse.FromString
-        feed, invalid = self.pipeline.feed, self.pipeline.invalid
-        announced = False
+        feed, invalid, lock = self.pipeline.feed, self.pipeline.invalid, self.pipeline.lock
+        healthy = False
+        self._on_connected()  # the channel is ready and the call is open (the stream may be quiet)
         try:
             for raw in call:
-                if not announced:
-                    announced = True
-                    self._on_connected(backoff)
+                if not healthy:
+                    healthy = True
+                    backoff.reset()  # only a stream that delivers resets the backoff
+                self._received += 1
                 try:
                     record = record_from_response(parse(raw))
                 except ProtobufDecodeError as e:
-                    invalid(f"{self.config.target}:{self._received + 1}", f"undecodable message: {e}")
-                    self._received += 1
+                    with lock:
+                        invalid(f"{self.config.target}#{self._received}", f"undecodable message: {e}")
                     continue
-                self._received += 1
                 if type(record) is Flow:
                     if self._resuming and self._seen_before(record):
                         continue
                     self._track_time(record)
-                feed(record)
-            # The server ended the stream (a follow stream should not end).
-            if not announced and call.code() is grpc.StatusCode.OK:
-                self._on_connected(backoff)
-            return "stream ended by the server"
+                with lock:
+                    feed(record)
+            return "stream ended by the server"  # a follow stream should not end
         except grpc.RpcError as e:
             code = e.code() if hasattr(e, "code") else None
             if code is grpc.StatusCode.CANCELLED:
@@ -306,10 +305,9 @@ class HubbleSource:
             details = e.details() if hasattr(e, "details") else str(e)
             return f"{code.name if code else 'error'}: {details}"
 
-    def _on_connected(self, backoff: Backoff) -> None:
+    def _on_connected(self) -> None:
         self.connected = True
         self.last_connected = time.monotonic()
-        backoff.reset()
         self.events.connected()
 
     def _seen_before(self, flow: Flow) -> bool:
