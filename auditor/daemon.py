@@ -249,7 +249,8 @@ class Daemon:
         """Block until SIGTERM/SIGINT (main thread), then stop. SIGHUP reloads the matrix."""
 
         def terminate(signum: int, frame: FrameType | None) -> None:
-            log.info("signal received, shutting down", signal=signal.Signals(signum).name)
+            if not self._terminate.is_set():
+                log.info("signal received, shutting down", signal=signal.Signals(signum).name)
             self._terminate.set()
 
         def hangup(signum: int, frame: FrameType | None) -> None:
@@ -364,7 +365,11 @@ def configure_logging(fmt: str = "json", level: str = "info") -> None:
     import logging
     import sys
 
-    renderer: Any = structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer()
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,

@@ -267,3 +267,9 @@ def test_policies_generate_cilium_flavor() -> None:
     proc = run_cli("policies", "generate", "--matrix", str(MATRIX), "--flavor", "cilium")
     assert proc.returncode == 0, proc.stderr
     assert "kind: CiliumNetworkPolicy" in proc.stdout and "toFQDNs" not in proc.stdout
+
+
+def test_demo_matrix_shipped_in_the_package_is_the_example() -> None:
+    from auditor.cli import DEMO_MATRIX
+
+    assert DEMO_MATRIX.read_bytes() == MATRIX.read_bytes()
