@@ -29,12 +29,16 @@ from typing import Any, Final, get_args, get_origin
 import msgspec
 
 from auditor.model import (
+    DIRECTION_NAMES,
     EMPTY_ENDPOINT,
+    FLOW_TYPE_NAMES,
+    OBSERVATION_POINT_NAMES,
     TCP_ACK,
     TCP_FIN,
     TCP_PSH,
     TCP_RST,
     TCP_SYN,
+    VERDICT_NAMES,
     Endpoint,
     Flow,
     LostEvents,
@@ -54,35 +58,10 @@ class DecodeError(ValueError):
 # --------------------------------------------------------------------------------------------------
 # Enum tables (upstream numeric values; names as protojson writes them)
 
-_VERDICTS: Final = {
-    "VERDICT_UNKNOWN": 0,
-    "FORWARDED": 1,
-    "DROPPED": 2,
-    "ERROR": 3,
-    "AUDIT": 4,
-    "REDIRECTED": 5,
-    "TRACED": 6,
-    "TRANSLATED": 7,
-}
-_FLOW_TYPES: Final = {"UNKNOWN_TYPE": 0, "L3_L4": 1, "L7": 2, "SOCK": 3}
-_DIRECTIONS: Final = {"TRAFFIC_DIRECTION_UNKNOWN": 0, "INGRESS": 1, "EGRESS": 2}
-_POINTS: Final = {
-    "UNKNOWN_POINT": 0,
-    "TO_PROXY": 1,
-    "TO_HOST": 2,
-    "TO_STACK": 3,
-    "TO_OVERLAY": 4,
-    "TO_ENDPOINT": 101,
-    "FROM_ENDPOINT": 5,
-    "FROM_PROXY": 6,
-    "FROM_HOST": 7,
-    "FROM_STACK": 8,
-    "FROM_OVERLAY": 9,
-    "FROM_NETWORK": 10,
-    "TO_NETWORK": 11,
-    "FROM_CRYPTO": 12,
-    "TO_CRYPTO": 13,
-}
+_VERDICTS: Final = {name: number for number, name in VERDICT_NAMES.items()}
+_FLOW_TYPES: Final = {name: number for number, name in FLOW_TYPE_NAMES.items()}
+_DIRECTIONS: Final = {name: number for number, name in DIRECTION_NAMES.items()}
+_POINTS: Final = {name: number for number, name in OBSERVATION_POINT_NAMES.items()}
 _LOST_SOURCES: Final = {
     0: "UNKNOWN_LOST_EVENT_SOURCE",
     1: "PERF_EVENT_RING_BUFFER",

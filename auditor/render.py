@@ -44,6 +44,32 @@ def render(report: dict[str, Any], fmt: str, *, color: bool = False, width: int 
     return _table(report, color=color, width=width)
 
 
+_COLUMNS: Final = (
+    "source",
+    "destination",
+    "port",
+    "connections",
+    "verdicts",
+    "drop reasons",
+    "rule",
+    "examples",
+)
+
+
+def _cells(e: dict[str, Any]) -> list[str]:
+    """One edge as the text of the report columns (empty string where there is nothing to say)."""
+    return [
+        e["source"],
+        e["destination"],
+        _port(e),
+        str(e["connections"]),
+        _counts(e["verdicts"]),
+        _counts(e["drop_reasons"]),
+        str(e["rule"] or ""),
+        _examples(e),
+    ]
+
+
 def _port(edge: dict[str, Any]) -> str:
     return edge["protocol"] if edge["port"] is None else f"{edge['port']}/{edge['protocol']}"
 
@@ -86,19 +112,10 @@ def _table(report: dict[str, Any], *, color: bool, width: int) -> str:
         if not edges:
             continue
         table = Table(title=_TITLES[cls], title_style=_STYLE[cls], title_justify="left", expand=False)
-        for col in ("source", "destination", "port", "conns", "verdicts", "drop reasons", "rule", "examples"):
-            table.add_column(col, overflow="fold")
+        for col in _COLUMNS:
+            table.add_column("conns" if col == "connections" else col, overflow="fold")
         for e in edges:
-            table.add_row(
-                e["source"],
-                e["destination"],
-                _port(e),
-                str(e["connections"]),
-                _counts(e["verdicts"]),
-                _counts(e["drop_reasons"]) or "-",
-                str(e["rule"] or "-"),
-                _examples(e),
-            )
+            table.add_row(*(cell or "-" for cell in _cells(e)))
         console.print(table)
     if report["unused_rules"]:
         console.print(
@@ -131,21 +148,11 @@ def _markdown(report: dict[str, Any]) -> str:
             "",
             f"## {_TITLES[cls]}",
             "",
-            "| source | destination | port | connections | verdicts | drop reasons | rule | examples |",
+            "| " + " | ".join(_COLUMNS) + " |",
             "|---|---|---|---:|---|---|---:|---|",
         ]
         for e in edges:
-            cells = [
-                e["source"],
-                e["destination"],
-                _port(e),
-                str(e["connections"]),
-                _counts(e["verdicts"]),
-                _counts(e["drop_reasons"]),
-                str(e["rule"] or ""),
-                _examples(e),
-            ]
-            out.append("| " + " | ".join(_md_cell(c) for c in cells) + " |")
+            out.append("| " + " | ".join(_md_cell(c) for c in _cells(e)) + " |")
     if report["unused_rules"]:
         out += ["", "## Unused rules", ""]
         out += [
@@ -175,33 +182,11 @@ def _html(report: dict[str, Any]) -> str:
             continue
         parts.append(
             f'<section class="{cls}"><h2>{esc(_TITLES[cls])}</h2><table><tr>'
-            + "".join(
-                f"<th>{h}</th>"
-                for h in (
-                    "source",
-                    "destination",
-                    "port",
-                    "connections",
-                    "verdicts",
-                    "drop reasons",
-                    "rule",
-                    "examples",
-                )
-            )
+            + "".join(f"<th>{h}</th>" for h in _COLUMNS)
             + "</tr>"
         )
         for e in edges:
-            cells = [
-                e["source"],
-                e["destination"],
-                _port(e),
-                str(e["connections"]),
-                _counts(e["verdicts"]),
-                _counts(e["drop_reasons"]),
-                str(e["rule"] or ""),
-                _examples(e),
-            ]
-            parts.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>")
+            parts.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in _cells(e)) + "</tr>")
         parts.append("</table></section>")
     if report["unused_rules"]:
         parts.append(
