@@ -495,3 +495,60 @@ def test_server_side_filter_asks_for_the_scope_namespaces_only(
     samples = scrape(d.listen_address)
     assert value(samples, "flow_auditor_flows_total", outcome="out_of_scope") == 0.0
     assert isinstance(flow_pb2.FlowFilter, type)
+
+
+def test_kube_events_are_posted_for_violation_edges(
+    server: HubbleServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, daemons: list[Daemon]
+) -> None:
+    import threading
+
+    from test_kube_events import EventsServer
+
+    api = EventsServer()
+    thread = threading.Thread(target=api.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: t\n"
+        f"clusters: [{{name: t, cluster: {{server: '{api.url}'}}}}]\n"
+        "users: [{name: t, user: {token: test}}]\n"
+        "contexts: [{name: t, context: {cluster: t, user: t}}]\n"
+    )
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    try:
+        config = DaemonConfig(
+            matrix=str(MATRIX),
+            hubble=HubbleConfig(server=server.address, since=0.0),
+            listen_address="127.0.0.1:0",
+            kube_events=True,
+        )
+        d = Daemon(config)
+        d.start()
+        daemons.append(d)
+        wait_for(lambda: received(scrape(d.listen_address)) >= FLOW_EVENTS, what="all flows")
+
+        def reasons() -> set[tuple[str, str]]:
+            with api.lock:
+                return {(ns, ev["reason"]) for (ns, _), ev in api.events.items()}
+
+        wait_for(
+            lambda: (
+                {("airflow", "NetworkPolicyViolation"), ("airflow", "LegitimateTrafficDropped")} <= reasons()
+            ),
+            what="the Events",
+        )
+        with api.lock:
+            debug = [ev for ev in api.events.values() if "debug-shell" in ev["message"]]
+        assert len(debug) == 1
+        involved = debug[0]["involvedObject"]
+        assert (involved["kind"], involved["namespace"], involved["name"]) == (
+            "Pod",
+            "airflow",
+            "airflow-redis-0",
+        )
+        assert debug[0]["type"] == "Warning" and debug[0]["reason"] == "NetworkPolicyViolation"
+    finally:
+        api.shutdown()
+        api.server_close()
+        thread.join(5)
