@@ -12,7 +12,6 @@ change with ``UPDATE_GOLDEN=1 pytest tests/test_policies.py``.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -47,7 +46,6 @@ from auditor.matrix import Matrix, load_matrix, parse_matrix
 ROOT = Path(__file__).resolve().parent.parent
 AIRFLOW = load_matrix(ROOT / "examples" / "airflow" / "matrix.yaml")
 GOLDEN = Path(__file__).parent / "golden" / "policies"
-CILIUM_SCHEMA = Path(__file__).parent / "data" / "crd-schemas" / "ciliumnetworkpolicy_v2.json"
 
 HEADER = "apiVersion: flow-auditor/v1alpha1\nkind: CommunicationMatrix\n"
 
@@ -659,17 +657,6 @@ def test_kubernetes_validate_catches_an_unknown_field() -> None:
     obj["spec"]["ingress"][0]["sources"] = []
     proc = kubernetes_validate(to_yaml([obj]))
     assert proc.returncode == 1 and "ERROR" in proc.stdout
-
-
-@pytest.mark.skipif(not CILIUM_SCHEMA.exists(), reason=f"no CiliumNetworkPolicy schema at {CILIUM_SCHEMA}")
-@pytest.mark.parametrize("matrix", [AIRFLOW, SHOP, EDGE], ids=lambda m: m.name)
-def test_cilium_flavor_validates_against_the_crd_schema(matrix: Matrix) -> None:
-    import jsonschema
-
-    validator = jsonschema.Draft7Validator(json.loads(CILIUM_SCHEMA.read_text()))
-    for obj in generate(matrix, "cilium"):
-        errors = [f"{list(e.path)}: {e.message}" for e in validator.iter_errors(obj)]
-        assert not errors, f"{obj['metadata']['name']}: {errors}"
 
 
 # ==================================================================================================
