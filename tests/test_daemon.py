@@ -552,3 +552,20 @@ def test_kube_events_are_posted_for_violation_edges(
         api.shutdown()
         api.server_close()
         thread.join(5)
+
+
+def test_sigterm_while_the_server_is_unreachable_stops_quickly() -> None:
+    proc, address = run_daemon_process(
+        "run", "--server", f"127.0.0.1:{free_port()}", "--matrix", str(MATRIX), "--timeout", "30s"
+    )
+    try:
+        wait_for(lambda: value(scrape(address), "flow_auditor_hubble_reconnects_total") >= 0, what="metrics")
+        time.sleep(0.5)  # inside a connection attempt that would last 30 s
+        started = time.monotonic()
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+        assert time.monotonic() - started < 2.0
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)

@@ -15,6 +15,7 @@ what it waited for, the last API answer and the tails of the processes' logs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -50,7 +51,7 @@ ALERTMANAGER_RECEIVER: Final = "null"
 
 T = TypeVar("T")
 
-# The edge each violation alert is checked on (the demo scenario's episodes, examples/airflow/README).
+# The edge each violation alert is checked on (episodes of the demo scenario, see README.md "Quick start").
 VIOLATION_ALERTS: Final[dict[str, dict[str, str]]] = {
     # The `monitoring` namespace lost its label: Prometheus' scrapes of the PostgreSQL exporter are dropped.
     "FlowAuditorLegitimateTrafficDropped": {
@@ -114,7 +115,6 @@ class Process:
     killed: bool = False  # stopped on purpose by a test
 
     def tail(self, lines: int = 15) -> str:
-        self.log_file.flush()
         text = self.log.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:]
         status = "running" if self.popen.poll() is None else f"exited {self.popen.returncode}"
         body = "\n".join(f"    {line[:300]}" for line in text) or "    (empty)"
@@ -137,13 +137,17 @@ def binary(name: str) -> str:
 def spawn(name: str, args: list[str], tmp: Path, stdout_pipe: bool = False) -> Process:
     log = tmp / f"{name}.log"
     log_file = log.open("wb")
-    popen = subprocess.Popen(
-        args,
-        cwd=ROOT,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE if stdout_pipe else log_file,
-        stderr=log_file,
-    )
+    try:
+        popen = subprocess.Popen(
+            args,
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE if stdout_pipe else log_file,
+            stderr=log_file,
+        )
+    except OSError:
+        log_file.close()
+        raise
     return Process(name, popen, log, log_file)
 
 
@@ -158,7 +162,8 @@ def stop_all(processes: list[Process]) -> None:
             proc.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             os.kill(proc.popen.pid, signal.SIGKILL)
-            proc.popen.wait(timeout=10)
+            with contextlib.suppress(subprocess.TimeoutExpired):  # reported by the fixture's pgrep check
+                proc.popen.wait(timeout=10)
         finally:
             if proc.popen.stdout is not None:
                 proc.popen.stdout.close()
@@ -288,6 +293,8 @@ class Stack:
 
     def kill_hubble(self) -> None:
         proc = self.processes["hubble"]
+        if proc.killed or proc.popen.poll() is not None:  # never signal a PID that may have been reused
+            raise self.fail("the Hubble server is not running any more")
         proc.killed = True
         os.kill(proc.popen.pid, signal.SIGKILL)
         proc.popen.wait(timeout=10)
@@ -366,19 +373,20 @@ def _start(stack: Stack) -> None:
     daemon = [sys.executable, "-m", "auditor", "run", "--server", stack.hubble, "--matrix", str(MATRIX)]
     daemon += ["--since", "1h", "--listen-address", stack.daemon, "--log-format", "json"]
     stack.processes["daemon"] = spawn("daemon", daemon, stack.tmp)
-    alertmanager = [alertmanager_bin, f"--config.file={alertmanager_yml}"]
-    alertmanager += [
+    alertmanager = [
+        alertmanager_bin,
+        f"--config.file={alertmanager_yml}",
         f"--storage.path={stack.tmp / 'alertmanager'}",
         f"--web.listen-address={stack.alertmanager}",
+        "--cluster.listen-address=",  # empty: no gossip port
     ]
-    alertmanager += ["--cluster.listen-address="]  # no gossip port
     stack.processes["alertmanager"] = spawn("alertmanager", alertmanager, stack.tmp)
     prometheus = [
         prometheus_bin,
         f"--config.file={prometheus_yml}",
         f"--storage.tsdb.path={stack.tmp / 'tsdb'}",
+        f"--web.listen-address={stack.prometheus}",
     ]
-    prometheus += [f"--web.listen-address={stack.prometheus}"]
     stack.processes["prometheus"] = spawn("prometheus", prometheus, stack.tmp)
     for url in (
         f"http://{stack.daemon}/healthz",
@@ -459,11 +467,12 @@ def _violation_labels(name: str) -> dict[str, str]:
 
 
 def _assert_violation_annotations(name: str, annotations: dict[str, str]) -> None:
-    edge, rule = VIOLATION_ALERTS[name], _rule(name)
+    rule = _rule(name)
     assert annotations["summary"] == rule.summary
     assert annotations["runbook_url"] == rule.runbook_url
+    edge = {key: re.escape(value) for key, value in VIOLATION_ALERTS[name].items()}
     description = (
-        rf"[1-9][0-9]* connection\(s\) from {re.escape(edge['source'])} to {edge['destination']} on "
+        rf"[1-9][0-9]* connection\(s\) from {edge['source']} to {edge['destination']} on "
         rf"{edge['port']}/{edge['protocol']} .+ \(verdict {edge['verdict']}, last {rules.FAST_WINDOW}\)\."
     )
     assert re.fullmatch(description, annotations["description"]), annotations["description"]

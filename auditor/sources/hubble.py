@@ -173,6 +173,7 @@ class HubbleSource:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._call: Any = None
+        self._ready: Any = None  # the channel-ready future of a connection attempt in progress
         self._reopen = threading.Event()
         self._received = 0
         self.namespaces = config.namespaces
@@ -186,6 +187,10 @@ class HubbleSource:
     # -- control --------------------------------------------------------------------------------------
     def stop(self) -> None:
         self._stop.set()
+        with self._lock:
+            ready = self._ready
+        if ready is not None:
+            ready.cancel()  # a connection attempt would otherwise hold stop() for up to --timeout
         self._cancel()
 
     def reopen(self) -> None:
@@ -247,10 +252,20 @@ class HubbleSource:
             return f"tls configuration: {e}"
         watcher: threading.Thread | None = None
         try:
+            ready = grpc.channel_ready_future(channel)
+            with self._lock:
+                self._ready = ready
+            if self._stop.is_set():
+                ready.cancel()
             try:
-                grpc.channel_ready_future(channel).result(timeout=self.config.timeout)
+                ready.result(timeout=self.config.timeout)
             except grpc.FutureTimeoutError:
                 return f"cannot connect to {self.config.target} within {self.config.timeout:g}s"
+            except grpc.FutureCancelledError:
+                return "stopped while connecting"
+            finally:
+                with self._lock:
+                    self._ready = None
             request = self._request()
             if len(self.requests) < 100:
                 self.requests.append(request)
