@@ -67,11 +67,7 @@ OTHER_PAYLOAD_KINDS: Final[dict[int, str]] = {4: "agent_event", 5: "debug_event"
 UNKNOWN_PAYLOAD: Final = "unknown"
 
 # Distinct endpoints remembered by the decoder (a few kB each at most).
-ENDPOINT_CACHE_SIZE: Final = 4096
-
-# (protocol, source_port, destination_port, icmp_type, tcp_flags)
-_L4 = tuple[str, int, int, int, int]
-_NO_L4: Final[_L4] = ("", 0, 0, 0, 0)
+ENDPOINT_CACHE_SIZE: Final = 16384
 
 
 def flow_from_pb(msg: flow_pb2.Flow) -> Flow:
@@ -133,69 +129,84 @@ def drop_reason_name(code: int) -> str:
 
 def _decode_flow(msg: flow_pb2.Flow, envelope: observer_pb2.GetFlowsResponse | None) -> Flow:
     ts = msg.time
+    seconds, nanos = ts.seconds, ts.nanos
     node_name = msg.node_name
     if envelope is not None:
-        if not (ts.seconds or ts.nanos):
+        if not (seconds or nanos):
             ts = envelope.time
-        node_name = node_name or envelope.node_name
-    seconds, nanos = ts.seconds, ts.nanos
-    time = seconds + nanos / 1e9 if seconds or nanos else 0.0
-    source = _endpoint(msg.source) if msg.HasField("source") else EMPTY_ENDPOINT
-    destination = _endpoint(msg.destination) if msg.HasField("destination") else EMPTY_ENDPOINT
+            seconds, nanos = ts.seconds, ts.nanos
+        if not node_name:
+            node_name = envelope.node_name
     ip = msg.IP
-    protocol, source_port, destination_port, icmp_type, tcp_flags = _layer4(msg.l4)
+    l4 = msg.l4
+    kind = l4.WhichOneof("protocol")
+    source_port = destination_port = icmp_type = tcp_flags = 0
+    if kind == "TCP":
+        tcp = l4.TCP
+        source_port, destination_port = tcp.source_port, tcp.destination_port
+        tcp_flags = _tcp_flags(tcp.flags)
+    elif kind == "UDP":
+        udp = l4.UDP
+        source_port, destination_port = udp.source_port, udp.destination_port
+    elif kind == "ICMPv4":
+        icmp_type = l4.ICMPv4.type
+    elif kind == "ICMPv6":
+        icmp_type = l4.ICMPv6.type
+    elif kind == "SCTP":
+        sctp = l4.SCTP
+        source_port, destination_port = sctp.source_port, sctp.destination_port
+    else:
+        kind = None  # none, or a newer case (VRRP, IGMP) that has no ports: not judged
+    drop = msg.drop_reason_desc or msg.drop_reason
+    source_names = msg.source_names
+    destination_names = msg.destination_names
     # Positional arguments in the order of model.Flow's fields: about 4x cheaper than keywords here.
     return Flow(
-        time,
+        seconds + nanos / 1e9 if seconds or nanos else 0.0,
         msg.verdict,
-        drop_reason_name(msg.drop_reason_desc or msg.drop_reason),
-        source,
-        destination,
+        (DROP_REASON_NAMES.get(drop) or str(drop)) if drop else "",
+        _endpoint(msg.source),
+        _endpoint(msg.destination),
         ip.source,
         ip.destination,
-        protocol,
+        kind or "",
         source_port,
         destination_port,
         icmp_type,
         tcp_flags,
-        _is_reply(msg),
+        msg.is_reply.value if msg.HasField("is_reply") else (True if msg.reply else None),
         msg.Type,  # flow_type
         msg.event_type.type,
         msg.traffic_direction,
         msg.trace_observation_point,  # observation_point
         node_name,
-        tuple(msg.source_names),
-        tuple(msg.destination_names),
+        tuple(source_names) if source_names else (),
+        tuple(destination_names) if destination_names else (),
     )
 
 
 def _endpoint(msg: flow_pb2.Endpoint) -> Endpoint:
-    return _endpoint_from_wire(msg.SerializeToString())
+    """Decoded endpoints are shared. A pod's Cilium identity, namespace and name determine the rest (labels
+    are the identity's, workloads and cluster the pod's), so for identities of pods (>= 256) that key, plus
+    the number of labels (Hubble sometimes sends an identity without its labels), finds the decoded object
+    after a few field reads. Reserved identities and unknown ones are keyed by their exact bytes."""
+    identity = msg.identity
+    if identity >= _FIRST_POD_IDENTITY:
+        key = (identity, msg.namespace, msg.pod_name, len(msg.labels))
+        cached = _by_identity.get(key)
+        if cached is not None:
+            return cached
+        endpoint = endpoint_from_pb(msg)
+        if len(_by_identity) >= ENDPOINT_CACHE_SIZE:
+            _by_identity.clear()
+        _by_identity[key] = endpoint
+        return endpoint
+    data = msg.SerializeToString()
+    return _endpoint_from_wire(data) if data else EMPTY_ENDPOINT
 
 
-def _is_reply(msg: flow_pb2.Flow) -> bool | None:
-    if msg.HasField("is_reply"):
-        return msg.is_reply.value
-    # The deprecated bool cannot tell "no" from "unknown"; only a true value says anything.
-    return True if msg.reply else None
-
-
-def _layer4(l4: flow_pb2.Layer4) -> _L4:
-    kind = l4.WhichOneof("protocol")
-    if kind == "TCP":
-        tcp = l4.TCP
-        return "TCP", tcp.source_port, tcp.destination_port, 0, _tcp_flags(tcp.flags)
-    if kind == "UDP":
-        udp = l4.UDP
-        return "UDP", udp.source_port, udp.destination_port, 0, 0
-    if kind == "ICMPv4":
-        return "ICMPv4", 0, 0, l4.ICMPv4.type, 0
-    if kind == "ICMPv6":
-        return "ICMPv6", 0, 0, l4.ICMPv6.type, 0
-    if kind == "SCTP":
-        sctp = l4.SCTP
-        return "SCTP", sctp.source_port, sctp.destination_port, 0, 0
-    return _NO_L4  # none, or a newer case (VRRP, IGMP) that has no ports: not judged
+_by_identity: dict[tuple[int, str, str, int], Endpoint] = {}
+_FIRST_POD_IDENTITY: Final = 256
 
 
 def _tcp_flags(flags: flow_pb2.TCPFlags) -> int:

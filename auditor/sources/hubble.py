@@ -28,6 +28,7 @@ import hashlib
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,7 +169,7 @@ class HubbleSource:
         self.newest_time = 0.0  # flow time of the newest flow processed
         self.reconnects = 0
         self.requests: list[observer_pb2.GetFlowsRequest] = []  # for inspection in tests (bounded)
-        self._recent: list[Flow] = []  # flows within RESUME_OVERLAP of newest_time
+        self._recent: deque[Flow] = deque(maxlen=_RECENT_MAX)  # flows within RESUME_OVERLAP of newest_time
         self._resuming = False
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -333,17 +334,16 @@ class HubbleSource:
 
     def _track_time(self, flow: Flow) -> None:
         t = flow.time
-        newest = self.newest_time
-        if t > newest:
+        recent = self._recent
+        if t > self.newest_time:
             self.newest_time = t
             self.events.newest_flow_time(t)
-            if t - newest > RESUME_OVERLAP:
-                self._recent = [flow]
-            else:
-                self._recent = [f for f in self._recent if f.time >= t - RESUME_OVERLAP]
-                self._recent.append(flow)
-        elif t >= newest - RESUME_OVERLAP and len(self._recent) < _RECENT_MAX:
-            self._recent.append(flow)
+            horizon = t - RESUME_OVERLAP
+            while recent and recent[0].time < horizon:
+                recent.popleft()
+        elif t < self.newest_time - RESUME_OVERLAP:
+            return
+        recent.append(flow)  # bounded by maxlen: enough for the flows of one millisecond
 
     def _watch_certs(self, call: Any) -> None:
         files = self.config.cert_files()
