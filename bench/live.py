@@ -1,8 +1,8 @@
 """Live-path benchmarks of the daemon (``make bench``, after ``bench/run.py``).
 
-Stage: measurement only (never run by ``make test``). Every rate is reported as events/s and as a ratio to
-a floor measured in the same run on the same machine; each rate is the best of ``--runs`` runs (the run
-least disturbed by other load). The 1-minute load average is printed before each part.
+Stage: measurement only (never run by ``make test``). Rates are events/s and ratios to a floor measured in
+the same run on the same machine; each is the best of ``--runs`` runs, and the measurements of one part
+take turns (a slow spell of the machine hits them alike). The 1-minute load average is recorded.
 
 (a) In-process daemon pipeline on pre-serialized ``GetFlowsResponse`` bytes (``--messages``, built once
     from ``auditor.scenario.synthetic_events`` with ``--pods`` distinct pods, cached under ``bench/out/``):
@@ -13,38 +13,43 @@ least disturbed by other load). The 1-minute load average is printed before each
                ``decode_pb.record_from_response`` → ``Pipeline.feed`` under ``pipeline.lock`` → ``Auditor``
                (``examples/airflow/matrix.yaml``) → the daemon's sinks (``MetricsSink``, ``ViolationLogSink``
                with logging configured to discard, the invalid-log sink). Built by ``auditor.daemon.Daemon``.
-  * stages   — the same bytes through growing prefixes of the path (parse; + decode; + ``Auditor.process``),
-               so that the differences give µs/event per stage without profiler overhead; then a cProfile
-               run of the pipeline (µs/event by function, inflated by the profiler).
+  * stages   — the same bytes through growing prefixes of the path (parse; + decode; + ``Auditor.process``;
+               + ``Pipeline.feed`` under the lock), whose differences (median over runs) give µs/event per
+               stage without profiler overhead; then a cProfile run of the pipeline (shares of the time per
+               stage and the top functions; absolute µs are inflated by the profiler).
+  Part (a) is timed in CPU seconds of this single-threaded process (``time.process_time``).
   Targets: pipeline >= 150,000 events/s on one core and >= 0.5 of the floor.
 
 (b) End to end over loopback gRPC (``--stream`` messages, the first of the same cached messages): a
-    ``HubbleServer`` (``auditor.demo.server``, pre-serialized bytes) in a subprocess of this script, so
-    that it does not share the GIL, streams its backlog (``since`` = 0) to
+    ``HubbleServer`` (``auditor.demo.server``: pre-serialized bytes, one worker thread per stream) in a
+    subprocess, so that it does not share the GIL, streams its backlog (``since`` = 0) to
   * bare     — a client that only receives and parses (``unary_stream(..., response_deserializer=None)`` +
                ``GetFlowsResponse.FromString``) with the daemon's channel options;
   * daemon   — the real ``Daemon`` (HubbleSource + Pipeline + sinks, HTTP and reload threads) in-process,
                timed from ``start()`` until the N-th message was received;
   with and without the channel option ``SingleThreadedUnaryStream``. Ratio daemon/bare (target >= 0.85).
-  The server's CPU time (``/proc/PID/stat``) over the wall time says which side bounded the rate: a server
-  near 100 % of one core is the bottleneck.
+  The server subprocess is this script (``--serve``): it loads the cached bytes in seconds, where
+  ``python -m auditor.demo.server --jsonl`` would spend minutes in ``json_format``. Which side bounded a
+  rate: CPU time of each side's threads (``/proc/PID/task/*/stat``) over the wall time; a side whose Python
+  threads use most of one core is bound by its GIL (gRPC's C threads are counted apart).
 
-(c) Memory: the in-process pipeline over ``--events`` (5M) events with 100,000 distinct pods. A base of
-    ``--base`` messages is generated once (cached); the stream replays it in passes read lazily from disk
-    (nothing big is held in memory), each pass shifted in flow time (past the previous pass) and with its
-    ephemeral ports rotated, so every pass brings new connections. The shift is a small protobuf suffix
-    appended to each message (protobuf merge semantics: the last value of a field wins), so the decoder sees
-    ordinary wire bytes. VmRSS (``/proc/self/status``) and the sizes of the bounded structures (dedup table,
-    endpoint LRU, identity caches, metric series) are sampled every ``--sample`` events; target: RSS at the
-    end within ±10 % of RSS after 1M events.
+(c) Memory: the in-process pipeline over ``--events`` (5M) events with ``--big-pods`` (100,000) distinct
+    pods. A base of ``--base`` messages is generated once (cached); the stream replays it in passes read
+    lazily from disk (nothing big is held in memory), each pass later in flow time than the previous one and
+    with its ephemeral ports rotated, so that every pass brings new connections. The shift is a small
+    protobuf suffix appended to each message (protobuf merge semantics: the last value of a field wins),
+    so the decoder sees ordinary wire bytes. VmRSS (``/proc/self/status``) and the sizes of the bounded
+    structures (dedup table, endpoint LRU, identity and rule caches, metric series, violation-log edges)
+    are sampled every ``--sample`` events, in a fresh child process (RSS then holds the pipeline's state
+    only). Target: RSS at the end within ±10 % of RSS after 1M events.
 
 Messages are built with a descriptor-driven jsonpb → protobuf converter (``json_format.ParseDict`` runs at
 ≈ 4k events/s here, too slow for a million messages); it is checked byte for byte against
-``auditor.demo.server.response_from_event`` on the first events, and replaced by it when they differ.
+``auditor.demo.server.response_from_event`` on the first 500 events, and replaced by it if they differ.
 
 Error policy: missing inputs are generated (deterministic, cached under ``bench/out/``); a server that
 does not start, a stream that stalls or counts that do not add up abort the run with an error. Every
-process started here is stopped by its PID.
+process started here is stopped by its PID. Results: printed, and written to ``bench/out/live-results.json``.
 """
 
 from __future__ import annotations
@@ -61,6 +66,7 @@ import pstats
 import resource
 import select
 import signal
+import statistics
 import struct
 import subprocess
 import sys
@@ -68,11 +74,11 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import grpc
 import structlog
-from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from auditor import decode_pb
@@ -94,8 +100,10 @@ TARGET_RATE: Final = 150_000
 TARGET_FLOOR_RATIO: Final = 0.5
 TARGET_LIVE_RATIO: Final = 0.85
 TARGET_RSS_DRIFT: Final = 0.10
+BOUND_CPU: Final = 0.75  # Python threads of one process above this share of a core: GIL-bound
 SERVER_START_TIMEOUT: Final = 180.0
 STREAM_TIMEOUT: Final = 300.0
+MEMORY_CHILD_TIMEOUT: Final = 1800.0
 
 # ------------------------------------------------------------------------------------------------
 # Building messages: jsonpb dicts → GetFlowsResponse bytes, cached as records
@@ -134,7 +142,9 @@ class Unsupported(Exception):
 def _scalar_converter(fd: FieldDescriptor) -> Converter:
     kind = fd.type
     if kind == _F.TYPE_ENUM:
-        numbers = {v.name: v.number for v in fd.enum_type.values}
+        enum_type = fd.enum_type
+        assert enum_type is not None
+        numbers = {v.name: v.number for v in enum_type.values}
 
         def enum(value: Any) -> int:
             if isinstance(value, str):
@@ -194,7 +204,7 @@ class FastJsonpb:
             self._fill(response, event)
         return response
 
-    def _table(self, desc: Descriptor) -> Table:
+    def _table(self, desc: Any) -> Table:
         table = self._tables.get(desc.full_name)
         if table is None:
             table = {}
@@ -202,11 +212,13 @@ class FastJsonpb:
                 kind: int | None
                 extra: Any = None
                 if fd.type == _F.TYPE_MESSAGE:
-                    full = fd.message_type.full_name
+                    message_type = fd.message_type
+                    assert message_type is not None
+                    full = message_type.full_name
                     if full == "google.protobuf.Timestamp":
                         kind = _TIMESTAMP
                     elif full in _WRAPPERS:
-                        kind, extra = _WRAPPER, _scalar_converter(fd.message_type.fields_by_name["value"])
+                        kind, extra = _WRAPPER, _scalar_converter(message_type.fields_by_name["value"])
                     elif full.startswith("google.protobuf."):
                         kind, extra = None, full
                     elif full in self.SHARED_TYPES and not fd.is_repeated:
@@ -353,7 +365,7 @@ def read_records(path: Path, limit: int | None = None) -> Iterator[tuple[bytes, 
     with path.open("rb", buffering=0) as f:
         pending = b""
         while limit is None or count < limit:
-            chunk = f.read(8 << 20)
+            chunk = f.read(1 << 20)
             if not chunk:
                 break
             data = pending + chunk if pending else chunk
@@ -383,16 +395,6 @@ def load_messages(path: Path, limit: int) -> list[bytes]:
 # ------------------------------------------------------------------------------------------------
 
 
-def best_of(runs: int, fn: Callable[[], int]) -> tuple[float, int]:
-    """Fastest wall time of ``runs`` runs (the least disturbed by other load) and the count returned."""
-    best, count = float("inf"), 0
-    for _ in range(runs):
-        started = time.perf_counter()
-        count = fn()
-        best = min(best, time.perf_counter() - started)
-    return best, count
-
-
 def load_average() -> float:
     return os.getloadavg()[0]
 
@@ -416,6 +418,29 @@ def counted(daemon: Daemon) -> int:
     return int(sum(get("flow_auditor_flows_total", {"outcome": o}) or 0 for o in OUTCOMES))
 
 
+def reset_decoder_caches() -> None:
+    """Empty the decoder's endpoint caches (module state), so that every run starts cold alike."""
+    wire = getattr(decode_pb, "_endpoint_from_wire", None)
+    if wire is not None:
+        wire.cache_clear()
+    by_identity = getattr(decode_pb, "_by_identity", None)
+    if by_identity is not None:
+        by_identity.clear()
+
+
+def decoder_cache_sizes() -> dict[str, int]:
+    """Sizes of the decoder's endpoint caches (and the LRU's hits and misses since the last reset)."""
+    sizes: dict[str, int] = {}
+    wire = getattr(decode_pb, "_endpoint_from_wire", None)
+    if wire is not None:
+        info = wire.cache_info()
+        sizes.update(endpoint_lru=info.currsize, endpoint_lru_hits=info.hits, endpoint_lru_misses=info.misses)
+    by_identity = getattr(decode_pb, "_by_identity", None)
+    if by_identity is not None:
+        sizes["endpoint_by_identity"] = len(by_identity)
+    return sizes
+
+
 def rss_mb() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -423,13 +448,39 @@ def rss_mb() -> float:
     return 0.0
 
 
-def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process (all its threads), from ``/proc/PID/stat``."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def thread_cpu(pid: int) -> dict[int, tuple[bool, float]]:
+    """CPU seconds (user + system) of each thread of a process, from ``/proc/PID/task/TID/stat``, with
+    whether it is a Python thread (it has the process's name; gRPC's C threads name themselves)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    name = Path(f"/proc/{pid}/comm").read_text().strip()
+    out: dict[int, tuple[bool, float]] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except OSError:
+            continue  # the thread just ended
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat.rsplit(")", 1)[1].split()
+        out[int(tid)] = (comm == name, (int(fields[11]) + int(fields[12])) / ticks)
+    return out
+
+
+def cpu_delta(
+    before: dict[int, tuple[bool, float]], after: dict[int, tuple[bool, float]]
+) -> tuple[float, float]:
+    """(Python threads, other threads) CPU seconds between two :func:`thread_cpu` snapshots."""
+    python = other = 0.0
+    for tid, (is_python, seconds) in after.items():
+        spent = seconds - before.get(tid, (is_python, 0.0))[1]
+        if is_python:
+            python += spent
+        else:
+            other += spent
+    return python, other
 
 
 def self_cpu_s() -> float:
+    """CPU seconds of this process, every thread included (also those that ended)."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
 
@@ -474,7 +525,7 @@ def stage_parse(messages: list[bytes]) -> int:
 
 
 def stage_decode(messages: list[bytes]) -> int:
-    decode_pb._endpoint_from_wire.cache_clear()
+    reset_decoder_caches()
     parse, decode, n = observer_pb2.GetFlowsResponse.FromString, record_from_response, 0
     for raw in messages:
         decode(parse(raw))
@@ -483,7 +534,7 @@ def stage_decode(messages: list[bytes]) -> int:
 
 
 def stage_judge(messages: list[bytes]) -> int:
-    decode_pb._endpoint_from_wire.cache_clear()
+    reset_decoder_caches()
     parse, decode, n = observer_pb2.GetFlowsResponse.FromString, record_from_response, 0
     process = Auditor(load_matrix(MATRIX)).process
     for raw in messages:
@@ -494,50 +545,78 @@ def stage_judge(messages: list[bytes]) -> int:
     return n
 
 
+def stage_feed(messages: list[bytes]) -> int:
+    """Parse, decode and ``Pipeline.feed`` under the lock (judge, classify, sinks): no source loop."""
+    reset_decoder_caches()
+    daemon = make_daemon()
+    parse, decode = observer_pb2.GetFlowsResponse.FromString, record_from_response
+    feed, lock = daemon.pipeline.feed, daemon.pipeline.lock
+    for raw in messages:
+        record = decode(parse(raw))
+        with lock:
+            feed(record)
+    return counted(daemon)
+
+
 def daemon_pipeline(messages: Iterable[bytes], daemon: Daemon | None = None) -> int:
     """The daemon's live consume loop (``HubbleSource._consume``) fed from memory instead of a call."""
-    decode_pb._endpoint_from_wire.cache_clear()
+    reset_decoder_caches()
     daemon = daemon or make_daemon()
     daemon.source._consume(iter(messages), Backoff(0.5, 30.0))
     return counted(daemon)
 
 
+def interleaved(runs: int, measurements: dict[str, Callable[[], int]]) -> dict[str, list[float]]:
+    """CPU seconds of ``runs`` runs of each measurement, taking turns, so that a slow spell of the machine
+    hits all of them alike. CPU time of this (single-threaded) process: time lost to other processes
+    sharing the core does not count."""
+    times: dict[str, list[float]] = {name: [] for name in measurements}
+    for _ in range(runs):
+        for name, fn in measurements.items():
+            started = time.process_time()
+            fn()
+            times[name].append(time.process_time() - started)
+    return times
+
+
 def profile_pipeline(messages: list[bytes]) -> dict[str, Any]:
-    """cProfile of the daemon pipeline: µs/event per stage and the top functions by own time."""
+    """cProfile of the daemon pipeline: µs/event per stage (inflated by the profiler: read the shares)
+    and the top functions by own time."""
     daemon = make_daemon()
-    decode_pb._endpoint_from_wire.cache_clear()
+    reset_decoder_caches()
     backoff = Backoff(0.5, 30.0)
     profiler = cProfile.Profile()
     profiler.enable()
     daemon.source._consume(iter(messages), backoff)
     profiler.disable()
     n = len(messages)
-    stats = pstats.Stats(profiler)
-    table: dict[tuple[str, int, str], tuple[Any, ...]] = stats.stats  # type: ignore[attr-defined]
+    table: dict[tuple[str, int, str], tuple[Any, ...]] = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
 
     def us(predicate: Callable[[str, str], bool], cumulative: bool = True) -> float:
         total = 0.0
         for (file, _, func), (_, _, tt, ct, _) in table.items():
             if predicate(file, func):
                 total += ct if cumulative else tt
-        return round(total / n * 1e6, 3)
+        return total / n * 1e6
 
     def method(file_part: str, name: str) -> Callable[[str, str], bool]:
         return lambda file, func: file.endswith(file_part) and func == name
 
-    sink_methods = ("on_judgement", "on_outcome")
+    def sink(file: str, func: str) -> bool:
+        return func in ("on_judgement", "on_outcome") and ("sinks" in file or file.endswith("daemon.py"))
+
     total = us(method("hubble.py", "_consume"))
-    stages = {
-        "FromString": us(lambda file, func: "FromString" in func and "GetFlowsResponse" not in file),
+    parts = {
+        "FromString": us(lambda file, func: "FromString" in func and file == "~"),
         "record_from_response": us(method("decode_pb.py", "record_from_response")),
         "Auditor.process": us(method("classify.py", "process")),
-        "sinks": us(lambda file, func: func in sink_methods and ("sinks" in file or "daemon.py" in file)),
-        "Pipeline.feed (own)": us(method("pipeline.py", "feed"), cumulative=False),
-        "_consume (own) + _track_time": round(
-            us(method("hubble.py", "_consume"), False) + us(method("hubble.py", "_track_time")), 3
-        ),
-        "total (_consume)": total,
+        "sinks": us(sink),
+        "Pipeline.feed dispatch": us(method("pipeline.py", "feed"), cumulative=False),
+        "source loop (_consume, _track_time)": us(method("hubble.py", "_consume"), cumulative=False)
+        + us(method("hubble.py", "_track_time")),
     }
+    stages = {k: {"us": round(v, 3), "share": round(v / total, 3)} for k, v in parts.items()}
+    stages["total"] = {"us": round(total, 3), "share": 1.0}
     top = sorted(table.items(), key=lambda kv: kv[1][2], reverse=True)[:15]
     functions = [
         {
@@ -548,41 +627,68 @@ def profile_pipeline(messages: list[bytes]) -> dict[str, Any]:
         }
         for (file, line, func), (_, nc, tt, ct, _) in top
     ]
-    return {"events": n, "stages_us_per_event": stages, "top_functions": functions}
+    return {"events": n, "stages": stages, "top_functions": functions}
 
 
 def part_a(args: argparse.Namespace, path: Path) -> dict[str, Any]:
     print(f"\n(a) in-process pipeline — load average {load_average():.2f}", flush=True)
     messages = load_messages(path, args.messages)
     n = len(messages)
-    floor_s, _ = best_of(args.runs, lambda: floor_decode(messages))
-    parse_s, _ = best_of(args.runs, lambda: stage_parse(messages))
-    decode_s, _ = best_of(args.runs, lambda: stage_decode(messages))
-    judge_s, _ = best_of(args.runs, lambda: stage_judge(messages))
-    pipeline_s, received = best_of(args.runs, lambda: daemon_pipeline(messages))
-    assert received == n, (received, n)
-    profile = profile_pipeline(messages[: min(n, args.profile)])
+    last: dict[str, Daemon] = {}
+
+    def pipeline() -> int:
+        last["daemon"] = make_daemon()
+        return daemon_pipeline(messages, last["daemon"])
+
+    times = interleaved(
+        args.runs,
+        {
+            "floor": lambda: floor_decode(messages),
+            "parse": lambda: stage_parse(messages),
+            "decode": lambda: stage_decode(messages),
+            "judge": lambda: stage_judge(messages),
+            "feed": lambda: stage_feed(messages),
+            "pipeline": pipeline,
+        },
+    )
+    assert counted(last["daemon"]) == n
+    s = {name: min(seconds) for name, seconds in times.items()}
     per = 1e6 / n
-    results = {
+
+    def stage(name: str, before: str) -> float:
+        """µs/event of one stage: the median over runs of the difference between two timed prefixes of
+        the path measured one after the other (more robust than the difference of two bests)."""
+        return round(
+            statistics.median(a - b for a, b in zip(times[name], times[before], strict=True)) * per, 3
+        )
+
+    caches = decoder_cache_sizes()  # after the last pipeline run (reset before each)
+    get = last["daemon"].registry.get_sample_value
+    outcomes = {o: round((get("flow_auditor_flows_total", {"outcome": o}) or 0) / n, 3) for o in OUTCOMES}
+    profile = profile_pipeline(messages[: min(n, args.profile)])
+    return {
         "messages": n,
         "distinct_pods": args.pods,
         "bytes_per_message": round(sum(map(len, messages)) / n),
-        "floor_events_per_s": round(n / floor_s),
-        "pipeline_events_per_s": round(n / pipeline_s),
-        "pipeline_ratio_to_floor": round(floor_s / pipeline_s, 3),
-        "parse_only_events_per_s": round(n / parse_s),
+        "floor_events_per_s": round(n / s["floor"]),
+        "pipeline_events_per_s": round(n / s["pipeline"]),
+        "pipeline_ratio_to_floor": round(s["floor"] / s["pipeline"], 3),
+        "parse_only_events_per_s": round(n / s["parse"]),
+        "runs_events_per_s": {name: [round(n / t) for t in seconds] for name, seconds in times.items()},
         "stages_us_per_event": {
-            "FromString": round(parse_s * per, 3),
-            "record_from_response": round((decode_s - parse_s) * per, 3),
-            "Auditor.process": round((judge_s - decode_s) * per, 3),
-            "feed + sinks + lock + source loop": round((pipeline_s - judge_s) * per, 3),
-            "total": round(pipeline_s * per, 3),
-            "floor": round(floor_s * per, 3),
+            "FromString": round(statistics.median(times["parse"]) * per, 3),
+            "record_from_response": stage("decode", "parse"),
+            "Auditor.process": stage("judge", "decode"),
+            "Pipeline.feed + sinks + lock": stage("feed", "judge"),
+            "source loop": stage("pipeline", "feed"),
+            "total (median)": round(statistics.median(times["pipeline"]) * per, 3),
+            "floor (median)": round(statistics.median(times["floor"]) * per, 3),
         },
+        "decoder_caches": caches,
+        "outcome_shares": outcomes,
         "profile": profile,
         "load_average": round(load_average(), 2),
     }
-    return results
 
 
 # ------------------------------------------------------------------------------------------------
@@ -660,15 +766,21 @@ def _request() -> observer_pb2.GetFlowsRequest:
     return request
 
 
-def bare_client(address: str, n: int, single_threaded: bool) -> float:
-    """Receive and parse ``n`` messages with the daemon's channel options; seconds from channel creation."""
+class StreamRun(NamedTuple):
+    seconds: float
+    python_cpu_s: float  # the client's Python threads while streaming (the GIL bounds their sum)
+
+
+def bare_client(address: str, n: int, single_threaded: bool) -> StreamRun:
+    """Receive and parse ``n`` messages with the daemon's channel options; timed from channel creation."""
     options = HubbleConfig(server=address, single_threaded_stream=single_threaded).channel_options()
     parse = observer_pb2.GetFlowsResponse.FromString
+    threads = thread_cpu(os.getpid())
     started = time.perf_counter()
     channel = grpc.insecure_channel(address, options=options)
     try:
         grpc.channel_ready_future(channel).result(timeout=10)
-        method = channel.unary_stream(
+        method: grpc.UnaryStreamMultiCallable[observer_pb2.GetFlowsRequest, bytes] = channel.unary_stream(
             GET_FLOWS,
             request_serializer=observer_pb2.GetFlowsRequest.SerializeToString,
             response_deserializer=None,
@@ -681,19 +793,21 @@ def bare_client(address: str, n: int, single_threaded: bool) -> float:
             if count == n:
                 break
         elapsed = time.perf_counter() - started
+        python_cpu, _ = cpu_delta(threads, thread_cpu(os.getpid()))
         call.cancel()
     finally:
         channel.close()
     if count != n:
         raise RuntimeError(f"bare client: stream ended after {count} of {n} messages")
-    return elapsed
+    return StreamRun(elapsed, python_cpu)
 
 
-def daemon_client(address: str, n: int, single_threaded: bool) -> float:
-    """The real daemon (``since`` = 0) until it received ``n`` messages; seconds from ``start()``."""
+def daemon_client(address: str, n: int, single_threaded: bool) -> StreamRun:
+    """The real daemon (``since`` = 0) until it received ``n`` messages; timed from ``start()``."""
     daemon = make_daemon(address, since=0.0, single_threaded_stream=single_threaded)
-    decode_pb._endpoint_from_wire.cache_clear()
+    reset_decoder_caches()
     source = daemon.source
+    threads = thread_cpu(os.getpid())
     started = time.perf_counter()
     daemon.start()
     try:
@@ -703,30 +817,45 @@ def daemon_client(address: str, n: int, single_threaded: bool) -> float:
                 raise RuntimeError(f"daemon: {source._received} of {n} messages after {STREAM_TIMEOUT}s")
             time.sleep(0.01)
         elapsed = time.perf_counter() - started
+        python_cpu, _ = cpu_delta(threads, thread_cpu(os.getpid()))
     finally:
         daemon.stop()
     got = counted(daemon)
     if got != n:
         raise RuntimeError(f"daemon counted {got} records, {n} sent")
-    return elapsed
+    return StreamRun(elapsed, python_cpu)
 
 
 def measure_stream(
-    server: ServerProcess, runs: int, client: Callable[[str, int, bool], float], n: int, single: bool
+    server: ServerProcess, runs: int, client: Callable[[str, int, bool], StreamRun], n: int, single: bool
 ) -> dict[str, Any]:
+    """Best of ``runs``, with the CPU both sides used meanwhile (in cores: CPU seconds / wall seconds)."""
     best: dict[str, Any] = {}
     for _ in range(runs):
-        server_cpu, own_cpu = process_cpu_s(server.pid), self_cpu_s()
-        elapsed = client(server.address, n, single)
-        server_cpu, own_cpu = process_cpu_s(server.pid) - server_cpu, self_cpu_s() - own_cpu
-        if not best or elapsed < best["seconds"]:
+        server_threads, own_cpu = thread_cpu(server.pid), self_cpu_s()
+        run = client(server.address, n, single)
+        own_cpu = self_cpu_s() - own_cpu
+        server_python, server_other = cpu_delta(server_threads, thread_cpu(server.pid))
+        if not best or run.seconds < best["seconds"]:
             best = {
-                "seconds": round(elapsed, 3),
-                "msgs_per_s": round(n / elapsed),
-                "server_cpu": round(server_cpu / elapsed, 2),
-                "client_cpu": round(own_cpu / elapsed, 2),
+                "seconds": round(run.seconds, 3),
+                "msgs_per_s": round(n / run.seconds),
+                "server_cpu": round((server_python + server_other) / run.seconds, 2),
+                "server_python_threads_cpu": round(server_python / run.seconds, 2),
+                "client_cpu": round(own_cpu / run.seconds, 2),
+                "client_python_threads_cpu": round(run.python_cpu_s / run.seconds, 2),
+                "client_cpu_us_per_msg": round(own_cpu / n * 1e6, 1),
+                "load_average": round(load_average(), 2),
             }
     return best
+
+
+def bounded_by(run: dict[str, Any]) -> str:
+    """Which side limited a stream: a side whose Python threads use most of one core is GIL-bound."""
+    server, client = run["server_python_threads_cpu"], run["client_python_threads_cpu"]
+    if max(server, client) < BOUND_CPU:
+        return "neither (latency)"
+    return "server" if server >= client else "client"
 
 
 def part_b(args: argparse.Namespace, path: Path) -> dict[str, Any]:
@@ -743,13 +872,16 @@ def part_b(args: argparse.Namespace, path: Path) -> dict[str, Any]:
             bare = measure_stream(server, args.runs, bare_client, n, single)
             live = measure_stream(server, args.runs, daemon_client, n, single)
             ratio = round(live["msgs_per_s"] / bare["msgs_per_s"], 3)
-            bound = "server" if max(bare["server_cpu"], live["server_cpu"]) >= 0.9 else "client"
-            results[option] = {"bare": bare, "daemon": live, "ratio": ratio, "bounded_by": bound}
-            print(
-                f"  {option:<16} bare {bare['msgs_per_s']:>8,} msgs/s  daemon {live['msgs_per_s']:>8,} msgs/s"
-                f"  ratio {ratio:.2f}  server CPU {bare['server_cpu']:.0%}/{live['server_cpu']:.0%}",
-                flush=True,
-            )
+            bare["bounded_by"], live["bounded_by"] = bounded_by(bare), bounded_by(live)
+            results[option] = {"bare": bare, "daemon": live, "ratio": ratio}
+            for name, run in (("bare", bare), ("daemon", live)):
+                print(
+                    f"  {option:<16} {name:<7} {run['msgs_per_s']:>8,} msgs/s"
+                    f"  server {run['server_cpu']:.2f} cores (Python {run['server_python_threads_cpu']:.2f})"
+                    f"  client {run['client_cpu']:.2f} (Python {run['client_python_threads_cpu']:.2f})"
+                    f"  → {run['bounded_by']}",
+                    flush=True,
+                )
     finally:
         server.stop()
     results["server_address"] = address
@@ -803,18 +935,21 @@ def shifted_stream(path: Path, base: int, total: int) -> Iterator[bytes]:
     shift = last - first + 2  # each pass starts after the previous one ended
     produced, npass = 0, 0
     while produced < total:
+        take = min(base, total - produced)
         if npass == 0:
-            for message, *_ in read_records(path, min(base, total)):
+            for message, *_ in read_records(path, take):
                 yield message
-            produced += min(base, total)
         else:
-            offset = npass * shift
-            rotate = npass * 7_919
-            for message, seconds, kind, port in read_records(path, min(base, total - produced)):
-                if kind != _NO_PORT:
-                    port = EPHEMERAL_MIN + (port - EPHEMERAL_MIN + rotate) % EPHEMERAL_SPAN
-                yield message + _suffix(seconds + offset, kind, port)
-                produced += 1
+            offset, rotate = npass * shift, npass * 7_919
+            suffixes: dict[tuple[int, int, int], bytes] = {}  # events of a connection share one
+            for message, seconds, kind, port in read_records(path, take):
+                key = (seconds, kind, port)
+                suffix = suffixes.get(key)
+                if suffix is None:
+                    moved = EPHEMERAL_MIN + (port - EPHEMERAL_MIN + rotate) % EPHEMERAL_SPAN if kind else 0
+                    suffix = suffixes[key] = _suffix(seconds + offset, kind, moved)
+                yield message + suffix
+        produced += take
         npass += 1
 
 
@@ -824,7 +959,7 @@ def structure_sizes(daemon: Daemon) -> dict[str, int]:
     return {
         "dedup_entries": len(auditor.dedup),
         "dedup_order": len(auditor.dedup._order),
-        "endpoint_lru": decode_pb._endpoint_from_wire.cache_info().currsize,
+        **decoder_cache_sizes(),
         "identity_cache": len(auditor._ids),
         "anonymous_cache": len(auditor._anon),
         "rule_cache": len(auditor._rules),
@@ -839,7 +974,7 @@ def part_c(args: argparse.Namespace, path: Path) -> dict[str, Any]:
     print(f"\n(c) memory — load average {load_average():.2f}", flush=True)
     total, every = args.events, args.sample
     daemon = make_daemon()
-    decode_pb._endpoint_from_wire.cache_clear()
+    reset_decoder_caches()
     samples: list[dict[str, Any]] = [{"events": 0, "rss_mb": round(rss_mb(), 1)}]
     started = time.perf_counter()
 
@@ -878,6 +1013,33 @@ def part_c(args: argparse.Namespace, path: Path) -> dict[str, Any]:
     }
 
 
+def part_c_in_child(args: argparse.Namespace, path: Path) -> dict[str, Any]:
+    """Part (c) in a fresh process of this script, so that its RSS holds the pipeline's state only (not
+    what parts (a) and (b) or the generation of the base left in this process's allocator)."""
+    out = OUT / "live-memory.json"
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--memory-child",
+        str(path),
+        "--memory-out",
+        str(out),
+    ]
+    for flag in ("events", "base", "sample", "big_pods"):
+        cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    proc = subprocess.Popen(cmd)
+    try:
+        code = proc.wait(timeout=MEMORY_CHILD_TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+    if code != 0:
+        raise RuntimeError(f"part (c) failed (exit {code}): {' '.join(cmd)}")
+    result: dict[str, Any] = json.loads(out.read_text())
+    return result
+
+
 # ------------------------------------------------------------------------------------------------
 # Main
 # ------------------------------------------------------------------------------------------------
@@ -889,26 +1051,36 @@ def _summary(results: dict[str, Any], runs: int) -> None:
     if a:
         print(f"(a) in-process, {a['messages']:,} messages, {a['distinct_pods']:,} pods")
         print(f"  floor (FromString + field reads)    {a['floor_events_per_s']:>10,} events/s")
-        ok = a["pipeline_events_per_s"] >= TARGET_RATE and a["pipeline_ratio_to_floor"] >= TARGET_FLOOR_RATIO
+        rate_ok = a["pipeline_events_per_s"] >= TARGET_RATE
+        ratio_ok = a["pipeline_ratio_to_floor"] >= TARGET_FLOOR_RATIO
         print(
             f"  daemon pipeline                     {a['pipeline_events_per_s']:>10,} events/s"
+            f" ({'met' if rate_ok else 'MISSED'}: >= {TARGET_RATE:,})"
             f"   ratio to floor {a['pipeline_ratio_to_floor']:.2f}"
-            f"   (targets {TARGET_RATE:,} and {TARGET_FLOOR_RATIO}: {'met' if ok else 'MISSED'})"
+            f" ({'met' if ratio_ok else 'MISSED'}: >= {TARGET_FLOOR_RATIO})"
         )
-        stages = "  ".join(f"{k} {v:.2f}" for k, v in a["stages_us_per_event"].items())
-        print(f"  µs/event: {stages}")
-        prof = "  ".join(f"{k} {v:.2f}" for k, v in a["profile"]["stages_us_per_event"].items())
-        print(f"  cProfile µs/event: {prof}")
+        print(
+            f"  decoder caches {a['decoder_caches']}; outcomes "
+            + ", ".join(f"{k} {v:.0%}" for k, v in a["outcome_shares"].items() if v)
+        )
+        print("  µs/event by stage (differences of timed prefixes of the path):")
+        for name, us in a["stages_us_per_event"].items():
+            print(f"    {name:<36} {us:>7.2f}")
+        print(f"  cProfile of {a['profile']['events']:,} events (inflated by the profiler: read the shares):")
+        for name, stage in a["profile"]["stages"].items():
+            print(f"    {name:<36} {stage['us']:>7.2f} µs  {stage['share']:>5.0%}")
     b = results.get("b")
     if b:
-        print(f"(b) loopback gRPC, {b['messages']:,} messages, server in a subprocess")
+        print(f"(b) loopback gRPC, {b['messages']:,} messages, HubbleServer in a subprocess")
         for option in ("single_threaded", "default"):
             r = b[option]
+            bare, live = r["bare"], r["daemon"]
             print(
-                f"  {option:<16} bare {r['bare']['msgs_per_s']:>8,} msgs/s"
-                f"   daemon {r['daemon']['msgs_per_s']:>8,} msgs/s   ratio {r['ratio']:.2f}"
-                f" (target {TARGET_LIVE_RATIO})   server CPU {r['daemon']['server_cpu']:.0%}"
-                f"  client CPU {r['daemon']['client_cpu']:.0%}   bounded by the {r['bounded_by']}"
+                f"  {option:<16} bare {bare['msgs_per_s']:>7,} msgs/s  daemon {live['msgs_per_s']:>7,} msgs/s"
+                f"   ratio {r['ratio']:.2f} ({'met' if r['ratio'] >= TARGET_LIVE_RATIO else 'MISSED'}:"
+                f" >= {TARGET_LIVE_RATIO})"
+                f"   server {live['server_cpu']:.2f} cores, client {live['client_cpu']:.2f}"
+                f"   bounded by: bare {bare['bounded_by']}, daemon {live['bounded_by']}"
             )
     c = results.get("c")
     if c:
@@ -917,7 +1089,8 @@ def _summary(results: dict[str, Any], runs: int) -> None:
             f"(c) memory, {c['events']:,} events, {c['distinct_pods']:,} pods, {c['events_per_s']:,} events/s"
         )
         print(
-            f"  RSS {c['rss_mb_start']:.0f} MB at start, {c['rss_mb_at_1m']:.0f} MB at 1M,"
+            f"  RSS {c['rss_mb_start']:.0f} MB at start, {c['rss_mb_at_1m']:.0f} MB at"
+            f" {min(1_000_000, c['events']) / 1e6:g}M,"
             f" {c['rss_mb_at_end']:.0f} MB at {c['events'] / 1e6:g}M: {drift:+.1%}"
             f" ({'flat' if abs(drift) <= TARGET_RSS_DRIFT else 'GROWS'}, target ±{TARGET_RSS_DRIFT:.0%})"
         )
@@ -928,24 +1101,29 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--messages", type=int, default=500_000, help="(a) messages")
-    parser.add_argument("--stream", type=int, default=200_000, help="(b) messages streamed over gRPC")
+    parser.add_argument("--messages", type=int, default=300_000, help="(a) messages")
+    parser.add_argument("--stream", type=int, default=100_000, help="(b) messages streamed over gRPC")
     parser.add_argument("--events", type=int, default=5_000_000, help="(c) events")
     parser.add_argument("--pods", type=int, default=1000, help="(a, b) distinct pods")
     parser.add_argument("--big-pods", type=int, default=100_000, help="(c) distinct pods")
     parser.add_argument("--base", type=int, default=200_000, help="(c) distinct messages replayed in passes")
     parser.add_argument("--sample", type=int, default=500_000, help="(c) events between RSS samples")
     parser.add_argument("--profile", type=int, default=200_000, help="(a) messages in the cProfile run")
-    parser.add_argument("--runs", type=int, default=2, help="runs per measurement (the best is reported)")
+    parser.add_argument("--runs", type=int, default=3, help="runs per measurement (the best is reported)")
     parser.add_argument("--only", choices=("a", "b", "c"), action="append", help="run only these parts")
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--serve-count", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--listen", default="127.0.0.1:0", help=argparse.SUPPRESS)
+    parser.add_argument("--memory-child", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--memory-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve is not None:
         return serve(args.serve, args.serve_count, args.listen)
-
     quiet_logging()
+    if args.memory_child is not None:
+        args.memory_out.write_text(json.dumps(part_c(args, args.memory_child)) + "\n")
+        return 0
+
     parts = args.only or ["a", "b", "c"]
     started = time.perf_counter()
     results: dict[str, Any] = {"load_average_start": round(load_average(), 2), "cpus": os.cpu_count()}
@@ -959,7 +1137,7 @@ def main() -> int:
             results["b"] = part_b(args, path)
     if "c" in parts:
         base = generate(OUT / f"live-{args.base}-{args.big_pods}.pb", args.base, args.big_pods, seed=2)
-        results["c"] = part_c(args, base)
+        results["c"] = part_c_in_child(args, base)
     results["seconds"] = round(time.perf_counter() - started, 1)
     _summary(results, args.runs)
     OUT.mkdir(parents=True, exist_ok=True)
