@@ -35,6 +35,7 @@ from typing import Final
 from google.protobuf.unknown_fields import UnknownFieldSet
 
 from auditor._proto.flow import flow_pb2
+from auditor._proto.live import live_pb2
 from auditor._proto.observer import observer_pb2
 from auditor.model import (
     EMPTY_ENDPOINT,
@@ -70,12 +71,16 @@ UNKNOWN_PAYLOAD: Final = "unknown"
 ENDPOINT_CACHE_SIZE: Final = 16384
 
 
+Response = observer_pb2.GetFlowsResponse | live_pb2.GetFlowsResponse
+"""The full message, or the lean wire-compatible view the live source parses (``proto/live/live.proto``)."""
+
+
 def flow_from_pb(msg: flow_pb2.Flow) -> Flow:
     """Decode one ``flow.Flow`` message."""
     return _decode_flow(msg, None)
 
 
-def record_from_response(resp: observer_pb2.GetFlowsResponse) -> Record:
+def record_from_response(resp: Response) -> Record:
     """Decode one ``GetFlowsResponse`` into the record its ``response_types`` case carries."""
     kind = resp.WhichOneof("response_types")
     if kind == "flow":
@@ -127,7 +132,7 @@ def drop_reason_name(code: int) -> str:
     return DROP_REASON_NAMES.get(code) or str(code)
 
 
-def _decode_flow(msg: flow_pb2.Flow, envelope: observer_pb2.GetFlowsResponse | None) -> Flow:
+def _decode_flow(msg: flow_pb2.Flow | live_pb2.Flow, envelope: Response | None) -> Flow:
     ts = msg.time
     seconds, nanos = ts.seconds, ts.nanos
     node_name = msg.node_name
@@ -185,28 +190,11 @@ def _decode_flow(msg: flow_pb2.Flow, envelope: observer_pb2.GetFlowsResponse | N
     )
 
 
-def _endpoint(msg: flow_pb2.Endpoint) -> Endpoint:
-    """Decoded endpoints are shared. A pod's Cilium identity, namespace and name determine the rest (labels
-    are the identity's, workloads and cluster the pod's), so for identities of pods (>= 256) that key, plus
-    the number of labels (Hubble sometimes sends an identity without its labels), finds the decoded object
-    after a few field reads. Reserved identities and unknown ones are keyed by their exact bytes."""
-    identity = msg.identity
-    if identity >= _FIRST_POD_IDENTITY:
-        key = (identity, msg.namespace, msg.pod_name, len(msg.labels))
-        cached = _by_identity.get(key)
-        if cached is not None:
-            return cached
-        endpoint = endpoint_from_pb(msg)
-        if len(_by_identity) >= ENDPOINT_CACHE_SIZE:
-            _by_identity.clear()
-        _by_identity[key] = endpoint
-        return endpoint
-    data = msg.SerializeToString()
+def _endpoint(msg: flow_pb2.Endpoint | bytes) -> Endpoint:
+    """Decoded endpoints are shared, found again by their exact wire bytes (the live schema delivers the
+    bytes unparsed; a full ``flow.Endpoint`` message is serialized first)."""
+    data = msg if type(msg) is bytes else msg.SerializeToString()  # type: ignore[union-attr]
     return _endpoint_from_wire(data) if data else EMPTY_ENDPOINT
-
-
-_by_identity: dict[tuple[int, str, str, int], Endpoint] = {}
-_FIRST_POD_IDENTITY: Final = 256
 
 
 def _tcp_flags(flags: flow_pb2.TCPFlags) -> int:
@@ -219,7 +207,7 @@ def _tcp_flags(flags: flow_pb2.TCPFlags) -> int:
     )
 
 
-def _other_kind(resp: observer_pb2.GetFlowsResponse) -> str:
+def _other_kind(resp: Response) -> str:
     """Name the payload of a response that carries none we know (rare path: inspects unknown fields)."""
     unknown = UnknownFieldSet(resp)
     for index in range(len(unknown)):

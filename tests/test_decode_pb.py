@@ -400,3 +400,23 @@ def test_recorded_legacy_reply_field_marks_replies() -> None:
     assert got.tcp_flags == model.TCP_FIN | model.TCP_ACK
     assert got.observation_point == model.ObservationPoint.TO_STACK
     assert got.event_type == model.EventType.TRACE
+
+
+def test_the_live_schema_decodes_every_sample_and_scenario_message_like_the_full_one() -> None:
+    from datetime import UTC, datetime
+
+    from auditor._proto.live import live_pb2
+    from auditor.demo import response_from_event
+    from auditor.scenario import airflow_scenario
+
+    messages = [
+        json_format.Parse(line, observer_pb2.GetFlowsResponse()).SerializeToString()
+        for _, _, line in _lines()
+    ]
+    scenario = airflow_scenario(datetime(2026, 11, 23, 9, 0, tzinfo=UTC))
+    messages += [response_from_event(e).SerializeToString() for e in scenario.events]
+    assert len(messages) > 2500
+    for data in messages:
+        full = record_from_response(observer_pb2.GetFlowsResponse.FromString(data))
+        lean = record_from_response(live_pb2.GetFlowsResponse.FromString(data))
+        assert lean == full

@@ -38,6 +38,7 @@ import grpc
 from google.protobuf.message import DecodeError as ProtobufDecodeError
 
 from auditor._proto.flow import flow_pb2
+from auditor._proto.live import live_pb2
 from auditor._proto.observer import observer_pb2
 from auditor.decode_pb import record_from_response
 from auditor.model import Flow
@@ -291,7 +292,7 @@ class HubbleSource:
                 watcher.join(timeout=1)
 
     def _consume(self, call: Any, backoff: Backoff) -> str:
-        parse = observer_pb2.GetFlowsResponse.FromString
+        parse = live_pb2.GetFlowsResponse.FromString  # the lean view: only what the auditor reads
         feed, invalid, lock = self.pipeline.feed, self.pipeline.invalid, self.pipeline.lock
         healthy = False
         self._on_connected()  # the channel is ready and the call is open (the stream may be quiet)
