@@ -70,7 +70,8 @@ def parse_listen_address(text: str) -> tuple[str, int]:
 
 
 class ViolationLogSink:
-    """One log line per new violation edge, then at most one per edge per interval (with a count)."""
+    """The daemon's log of what it sees: one line per new violation edge, then at most one per edge per
+    interval (with a count); lost events and node status changes; undecodable events, sampled."""
 
     def __init__(
         self, interval: float, clock: Callable[[], float] = time.monotonic, max_edges: int = 10_000
@@ -79,6 +80,7 @@ class ViolationLogSink:
         self.clock = clock
         self.max_edges = max_edges
         self._last: dict[tuple[Any, ...], tuple[float, int]] = {}
+        self.invalid = 0
 
     def on_judgement(self, j: Judgement) -> None:
         if not j.new_connection or j.edge[4] not in VIOLATIONS:
@@ -128,31 +130,10 @@ class ViolationLogSink:
         )
 
     def on_invalid(self, where: str, reason: str) -> None:
-        pass  # counted by the metrics sink; logged once by the daemon
-
-
-class _InvalidLogSink:
-    """Logs the first undecodable message with a sample, then every 1000th (never one line per event)."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    def on_invalid(self, where: str, reason: str) -> None:
-        self.count += 1
-        if self.count == 1 or self.count % 1000 == 0:
-            log.warning("undecodable event skipped", where=where, reason=reason, total=self.count)
-
-    def on_outcome(self, outcome: str) -> None:
-        pass
-
-    def on_judgement(self, judgement: Judgement) -> None:
-        pass
-
-    def on_lost(self, record: LostEvents) -> None:
-        pass
-
-    def on_node_status(self, record: NodeStatus) -> None:
-        pass
+        """The first undecodable message with a sample, then every 1000th (never one line per event)."""
+        self.invalid += 1
+        if self.invalid == 1 or self.invalid % 1000 == 0:
+            log.warning("undecodable event skipped", where=where, reason=reason, total=self.invalid)
 
 
 class Daemon:
@@ -164,7 +145,7 @@ class Daemon:
         self._matrix_digest = _digest(Path(config.matrix))
         self.registry = registry or CollectorRegistry()
         self.metrics = MetricsSink(self.matrix, self.registry)
-        sinks: list[Sink] = [self.metrics, ViolationLogSink(config.violation_log_interval), _InvalidLogSink()]
+        sinks: list[Sink] = [self.metrics, ViolationLogSink(config.violation_log_interval)]
         self.kube_events: Any = None
         if config.kube_events:
             from auditor.sinks.kube_events import KubeConfigError, KubeEventsSink
