@@ -385,7 +385,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     configure_logging(args.log_format, args.log_level)
     demo = start_demo("127.0.0.1:0", speed=args.speed)
     try:
-        hubble = HubbleConfig(server=demo.address, timeout=5.0)
+        # from the demo's own start: the first record is the node status its Relay stand-in reports
+        hubble = HubbleConfig(server=demo.address, timeout=5.0, since=time.time() - 1.0)
         return _start_daemon(_daemon_config(args, str(DEMO_MATRIX), hubble))
     finally:
         demo.stop()

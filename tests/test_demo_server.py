@@ -549,9 +549,18 @@ def test_live_scenario_loops_with_fresh_times_and_fresh_uuids() -> None:
     times = [e.time_ns for e in entries]
     assert times == sorted(times)
     assert before <= times[0] and times[-1] <= after + NS
-    first, second = entries[:876], entries[876:1752]
+    first, second = entries[:877], entries[877:1754]
 
-    # each pass is the scenario itself, but for the time stamps and (after the first pass) the UUIDs
+    # each pass opens with the nodes Relay is connected to, then is the scenario itself, but for the
+    # time stamps and (after the first pass) the UUIDs
+    for passed in (first, second):
+        status = Response.FromString(passed[0].data)
+        assert status.WhichOneof("response_types") == "node_status"
+        assert list(status.node_status.node_names) == sorted(
+            {r.flow.node_name for r in scenario_responses if r.HasField("flow")} - {""}
+        )
+    first, second = first[1:], second[1:]
+
     def normalized(responses: Sequence[Response]) -> list[Response]:
         out = []
         for original in responses:

@@ -821,7 +821,8 @@ class Player:
 class LiveScenario(Player):
     """The bundled Airflow scenario (:func:`auditor.scenario.airflow_scenario`) played in a loop with
     fresh timestamps, ``speed`` times faster than its ten minutes of flow time (a pass takes a minute at
-    the default speed). Each pass includes the scenario's lost-events record."""
+    the default speed). Each pass opens with a ``node_status`` record naming the scenario's nodes (as
+    Relay reports the nodes it is connected to) and includes the scenario's lost-events record."""
 
     def __init__(
         self,
@@ -837,6 +838,9 @@ class LiveScenario(Player):
             msg = response_from_event(event)
             offset = (_ns(msg.flow.time) if msg.HasField("flow") else 0) or _ns(msg.time)
             templates.append((offset - start_ns, msg))
+        # Each pass opens with the nodes Relay is connected to (a node_status record, as Relay sends).
+        nodes = sorted({m.flow.node_name or m.node_name for _, m in templates if m.HasField("flow")} - {""})
+        templates.insert(0, (0, node_status_response("NODE_CONNECTED", nodes, time_ns=start_ns)))
         last = max(offset for offset, _ in templates)
         period = math.ceil(last / (60 * _NS)) * 60 * _NS  # whole minutes: ten for the bundled scenario
         super().__init__(log, templates, speed=speed, loop=True, retime=True, period_ns=period, clock=clock)
