@@ -419,26 +419,14 @@ def counted(daemon: Daemon) -> int:
 
 
 def reset_decoder_caches() -> None:
-    """Empty the decoder's endpoint caches (module state), so that every run starts cold alike."""
-    wire = getattr(decode_pb, "_endpoint_from_wire", None)
-    if wire is not None:
-        wire.cache_clear()
-    by_identity = getattr(decode_pb, "_by_identity", None)
-    if by_identity is not None:
-        by_identity.clear()
+    """Empty the decoder's endpoint cache (module state), so that every run starts cold alike."""
+    decode_pb._endpoint_from_wire.cache_clear()
 
 
 def decoder_cache_sizes() -> dict[str, int]:
-    """Sizes of the decoder's endpoint caches (and the LRU's hits and misses since the last reset)."""
-    sizes: dict[str, int] = {}
-    wire = getattr(decode_pb, "_endpoint_from_wire", None)
-    if wire is not None:
-        info = wire.cache_info()
-        sizes.update(endpoint_lru=info.currsize, endpoint_lru_hits=info.hits, endpoint_lru_misses=info.misses)
-    by_identity = getattr(decode_pb, "_by_identity", None)
-    if by_identity is not None:
-        sizes["endpoint_by_identity"] = len(by_identity)
-    return sizes
+    """Size of the decoder's endpoint cache and its hits and misses since the last reset."""
+    info = decode_pb._endpoint_from_wire.cache_info()
+    return {"endpoint_lru": info.currsize, "endpoint_lru_hits": info.hits, "endpoint_lru_misses": info.misses}
 
 
 def rss_mb() -> float:
