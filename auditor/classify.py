@@ -18,6 +18,7 @@ Error policy: never raises on a flow; a matrix is swapped atomically with :meth:
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import Final
 
 import msgspec
@@ -58,17 +59,59 @@ Edge = tuple[str, str, int | None, str, str]
 
 
 class Judgement(msgspec.Struct, frozen=True, gc=False):
-    """A flow that carried a final verdict, placed on its edge."""
+    """A flow that carried a final verdict, placed on its edge.
+
+    ``reply`` is true when the flow is a forwarded reply that proved delivery of the original connection:
+    the edge, ports and the ends (:attr:`source`, :attr:`destination`, …) are then those of the original
+    connection, the reversed flow; the record itself is still counted as a ``reply``.
+    """
 
     flow: Flow
     edge: Edge
     verdict: str
     rule: int  # 1-based index of the matching allow rule, 0 when the matrix does not allow it
     new_connection: bool
+    reply: bool = False
 
     @property
     def cls(self) -> str:
         return self.edge[4]
+
+    @property
+    def outcome(self) -> str:
+        """The record's outcome: ``judged``, or ``reply`` for a reply that proved delivery."""
+        return REPLY if self.reply else JUDGED
+
+    @property
+    def source(self) -> Endpoint:
+        return self.flow.destination if self.reply else self.flow.source
+
+    @property
+    def destination(self) -> Endpoint:
+        return self.flow.source if self.reply else self.flow.destination
+
+    @property
+    def source_ip(self) -> str:
+        return self.flow.destination_ip if self.reply else self.flow.source_ip
+
+    @property
+    def destination_ip(self) -> str:
+        return self.flow.source_ip if self.reply else self.flow.destination_ip
+
+
+class Unproven(msgspec.Struct, frozen=True, gc=False):
+    """A connection seen only through provisional evidence: neither delivered nor dropped as far as the
+    auditor could see (e.g. a capture from the source's node only). ``flow`` is its first event."""
+
+    flow: Flow
+    source: str
+    destination: str
+    port: int | None
+    protocol: str
+
+    @property
+    def key(self) -> tuple[str, str, int | None, str]:
+        return (self.source, self.destination, self.port, self.protocol)
 
 
 class _Resolved(msgspec.Struct, frozen=True, gc=False):
@@ -112,6 +155,11 @@ class DedupTable:
             self._drop_oldest()
         return False
 
+    def recent(self, key: int, t: float) -> bool:
+        """True when ``key`` was seen within the window before ``t`` (records nothing)."""
+        first = self._first.get(key)
+        return first is not None and t - first < self.window
+
     def _expire(self) -> None:
         order, first, limit = self._order, self._first, self._now - self.window
         while order and order[0][0] <= limit:
@@ -126,11 +174,81 @@ class DedupTable:
                 del self._first[key]
 
 
-class Auditor:
-    """Judges and classifies flows against a matrix. One instance per pipeline."""
+class PendingTable:
+    """Provisional connections waiting for proof, keyed by a hash of their 5-tuple.
 
-    def __init__(self, matrix: Matrix, dedup_window: float = DEFAULT_DEDUP_WINDOW) -> None:
+    A connection leaves the table when a final verdict for its 5-tuple arrives (:meth:`resolve`), or, as
+    :class:`Unproven`, ``window`` seconds of flow time after it was first seen, when the table is over
+    ``max_entries`` (oldest first), or at :meth:`flush`. Connections proven within the window before their
+    provisional evidence arrives (events of two nodes interleave) never enter it.
+    """
+
+    def __init__(self, window: float, max_entries: int = _MAX_DEDUP_ENTRIES) -> None:
+        self.window = window
+        self.max_entries = max_entries
+        self.proven = DedupTable(window, max_entries)
+        self._items: dict[int, Unproven] = {}
+        self._order: deque[tuple[float, int]] = deque()
+        self._now = 0.0
+        self.expired: list[Unproven] = []  # drained by the caller
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, key: int) -> bool:
+        return key in self._items
+
+    def hold(self, key: int, t: float, make: Callable[[], Unproven]) -> None:
+        """Remember a provisional connection (``make`` builds it, only when it is new)."""
+        if key in self._items or self.proven.recent(key, t):
+            return
+        self._items[key] = make()
+        self._order.append((t, key))
+        self.advance(t)
+        if len(self._order) > self.max_entries:
+            self._pop_oldest()
+
+    def resolve(self, key: int, t: float) -> None:
+        """A final verdict for the 5-tuple ``key``: it is proven (or dropped), no longer pending."""
+        self.proven.seen(key, t)
+        if self._items:
+            self._items.pop(key, None)
+            self.advance(t)
+
+    def advance(self, t: float) -> None:
+        if t <= self._now:
+            return
+        self._now = t
+        order, limit = self._order, t - self.window
+        while order and order[0][0] <= limit:
+            self._pop_oldest()
+
+    def flush(self) -> None:
+        """Everything still pending is unproven (the end of a replay)."""
+        while self._order:
+            self._pop_oldest()
+
+    def _pop_oldest(self) -> None:
+        t, key = self._order.popleft()
+        item = self._items.get(key)
+        if item is not None and item.flow.time == t:
+            del self._items[key]
+            self.expired.append(item)
+
+
+class Auditor:
+    """Judges and classifies flows against a matrix. One instance per pipeline.
+
+    ``node_local``: this auditor sees one node of the cluster (DESIGN §5 rule 1): replies prove nothing,
+    and provisional connections are not tracked (their destination's node judges them).
+    """
+
+    def __init__(
+        self, matrix: Matrix, dedup_window: float = DEFAULT_DEDUP_WINDOW, *, node_local: bool = False
+    ) -> None:
         self.dedup = DedupTable(dedup_window)
+        self.node_local = node_local
+        self.pending: PendingTable | None = None if node_local else PendingTable(dedup_window)
         self.set_matrix(matrix)
 
     def set_matrix(self, matrix: Matrix) -> None:
@@ -144,7 +262,10 @@ class Auditor:
 
     # -- per flow -----------------------------------------------------------------------------------
     def process(self, flow: Flow) -> Judgement | str:
-        """Outcome name, or a :class:`Judgement` for a final verdict."""
+        """Outcome name, or a :class:`Judgement` for a final verdict (a reply's is on the reversed flow).
+
+        Provisional connections that expire unproven are appended to ``self.pending.expired``.
+        """
         scope = self._scope
         if (
             scope is not None
@@ -152,23 +273,54 @@ class Auditor:
             and flow.destination.namespace not in scope
         ):
             return OUT_OF_SCOPE
-        code = j.judge(flow)
-        if code < j.DELIVERED:
+        code = j.judge(flow, self.node_local)
+        if code not in j.FINAL:
+            if code == j.PROVISIONAL and self.pending is not None:
+                self._hold(flow, self.pending)
             return _CODE_OUTCOME[code]
-        src = self.component(flow.source, flow.source_ip, flow.source_names)
-        dst = self.component(flow.destination, flow.destination_ip, flow.destination_names)
         protocol = flow.protocol
         icmp = protocol in ICMP_PROTOCOLS
-        port = flow.icmp_type if icmp else flow.destination_port
+        reply = code == j.REPLY_DELIVERED
+        if reply:  # evidence for the original connection: the reversed 5-tuple
+            src = self.component(flow.destination, flow.destination_ip, flow.destination_names)
+            dst = self.component(flow.source, flow.source_ip, flow.source_names)
+            sip, dip, sport = flow.destination_ip, flow.source_ip, flow.destination_port
+            port = j.ICMP_REQUEST_TYPE[(protocol, flow.icmp_type)] if icmp else flow.source_port
+            code = j.DELIVERED
+        else:
+            src = self.component(flow.source, flow.source_ip, flow.source_names)
+            dst = self.component(flow.destination, flow.destination_ip, flow.destination_names)
+            sip, dip, sport = flow.source_ip, flow.destination_ip, flow.source_port
+            port = flow.icmp_type if icmp else flow.destination_port
         rule_key = (src, dst, protocol, port)
         rule = self._rules.get(rule_key)
         if rule is None:
             rule = self._rule(rule_key)
         cls = _CLASS[(rule > 0, code)]
-        key = hash((flow.source_ip, flow.destination_ip, flow.source_port, port, protocol, cls))
-        new = not self.dedup.seen(key, flow.time)
+        connection = hash((sip, dip, sport, port, protocol))
+        if self.pending is not None:
+            self.pending.resolve(connection, flow.time)
+        new = not self.dedup.seen(hash((connection, cls)), flow.time)
         verdict = VERDICT_NAMES.get(flow.verdict) or str(flow.verdict)
-        return Judgement(flow, (src, dst, None if icmp else port, protocol, cls), verdict, rule, new)
+        return Judgement(flow, (src, dst, None if icmp else port, protocol, cls), verdict, rule, new, reply)
+
+    def _hold(self, flow: Flow, pending: PendingTable) -> None:
+        protocol = flow.protocol
+        icmp = protocol in ICMP_PROTOCOLS
+        port = flow.icmp_type if icmp else flow.destination_port
+        key = hash((flow.source_ip, flow.destination_ip, flow.source_port, port, protocol))
+
+        def make() -> Unproven:
+            src = self.component(flow.source, flow.source_ip, flow.source_names)
+            dst = self.component(flow.destination, flow.destination_ip, flow.destination_names)
+            return Unproven(flow, src, dst, None if icmp else port, protocol)
+
+        pending.hold(key, flow.time, make)
+
+    def flush(self) -> None:
+        """End of input: every provisional connection still waiting for proof is unproven."""
+        if self.pending is not None:
+            self.pending.flush()
 
     def component(self, ep: Endpoint, ip: str, names: tuple[str, ...]) -> str:
         """The component (or fallback name) of one end of a flow."""

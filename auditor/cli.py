@@ -28,7 +28,7 @@ from auditor.classify import CLASSES, DEFAULT_DEDUP_WINDOW, VIOLATIONS, Auditor
 from auditor.matrix import Matrix, MatrixError, describe, load_matrix
 from auditor.pipeline import Pipeline
 from auditor.render import FORMATS, render
-from auditor.sinks.report import ReportSink
+from auditor.sinks.report import DEFAULT_MAX_EDGES, ReportSink
 from auditor.sources.files import FlowFile, SourceError
 
 if TYPE_CHECKING:
@@ -93,6 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=float(_env("dedup_window", DEFAULT_DEDUP_WINDOW)),
         help="seconds within which events of one 5-tuple are one connection (default: 30)",
+    )
+    replay.add_argument(
+        "--max-edges",
+        type=int,
+        default=int(_env("max_edges", DEFAULT_MAX_EDGES)),
+        metavar="N",
+        help="edges kept in detail (default: 10000); beyond, new edges are aggregated per class into "
+        "'other' and the report says so; totals stay exact [FLOW_AUDITOR_MAX_EDGES]",
     )
     replay.add_argument("--no-progress", action="store_true", help="never show the progress bar")
     replay.set_defaults(func=cmd_replay)
@@ -161,6 +169,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env_bool("server_side_filter"),
         help="ask Hubble only for flows from/to the matrix's scope namespaces "
         "[FLOW_AUDITOR_SERVER_SIDE_FILTER]",
+    )
+    run.add_argument(
+        "--node-local",
+        action="store_true",
+        default=_env_bool("node_local"),
+        help="this auditor sees one node only (a DaemonSet reading the node's Hubble socket): delivery "
+        "is counted on the destination's side only, never from replies, so that the sum over nodes "
+        "counts each connection once [FLOW_AUDITOR_NODE_LOCAL]",
     )
     run.add_argument(
         "--kube-events",
@@ -353,6 +369,7 @@ def _daemon_config(args: argparse.Namespace, matrix: str, hubble: HubbleConfig) 
         reload_interval=args.reload_interval,
         dedup_window=args.dedup_window,
         server_side_filter=getattr(args, "server_side_filter", False),
+        node_local=getattr(args, "node_local", False),
         kube_events=getattr(args, "kube_events", False),
         kube_events_interval=getattr(args, "kube_events_interval", 300.0),
     )
@@ -449,11 +466,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
     fail_on = parse_classes(args.fail_on)
     if args.dedup_window <= 0:
         raise UsageError("--dedup-window must be a positive number of seconds")
+    if args.max_edges < 1:
+        raise UsageError("--max-edges must be at least 1")
     matrix = _load(args.matrix)
     for name in args.files:
         if name != "-" and not Path(name).is_file():
             raise UsageError(f"{name}: no such file")
-    sink = ReportSink(matrix)
+    sink = ReportSink(matrix, max_edges=args.max_edges)
     pipeline = Pipeline(Auditor(matrix, args.dedup_window), [sink])
     show_progress = not args.no_progress and sys.stderr.isatty()
     try:
@@ -465,6 +484,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 pipeline.feed_lines(name, lines)
     except SourceError as e:
         raise UsageError(str(e)) from None
+    pipeline.finish()
     report = sink.report()
     color = args.output is None and sys.stdout.isatty()
     text = render(report, args.format, color=color)

@@ -30,7 +30,7 @@ import structlog
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
-from auditor.classify import DEFAULT_DEDUP_WINDOW, VIOLATIONS, Auditor, Judgement
+from auditor.classify import DEFAULT_DEDUP_WINDOW, VIOLATIONS, Auditor, Judgement, Unproven
 from auditor.matrix import Matrix, MatrixError, load_matrix
 from auditor.model import LostEvents, NodeStatus
 from auditor.pipeline import Pipeline, Sink
@@ -56,6 +56,7 @@ class DaemonConfig:
     dedup_window: float = DEFAULT_DEDUP_WINDOW
     violation_log_interval: float = 300.0
     server_side_filter: bool = False
+    node_local: bool = False
     kube_events: bool = False
     kube_events_interval: float = 300.0
     extra_sinks: tuple[Sink, ...] = field(default=())
@@ -105,8 +106,8 @@ class ViolationLogSink:
             protocol=protocol,
             verdict=j.verdict,
             drop_reason=flow.drop_reason or None,
-            source_pod=flow.source.pod or flow.source_ip,
-            destination_pod=flow.destination.pod or flow.destination_ip,
+            source_pod=j.source.pod or j.source_ip,
+            destination_pod=j.destination.pod or j.destination_ip,
             node=flow.node_name,
             rule=j.rule or None,
             new_edge=last is None,
@@ -114,6 +115,9 @@ class ViolationLogSink:
         )
 
     def on_outcome(self, outcome: str) -> None:
+        pass
+
+    def on_unproven(self, connection: Unproven) -> None:
         pass
 
     def on_lost(self, record: LostEvents) -> None:
@@ -158,7 +162,8 @@ class Daemon:
                 raise DaemonConfigError(f"--kube-events: {e}") from None
             sinks.append(self.kube_events)
         sinks.extend(config.extra_sinks)
-        self.pipeline = Pipeline(Auditor(self.matrix, config.dedup_window), sinks)
+        auditor = Auditor(self.matrix, config.dedup_window, node_local=config.node_local)
+        self.pipeline = Pipeline(auditor, sinks)
         hubble = config.hubble
         if config.server_side_filter and self.matrix.scope_namespaces:
             hubble = replace(hubble, namespaces=tuple(sorted(self.matrix.scope_namespaces)))

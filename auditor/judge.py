@@ -1,8 +1,10 @@
 """Judging one flow event on its evidence (DESIGN §5, rules 1-4).
 
-Stage: judge. Input: a decoded :class:`auditor.model.Flow`. Output: one small int code — a reply, an
-event to ignore, provisional egress-side evidence, or a final ``DELIVERED``/``DROPPED`` verdict.
-Pure and stateless: deduplication and the matrix come later (``auditor.classify``).
+Stage: judge. Input: a decoded :class:`auditor.model.Flow` and the auditor's view (the whole cluster, or
+one node of a node-local DaemonSet). Output: one small int code — a reply, a reply that proves delivery
+of the original connection, an event to ignore, provisional egress-side evidence, or a final
+``DELIVERED``/``DROPPED`` verdict. Pure and stateless: deduplication and the matrix come later
+(``auditor.classify``).
 
 Error policy: never raises. Anything that cannot prove delivery or a drop (unknown verdicts, trace
 points without a usable direction, L7 records of already-judged connections, socket traces) is
@@ -10,7 +12,12 @@ points without a usable direction, L7 records of already-judged connections, soc
 
 The rules, in order:
 
-1. ``is_reply`` true (or, when Hubble left it unset, a TCP SYN+ACK) → ``REPLY``.
+1. ``is_reply`` true (or, when Hubble left it unset, a TCP SYN+ACK) is a reply: never a connection of its
+   own. A ``FORWARDED`` L3/L4 reply is ``REPLY_DELIVERED``: conntrack passes a reply only when the request
+   reached its destination, so it proves delivery of the original connection (the reversed 5-tuple).
+   With ``node_local`` (each auditor sees one node, and the sum over nodes must count a connection once)
+   every reply is a plain ``REPLY``: delivery is counted only on the destination's side (rule 3). Dropped,
+   redirected and L7 replies, and ICMP messages that answer no request, prove nothing: ``REPLY``.
 2. ``DROPPED``/``ERROR``/``AUDIT`` → ``DROPPED`` (``AUDIT``: would be dropped under enforcement), on
    either side, L7 drops included.
 3. ``FORWARDED``/``REDIRECTED`` → ``DELIVERED`` only where it proves delivery: a trace to the endpoint,
@@ -27,6 +34,7 @@ from __future__ import annotations
 from typing import Final
 
 from auditor.model import (
+    ICMP_PROTOCOLS,
     TCP_ACK,
     TCP_SYN,
     Direction,
@@ -39,11 +47,15 @@ from auditor.model import (
     Verdict,
 )
 
+# Evidence codes, used by name (their values carry no order).
 REPLY: Final = 0
 IGNORED: Final = 1
 PROVISIONAL: Final = 2
 DELIVERED: Final = 3
 DROPPED: Final = 4
+REPLY_DELIVERED: Final = 5
+FINAL: Final = frozenset({DELIVERED, DROPPED, REPLY_DELIVERED})
+"""Codes that place a connection on an edge (a final verdict)."""
 
 _DROP_VERDICTS: Final = frozenset({Verdict.DROPPED, Verdict.ERROR, Verdict.AUDIT})
 _PASS_VERDICTS: Final = frozenset({Verdict.FORWARDED, Verdict.REDIRECTED})
@@ -63,13 +75,31 @@ _EXTERNAL_LABEL_PREFIXES: Final = (
     "fqdn:",
 )
 _SYN_ACK: Final = TCP_SYN | TCP_ACK
+ICMP_REQUEST_TYPE: Final[dict[tuple[str, int], int]] = {
+    # (protocol, reply type) → the request type it answers: echo, timestamp, information, address mask
+    (Protocol.ICMPV4, 0): 8,
+    (Protocol.ICMPV4, 14): 13,
+    (Protocol.ICMPV4, 16): 15,
+    (Protocol.ICMPV4, 18): 17,
+    (Protocol.ICMPV6, 129): 128,  # echo
+}
+"""ICMP replies that answer a request: only those prove the request's delivery."""
 
 
-def judge(flow: Flow) -> int:
+def judge(flow: Flow, node_local: bool = False) -> int:
     """The evidence code of one flow event (see the module docstring)."""
     reply = flow.is_reply
     if reply or (reply is None and flow.protocol == Protocol.TCP and flow.tcp_flags & _SYN_ACK == _SYN_ACK):
-        return REPLY
+        if (
+            node_local
+            or flow.verdict != Verdict.FORWARDED
+            or not flow.protocol
+            or flow.flow_type == FlowType.L7
+            or flow.event_type not in _EVIDENCE_EVENTS
+            or (flow.protocol in ICMP_PROTOCOLS and (flow.protocol, flow.icmp_type) not in ICMP_REQUEST_TYPE)
+        ):
+            return REPLY
+        return REPLY_DELIVERED
     verdict = flow.verdict
     if verdict in _DROP_VERDICTS:
         return DROPPED if flow.protocol else IGNORED

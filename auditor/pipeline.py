@@ -4,6 +4,9 @@ Stage: wiring. Input: decoded records (from any source). Output: calls on the si
 so that every received flow lands in exactly one outcome (``received`` = sum of outcomes).
 ``replay`` (files) and ``run``/``demo`` (live gRPC) build this same object; only the source differs.
 
+Connections seen only through provisional evidence leave the auditor as :class:`Unproven` when their
+window expires (or at :meth:`Pipeline.finish`) and reach the sinks through ``on_unproven``.
+
 A new matrix (hot reload) is swapped in with :meth:`Pipeline.set_matrix` from any thread, between two
 records (a live source feeds under :attr:`Pipeline.lock`), for the auditor and every sink that has
 ``set_matrix``.
@@ -18,7 +21,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
-from auditor.classify import IGNORED, INVALID, Auditor, Judgement
+from auditor.classify import IGNORED, INVALID, Auditor, Judgement, Unproven
 from auditor.decode import DecodeError, decode_line
 from auditor.matrix import Matrix
 from auditor.model import Flow, LostEvents, NodeStatus, Record
@@ -28,7 +31,12 @@ class Sink(Protocol):
     """Receives the pipeline's results. Sinks do I/O (metrics, reports, events), never judging."""
 
     def on_outcome(self, outcome: str) -> None: ...
-    def on_judgement(self, judgement: Judgement) -> None: ...
+    def on_judgement(self, judgement: Judgement) -> None:
+        """A final verdict; the record's own outcome is ``judgement.outcome`` (``judged`` or ``reply``)."""
+
+    def on_unproven(self, connection: Unproven) -> None:
+        """A connection seen only through provisional evidence (not an outcome: its events were counted)."""
+
     def on_lost(self, record: LostEvents) -> None: ...
     def on_node_status(self, record: NodeStatus) -> None: ...
     def on_invalid(self, where: str, reason: str) -> None: ...
@@ -65,6 +73,9 @@ class Pipeline:
                 assert isinstance(result, Judgement)
                 for sink in self.sinks:
                     sink.on_judgement(result)
+            pending = self.auditor.pending
+            if pending is not None and pending.expired:
+                self._emit_unproven(pending.expired)
         elif type(record) is LostEvents:
             for sink in self.sinks:
                 sink.on_lost(record)
@@ -74,6 +85,20 @@ class Pipeline:
         else:
             for sink in self.sinks:
                 sink.on_outcome(IGNORED)
+
+    def finish(self) -> None:
+        """End of the input (replay): provisional connections still waiting for proof are unproven."""
+        self.auditor.flush()
+        pending = self.auditor.pending
+        if pending is not None and pending.expired:
+            self._emit_unproven(pending.expired)
+
+    def _emit_unproven(self, expired: list[Unproven]) -> None:
+        items = expired[:]
+        expired.clear()
+        for item in items:
+            for sink in self.sinks:
+                sink.on_unproven(item)
 
     def invalid(self, where: str, reason: str) -> None:
         for sink in self.sinks:

@@ -4,6 +4,9 @@ Stage: output edge. Input: the report dict. Output: text — ``table`` (a termin
 violations first, with pods and drop reasons), ``markdown`` (for CI job summaries and pull requests),
 ``html`` (one self-contained page for incident reviews) or ``json`` (the stable contract).
 
+Every string that comes from the cluster (component, pod, namespace and node names, drop reasons) is
+literal text in every format: escaped for HTML and Markdown, never read as terminal markup.
+
 Error policy: none (pure formatting of a validated structure).
 """
 
@@ -16,6 +19,7 @@ from typing import Any, Final
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from auditor.classify import CLASSES, VIOLATIONS
 
@@ -82,6 +86,16 @@ def _examples(edge: dict[str, Any]) -> str:
     return "; ".join(f"{e['source_pod']} → {e['destination_pod']}" for e in edge["examples"])
 
 
+TERMS: Final = (
+    "judged: events that proved a connection delivered or dropped",
+    "reply: replies: never a connection of their own (a forwarded reply proves its connection delivered)",
+    "provisional: events seen leaving the source towards a pod: delivery not proven by them alone",
+    "ignored: events that prove nothing (no direction, L7 records, other event kinds)",
+    "out of scope: neither end in the matrix's namespaces; invalid: lines that could not be decoded",
+)
+_PROVISIONAL_COLUMNS: Final = ("source", "destination", "port", "connections", "examples")
+
+
 def _summary_lines(report: dict[str, Any]) -> list[str]:
     f, c = report["flows"], report["classes"]
     lines = [
@@ -93,7 +107,31 @@ def _summary_lines(report: dict[str, Any]) -> list[str]:
     ]
     if report.get("lost_events"):
         lines.append("lost events: " + _counts(report["lost_events"]))
+    limit = report.get("edge_limit") or {}
+    folded = limit.get("aggregated_connections", 0) + limit.get("aggregated_provisional_connections", 0)
+    if folded:
+        lines.append(
+            f"edge limit: more than {limit['max_edges']} distinct edges; {folded} connections of later edges "
+            "are aggregated into 'other' rows (totals above are exact; raise --max-edges for detail)"
+        )
     return lines
+
+
+def _provisional_cells(p: dict[str, Any]) -> list[str]:
+    return [p["source"], p["destination"], _port(p), str(p["connections"]), _examples(p)]
+
+
+def _hint_lines(report: dict[str, Any]) -> list[str]:
+    return [
+        f"hint: {e['source']} → {e['destination']} {_port(e)}: {e['hint']}"
+        for e in report["edges"]
+        if e.get("hint")
+    ]
+
+
+_PROVISIONAL_TITLE: Final = (
+    "Provisional connections (delivery not proven: no reply, no evidence at the destination)"
+)
 
 
 def _sections(report: dict[str, Any]) -> list[tuple[str, list[dict[str, Any]]]]:
@@ -103,22 +141,27 @@ def _sections(report: dict[str, Any]) -> list[tuple[str, list[dict[str, Any]]]]:
 
 def _table(report: dict[str, Any], *, color: bool, width: int) -> str:
     buf = io.StringIO()
-    console = Console(file=buf, force_terminal=color, no_color=not color, width=width, highlight=False)
-    for line in _summary_lines(report):
-        console.print(line)
+    console = Console(
+        file=buf, force_terminal=color, no_color=not color, width=width, highlight=False, markup=False
+    )
+
+    def line(text: str, style: str = "") -> None:
+        console.print(Text(text, style=style), overflow="fold")
+
+    for text in _summary_lines(report):
+        line(text)
     violations = sum(report["classes"][c] for c in VIOLATIONS)
-    console.print(f"violations: {violations}", style="bold red" if violations else "bold green")
+    line(f"violations: {violations}", "bold red" if violations else "bold green")
     for cls, edges in _sections(report):
-        if not edges:
-            continue
-        table = Table(title=_TITLES[cls], title_style=_STYLE[cls], title_justify="left", expand=False)
-        for col in _COLUMNS:
-            table.add_column("conns" if col == "connections" else col, overflow="fold")
-        for e in edges:
-            table.add_row(*(cell or "-" for cell in _cells(e)))
-        console.print(table)
+        if edges:
+            console.print(_rich_table(_TITLES[cls], _STYLE[cls], _COLUMNS, [_cells(e) for e in edges]))
+    for text in _hint_lines(report):
+        line(text, "yellow")
+    if report.get("provisional"):
+        rows = [_provisional_cells(p) for p in report["provisional"]]
+        console.print(_rich_table(_PROVISIONAL_TITLE, "cyan", _PROVISIONAL_COLUMNS, rows))
     if report["unused_rules"]:
-        console.print(
+        line(
             "unused rules (no traffic seen): "
             + "; ".join(
                 f"#{r['rule']} {_join(r['from'])} → {_join(r['to'])} [{', '.join(r['ports'])}]"
@@ -126,21 +169,36 @@ def _table(report: dict[str, Any], *, color: bool, width: int) -> str:
             )
         )
     for s in report.get("invalid_samples", []):
-        console.print(f"invalid: {s['file']}:{s['line']}: {s['error']}", style="yellow")
+        line(f"invalid: {s['file']}:{s['line']}: {s['error']}", "yellow")
+    for text in TERMS:
+        line(text, "dim")
     return buf.getvalue()
+
+
+def _rich_table(title: str, style: str, columns: tuple[str, ...], rows: list[list[str]]) -> Table:
+    table = Table(title=Text(title, style=style), title_justify="left", expand=False)
+    for col in columns:
+        table.add_column("conns" if col == "connections" else col, overflow="fold")
+    for row in rows:
+        table.add_row(*(Text(cell or "-") for cell in row))
+    return table
 
 
 def _join(names: str | list[str]) -> str:
     return names if isinstance(names, str) else ",".join(names)
 
 
+_MD_SPECIAL: Final = str.maketrans({c: "\\" + c for c in "\\`*_{}[]<>()#+!|~"})
+
+
 def _md_cell(text: str) -> str:
-    return text.replace("|", "\\|") or "-"
+    """Cluster-supplied text as literal Markdown (no links, emphasis, HTML or table breaks)."""
+    return text.replace("\n", " ").translate(_MD_SPECIAL) or "-"
 
 
 def _markdown(report: dict[str, Any]) -> str:
-    out = [f"# flow-auditor report: `{report['matrix']}`", ""]
-    out += [f"- {line}" for line in _summary_lines(report)]
+    out = [f"# flow-auditor report: {_md_cell(report['matrix'])}", ""]
+    out += [f"- {_md_cell(line)}" for line in _summary_lines(report)]
     for cls, edges in _sections(report):
         if not edges:
             continue
@@ -153,15 +211,34 @@ def _markdown(report: dict[str, Any]) -> str:
         ]
         for e in edges:
             out.append("| " + " | ".join(_md_cell(c) for c in _cells(e)) + " |")
+    hints = _hint_lines(report)
+    if hints:
+        out += ["", "## Hints", ""]
+        out += [f"- {_md_cell(h)}" for h in hints]
+    if report.get("provisional"):
+        out += [
+            "",
+            f"## {_PROVISIONAL_TITLE}",
+            "",
+            "| " + " | ".join(_PROVISIONAL_COLUMNS) + " |",
+            "|---|---|---|---:|---|",
+        ]
+        for p in report["provisional"]:
+            out.append("| " + " | ".join(_md_cell(c) for c in _provisional_cells(p)) + " |")
     if report["unused_rules"]:
         out += ["", "## Unused rules", ""]
         out += [
-            f"- rule {r['rule']}: {_join(r['from'])} → {_join(r['to'])} ({', '.join(r['ports'])})"
+            f"- rule {r['rule']}: {_md_cell(_join(r['from']))} → {_md_cell(_join(r['to']))} "
+            f"({', '.join(r['ports'])})"
             for r in report["unused_rules"]
         ]
     if report.get("invalid_samples"):
         out += ["", "## Invalid lines", ""]
-        out += [f"- `{s['file']}:{s['line']}`: {s['error']}" for s in report["invalid_samples"]]
+        out += [
+            f"- {_md_cell(s['file'])}:{s['line']}: {_md_cell(s['error'])}" for s in report["invalid_samples"]
+        ]
+    out += ["", "## Terms", ""]
+    out += [f"- {t}" for t in TERMS]
     return "\n".join(out) + "\n"
 
 
@@ -188,6 +265,18 @@ def _html(report: dict[str, Any]) -> str:
         for e in edges:
             parts.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in _cells(e)) + "</tr>")
         parts.append("</table></section>")
+    hints = _hint_lines(report)
+    if hints:
+        parts.append("<h2>Hints</h2><ul>" + "".join(f"<li>{esc(h)}</li>" for h in hints) + "</ul>")
+    if report.get("provisional"):
+        parts.append(
+            f'<section class="provisional"><h2>{esc(_PROVISIONAL_TITLE)}</h2><table><tr>'
+            + "".join(f"<th>{h}</th>" for h in _PROVISIONAL_COLUMNS)
+            + "</tr>"
+        )
+        for p in report["provisional"]:
+            parts.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in _provisional_cells(p)) + "</tr>")
+        parts.append("</table></section>")
     if report["unused_rules"]:
         parts.append(
             "<h2>Unused rules</h2><ul>"
@@ -207,5 +296,6 @@ def _html(report: dict[str, Any]) -> str:
             )
             + "</ul>"
         )
+    parts.append("<h2>Terms</h2><ul>" + "".join(f"<li>{esc(t)}</li>" for t in TERMS) + "</ul>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"

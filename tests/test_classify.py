@@ -81,8 +81,8 @@ def test_endpoint_known_only_by_labels_gets_its_namespace() -> None:
     assert j.edge[0] == "worker"
 
 
-def test_replies_are_not_judged() -> None:
-    assert Auditor(MATRIX).process(flow(is_reply=True)) == REPLY
+def test_reply_is_never_an_edge_of_its_own_in_node_local_mode() -> None:
+    assert Auditor(MATRIX, node_local=True).process(flow(is_reply=True)) == REPLY
 
 
 def test_icmp_edges_have_no_port_and_match_by_protocol() -> None:

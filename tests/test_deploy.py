@@ -45,6 +45,7 @@ CRD_SCHEMA_FILES = {"ServiceMonitor": "servicemonitor_v1.json", "PrometheusRule"
 # The daemon's flags (DESIGN §6); every rendered argument must be one of them or a value.
 DAEMON_FLAGS = {
     "--server",
+    "--node-local",
     "--matrix",
     "--listen-address",
     "--tls",
@@ -365,6 +366,15 @@ def test_node_local_auditor_takes_node_ip_and_name_from_the_downward_api() -> No
     assert env["NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
     args = container("node-local")["args"]
     assert flag_values(args)["--server"] == ["$(HOST_IP):4244"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_only_the_node_local_overlay_runs_in_node_local_mode(overlay: str) -> None:
+    from auditor.cli import build_parser
+
+    args = expand(overlay, container(overlay)["args"])
+    parsed = build_parser().parse_args(args)
+    assert parsed.node_local is (overlay == "node-local")
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

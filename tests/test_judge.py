@@ -1,4 +1,4 @@
-"""Each judging rule of DESIGN §5, table-driven on single events."""
+"""Each judging rule of DESIGN §5, table-driven on single events, cluster-wide and node-local."""
 
 from __future__ import annotations
 
@@ -21,11 +21,76 @@ INGRESS, EGRESS, NODIR = Direction.INGRESS, Direction.EGRESS, Direction.UNKNOWN
 TRACE, POLICY, DROP, L7 = EventType.TRACE, EventType.POLICY_VERDICT, EventType.DROP, EventType.ACCESS_LOG
 P = ObservationPoint
 
+REPLY_CASES = [
+    # rule 1: a reply is never a connection of its own. Seen by an auditor of the whole cluster, a forwarded
+    # L3/L4 reply proves delivery of the original connection (conntrack passes a reply only when the request
+    # reached its destination); seen by a node-local auditor it proves nothing (delivery is counted on the
+    # destination's side only). Columns: overrides, cluster-wide code, node-local code.
+    ("forwarded reply at the client's endpoint", {"is_reply": True}, j.REPLY_DELIVERED, j.REPLY),
+    (
+        "forwarded reply leaving the server",
+        {"is_reply": True, "traffic_direction": EGRESS, "observation_point": P.TO_STACK},
+        j.REPLY_DELIVERED,
+        j.REPLY,
+    ),
+    (
+        "forwarded reply on an overlay hop without direction",
+        {"is_reply": True, "traffic_direction": NODIR, "observation_point": P.TO_OVERLAY},
+        j.REPLY_DELIVERED,
+        j.REPLY,
+    ),
+    (
+        "unknown reply bit, TCP SYN-ACK",
+        {"is_reply": None, "tcp_flags": TCP_SYN | TCP_ACK},
+        j.REPLY_DELIVERED,
+        j.REPLY,
+    ),
+    ("dropped reply proves nothing", {"is_reply": True, "verdict": Verdict.DROPPED}, j.REPLY, j.REPLY),
+    ("audited reply proves nothing", {"is_reply": True, "verdict": Verdict.AUDIT}, j.REPLY, j.REPLY),
+    (
+        "reply redirected to a proxy proves nothing",
+        {"is_reply": True, "verdict": Verdict.REDIRECTED},
+        j.REPLY,
+        j.REPLY,
+    ),
+    (
+        "L7 response record proves nothing",
+        {"is_reply": True, "flow_type": FlowType.L7, "event_type": L7},
+        j.REPLY,
+        j.REPLY,
+    ),
+    ("socket-level reply proves nothing", {"is_reply": True, "event_type": 7}, j.REPLY, j.REPLY),
+    ("reply without L4 proves nothing", {"is_reply": True, "protocol": ""}, j.REPLY, j.REPLY),
+    (
+        "ICMP echo reply",
+        {"is_reply": True, "protocol": "ICMPv4", "icmp_type": 0, "destination_port": 0},
+        j.REPLY_DELIVERED,
+        j.REPLY,
+    ),
+    (
+        "ICMPv6 echo reply",
+        {"is_reply": True, "protocol": "ICMPv6", "icmp_type": 129, "destination_port": 0},
+        j.REPLY_DELIVERED,
+        j.REPLY,
+    ),
+    (
+        "ICMP message answering no request",
+        {"is_reply": True, "protocol": "ICMPv4", "icmp_type": 3, "destination_port": 0},
+        j.REPLY,
+        j.REPLY,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "cluster", "node_local"), [c[1:] for c in REPLY_CASES], ids=[c[0] for c in REPLY_CASES]
+)
+def test_reply_rule_in_both_modes(overrides: dict[str, object], cluster: int, node_local: int) -> None:
+    assert j.judge(flow(**overrides)) == cluster
+    assert j.judge(flow(**overrides), node_local=True) == node_local
+
+
 CASES = [
-    # rule 1: replies never produce a verdict, whatever else they say
-    ("reply flag", {"is_reply": True}, j.REPLY),
-    ("dropped reply is still a reply", {"is_reply": True, "verdict": Verdict.DROPPED}, j.REPLY),
-    ("unknown reply bit, TCP SYN-ACK", {"is_reply": None, "tcp_flags": TCP_SYN | TCP_ACK}, j.REPLY),
     ("unknown reply bit, TCP SYN", {"is_reply": None, "tcp_flags": TCP_SYN}, j.DELIVERED),
     # rule 2: drops and audits are final on either side
     ("drop at ingress", {"verdict": Verdict.DROPPED, "event_type": DROP}, j.DROPPED),
@@ -114,9 +179,11 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("node_local", [False, True], ids=["cluster", "node-local"])
 @pytest.mark.parametrize(("overrides", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_judge_rules(overrides: dict[str, object], expected: int) -> None:
-    assert j.judge(flow(**overrides)) == expected
+def test_judge_rules(overrides: dict[str, object], expected: int, node_local: bool) -> None:
+    """Rules 2-4 are the same whether the auditor sees the cluster or one node."""
+    assert j.judge(flow(**overrides), node_local=node_local) == expected
 
 
 def test_pod_destination_with_reserved_looking_identity_is_not_external() -> None:

@@ -44,6 +44,7 @@ METRIC_NAMES = {
     "flow_auditor_connections",
     "flow_auditor_dropped_connections",
     "flow_auditor_flows",
+    "flow_auditor_provisional_connections",
     "flow_auditor_edge_last_seen_timestamp_seconds",
     "flow_auditor_rule_last_seen_timestamp_seconds",
     "flow_auditor_hubble_up",

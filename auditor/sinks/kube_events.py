@@ -59,9 +59,10 @@ from kubernetes.client import (
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config import ConfigException, load_incluster_config, load_kube_config
 
-from auditor.classify import EXPECTED_DROPPED, UNEXPECTED_ALLOWED, Edge, Judgement
+from auditor.classify import EXPECTED_DROPPED, UNEXPECTED_ALLOWED, Edge, Judgement, Unproven
+from auditor.judge import ICMP_REQUEST_TYPE
 from auditor.matrix import Matrix
-from auditor.model import Endpoint, Flow, LostEvents, NodeStatus
+from auditor.model import Endpoint, LostEvents, NodeStatus
 
 REASON_UNEXPECTED_ALLOWED: Final = "NetworkPolicyViolation"
 REASON_EXPECTED_DROPPED: Final = "LegitimateTrafficDropped"
@@ -130,11 +131,13 @@ def describe(judgement: Judgement) -> str:
     """The Event message: who talked to whom, on which port, what happened, what the matrix says."""
     flow = judgement.flow
     src, dst, port, protocol, cls = judgement.edge
-    target = f"{protocol} type {flow.icmp_type}" if port is None else f"{port}/{protocol}"
-    text = (
-        f"{_end(flow.source, flow.source_ip, src)} → {_end(flow.destination, flow.destination_ip, dst)} "
-        f"{target} {_outcome(judgement.verdict, flow.drop_reason)}"
-    )
+    icmp_type = flow.icmp_type
+    if judgement.reply:
+        icmp_type = ICMP_REQUEST_TYPE.get((protocol, icmp_type), icmp_type)
+    target = f"{protocol} type {icmp_type}" if port is None else f"{port}/{protocol}"
+    source = _end(judgement.source, judgement.source_ip, src)
+    destination = _end(judgement.destination, judgement.destination_ip, dst)
+    text = f"{source} → {destination} {target} {_outcome(judgement.verdict, flow.drop_reason)}"
     if cls == EXPECTED_DROPPED:
         text += f"; allowed by matrix rule {judgement.rule} ({src} → {dst})"
     else:
@@ -273,6 +276,9 @@ class KubeEventsSink:
     def on_invalid(self, where: str, reason: str) -> None:
         pass
 
+    def on_unproven(self, connection: Unproven) -> None:
+        pass  # not a violation: nothing to tell the pod's owners
+
     def on_judgement(self, judgement: Judgement) -> None:
         if not judgement.new_connection:
             return
@@ -280,7 +286,7 @@ class KubeEventsSink:
         if reason is None:
             return
         flow = judgement.flow
-        pod = self._involved(flow)
+        pod = self._involved(judgement)
         if pod is None:
             self.skipped += 1
             return
@@ -326,8 +332,8 @@ class KubeEventsSink:
         return not self._worker.is_alive()
 
     # -- pipeline side (_start, _send, _enqueue run under the lock) -----------------------------------
-    def _involved(self, flow: Flow) -> Endpoint | None:
-        ends = (flow.destination, flow.source)
+    def _involved(self, judgement: Judgement) -> Endpoint | None:
+        ends = (judgement.destination, judgement.source)
         scope = self.scope
         if scope is not None:
             for ep in ends:

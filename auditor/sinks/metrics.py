@@ -39,7 +39,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import CollectorRegistry
 
 import auditor
-from auditor.classify import EXPECTED_DROPPED, JUDGED, OUTCOMES, UNEXPECTED_DROPPED, Edge, Judgement
+from auditor.classify import EXPECTED_DROPPED, OUTCOMES, UNEXPECTED_DROPPED, Edge, Judgement, Unproven
 from auditor.matrix import ENTITIES, Matrix
 from auditor.model import ICMP_PROTOCOLS, VERDICT_NAMES, LostEvents, NodeStatus
 
@@ -134,6 +134,7 @@ class MetricsSink:
         # Counters and gauges (plain values; the collector reads them at scrape time).
         self._flows: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
         self._series: dict[Labels, _Series] = {}
+        self._provisional: dict[tuple[str, str, str, str], int] = {}
         self._rules_seen: dict[RuleKey, _RuleSeen] = {}
         self._lost: dict[str, int] = dict.fromkeys(LOST_EVENT_SOURCES, 0)
         self._nodes: dict[str, str] = {}
@@ -207,7 +208,7 @@ class MetricsSink:
         self._flows[outcome] += 1
 
     def on_judgement(self, judgement: Judgement) -> None:
-        self._flows[JUDGED] += 1
+        self._flows[judgement.outcome] += 1
         slot = self._slots.get(judgement.edge)
         if slot is None:
             slot = self._slot(judgement)
@@ -236,6 +237,19 @@ class MetricsSink:
                     reason = self._admit_reason(reason)
                 reasons = series.reasons
                 reasons[reason] = reasons.get(reason, 0) + 1
+
+    def on_unproven(self, connection: Unproven) -> None:
+        """Count a connection that only provisional evidence was seen for, on bounded labels."""
+        overflow: list[str] = []
+        labels = (
+            self._peer_label(connection.source, "source", overflow),
+            self._peer_label(connection.destination, "destination", overflow),
+            self._port_label(connection.protocol, connection.port, overflow),
+            connection.protocol,
+        )
+        for label in overflow:
+            self._overflow[label] += 1
+        self._provisional[labels] = self._provisional.get(labels, 0) + 1
 
     def on_lost(self, record: LostEvents) -> None:
         source = record.source if record.source in self._lost else UNKNOWN_LOST_EVENT_SOURCE
@@ -330,6 +344,8 @@ class MetricsSink:
                 dropped.add_metric((*labels, reason), n)
         for outcome, n in self._flows.copy().items():
             f["flows"].add_metric((outcome,), n)
+        for provisional_labels, n in self._provisional.copy().items():
+            f["provisional"].add_metric(provisional_labels, n)
         for (rule, source, destination), seen in self._rules_seen.copy().items():
             f["rule_last_seen"].add_metric((str(rule), source, destination), seen.last_seen)
         f["hubble_up"].add_metric((), 1.0 if self._hubble_up else 0.0)
@@ -368,6 +384,12 @@ def _families() -> dict[str, CounterMetricFamily | GaugeMetricFamily]:
             PREFIX + "flows",
             "Received flow events by outcome (judged, reply, provisional, ignored, out_of_scope, invalid).",
             labels=("outcome",),
+        ),
+        "provisional": c(
+            PREFIX + "provisional_connections",
+            "Connections seen only through provisional (egress-side) evidence: neither delivery nor a drop "
+            "was observed within the dedup window.",
+            labels=EDGE_LABELS[:4],
         ),
         "edge_last_seen": g(
             PREFIX + "edge_last_seen_timestamp_seconds",

@@ -1,12 +1,15 @@
 """The replay report: aggregation sink and the JSON contract of DESIGN §6.
 
-Stage: sink. Input: the pipeline's outcomes and judgements. Output: :meth:`ReportSink.report`, a plain
-dict in the stable JSON shape (``matrix``, ``flows``, ``classes``, ``edges``, ``unused_rules``) plus the
-documented extensions ``lost_events`` and ``invalid_samples`` (first few undecodable lines with their
-file and line number). Rendering to table/markdown/HTML lives in ``auditor.render``.
+Stage: sink. Input: the pipeline's outcomes, judgements and unproven (provisional) connections. Output:
+:meth:`ReportSink.report`, a plain dict in the stable JSON shape (``matrix``, ``flows``, ``classes``,
+``edges``, ``unused_rules``, ``provisional``) plus the documented extensions ``lost_events``,
+``invalid_samples`` (first few undecodable lines with their file and line number), ``edge_limit`` and a
+``hint`` per edge (the likely cause where one can be told from the report itself: source NAT between
+nodes for ``remote-node`` peers). Rendering to table/markdown/HTML lives in ``auditor.render``.
 
-Memory is bounded per edge (a few example pods); edges themselves are bounded by the matrix's
-components x ports seen.
+Memory is bounded whatever the input: a few example pods per edge, and at most ``max_edges`` edges (and as
+many provisional edges); past that, new edges are aggregated per class into one ``other`` edge, totals stay
+exact, and ``edge_limit.aggregated_connections`` says how much was folded.
 
 Error policy: none needed (pure aggregation).
 """
@@ -25,12 +28,16 @@ from auditor.classify import (
     VIOLATIONS,
     Edge,
     Judgement,
+    Unproven,
 )
 from auditor.matrix import Matrix
 from auditor.model import LostEvents, NodeStatus
 
 MAX_EXAMPLES: Final = 3
 MAX_INVALID_SAMPLES: Final = 10
+DEFAULT_MAX_EDGES: Final = 10_000
+OTHER: Final = "other"
+REMOTE_NODE: Final = "remote-node"
 # Violations first, then the rest.
 CLASS_ORDER: Final = {c: i for i, c in enumerate((*VIOLATIONS, UNEXPECTED_DROPPED, EXPECTED_ALLOWED))}
 
@@ -49,14 +56,29 @@ class EdgeStats:
     examples: list[tuple[str, str, str]] = field(default_factory=list)
 
 
+ProvisionalKey = tuple[str, str, int | None, str]
+"""(source, destination, port, protocol) of connections that only provisional evidence was seen for."""
+
+
+@dataclass
+class ProvisionalStats:
+    """Mutable per-edge accumulator of unproven connections (sink-private)."""
+
+    connections: int = 0
+    examples: list[tuple[str, str, str]] = field(default_factory=list)
+
+
 class ReportSink:
     """Aggregates everything a replay report needs."""
 
-    def __init__(self, matrix: Matrix) -> None:
+    def __init__(self, matrix: Matrix, max_edges: int = DEFAULT_MAX_EDGES) -> None:
         self.matrix = matrix
+        self.max_edges = max_edges
         self.outcomes: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
         self.classes: dict[str, int] = dict.fromkeys(CLASSES, 0)
         self.edges: dict[Edge, EdgeStats] = {}
+        self.provisional: dict[ProvisionalKey, ProvisionalStats] = {}
+        self.aggregated = {"edges": 0, "provisional": 0}  # connections folded into `other` edges
         self.lost: dict[str, int] = {}
         self.invalid_samples: list[dict[str, Any]] = []
 
@@ -65,10 +87,17 @@ class ReportSink:
         self.outcomes[outcome] += 1
 
     def on_judgement(self, j: Judgement) -> None:
-        self.outcomes["judged"] += 1
-        stats = self.edges.get(j.edge)
+        self.outcomes[j.outcome] += 1
+        edge = j.edge
+        stats = self.edges.get(edge)
         if stats is None:
-            stats = self.edges[j.edge] = EdgeStats(j.rule)
+            if len(self.edges) >= self.max_edges:
+                edge = (OTHER, OTHER, None, OTHER, edge[4])
+                stats = self.edges.get(edge)
+                if j.new_connection:
+                    self.aggregated["edges"] += 1
+            if stats is None:
+                stats = self.edges[edge] = EdgeStats(j.rule if edge is j.edge else 0)
         stats.flows += 1
         flow = j.flow
         t = flow.time
@@ -78,19 +107,34 @@ class ReportSink:
             stats.last = t
         if not j.new_connection:
             return
-        self.classes[j.edge[4]] += 1
+        self.classes[edge[4]] += 1
         stats.connections += 1
         stats.verdicts[j.verdict] = stats.verdicts.get(j.verdict, 0) + 1
         if flow.drop_reason:
             stats.drop_reasons[flow.drop_reason] = stats.drop_reasons.get(flow.drop_reason, 0) + 1
         if len(stats.examples) < MAX_EXAMPLES:
-            example = (
-                flow.source.pod or flow.source_ip,
-                flow.destination.pod or flow.destination_ip,
-                flow.node_name,
+            _add_example(
+                stats.examples,
+                (j.source.pod or j.source_ip, j.destination.pod or j.destination_ip, flow.node_name),
             )
-            if example not in stats.examples:
-                stats.examples.append(example)
+
+    def on_unproven(self, connection: Unproven) -> None:
+        key = connection.key
+        stats = self.provisional.get(key)
+        if stats is None:
+            if len(self.provisional) >= self.max_edges:
+                key = (OTHER, OTHER, None, OTHER)
+                stats = self.provisional.get(key)
+                self.aggregated["provisional"] += 1
+            if stats is None:
+                stats = self.provisional[key] = ProvisionalStats()
+        stats.connections += 1
+        if len(stats.examples) < MAX_EXAMPLES:
+            f = connection.flow
+            _add_example(
+                stats.examples,
+                (f.source.pod or f.source_ip, f.destination.pod or f.destination_ip, f.node_name),
+            )
 
     def on_lost(self, record: LostEvents) -> None:
         self.lost[record.source] = self.lost.get(record.source, 0) + record.num_events
@@ -111,11 +155,15 @@ class ReportSink:
     def report(self) -> dict[str, Any]:
         """The JSON report (DESIGN §6), deterministic for a given input."""
         used = {stats.rule for stats in self.edges.values() if stats.rule}
+        provisional_ports = {(d, port, proto) for (_, d, port, proto) in self.provisional}
         return {
             "matrix": self.matrix.name,
             "flows": {"received": self.received, **self.outcomes},
             "classes": dict(self.classes),
-            "edges": [self._edge(edge, stats) for edge, stats in sorted(self.edges.items(), key=_edge_sort)],
+            "edges": [
+                self._edge(edge, stats, _hint(edge, provisional_ports))
+                for edge, stats in sorted(self.edges.items(), key=_edge_sort)
+            ],
             "unused_rules": [
                 {
                     "rule": r.index,
@@ -126,12 +174,30 @@ class ReportSink:
                 for r in self.matrix.rules
                 if r.index not in used
             ],
+            "provisional": [
+                {
+                    "source": source,
+                    "destination": destination,
+                    "port": port,
+                    "protocol": protocol,
+                    "connections": stats.connections,
+                    "examples": _examples(stats.examples),
+                }
+                for (source, destination, port, protocol), stats in sorted(
+                    self.provisional.items(), key=_provisional_sort
+                )
+            ],
             "lost_events": dict(sorted(self.lost.items())),
             "invalid_samples": list(self.invalid_samples),
+            "edge_limit": {
+                "max_edges": self.max_edges,
+                "aggregated_connections": self.aggregated["edges"],
+                "aggregated_provisional_connections": self.aggregated["provisional"],
+            },
         }
 
     @staticmethod
-    def _edge(edge: Edge, s: EdgeStats) -> dict[str, Any]:
+    def _edge(edge: Edge, s: EdgeStats, hint: str | None) -> dict[str, Any]:
         source, destination, port, protocol, cls = edge
         return {
             "source": source,
@@ -146,8 +212,35 @@ class ReportSink:
             "rule": s.rule or None,
             "first_seen": rfc3339(s.first),
             "last_seen": rfc3339(s.last),
-            "examples": [{"source_pod": a, "destination_pod": b, "node": n} for a, b, n in s.examples],
+            "examples": _examples(s.examples),
+            "hint": hint,
         }
+
+
+def _add_example(examples: list[tuple[str, str, str]], example: tuple[str, str, str]) -> None:
+    if example not in examples:
+        examples.append(example)
+
+
+def _examples(examples: list[tuple[str, str, str]]) -> list[dict[str, str]]:
+    return [{"source_pod": a, "destination_pod": b, "node": n} for a, b, n in examples]
+
+
+def _hint(edge: Edge, provisional_ports: set[tuple[str, int | None, str]]) -> str | None:
+    """The likely cause of an edge, where the report itself tells it."""
+    source, destination, port, protocol, _ = edge
+    if source == REMOTE_NODE and (destination, port, protocol) in provisional_ports:
+        return (
+            f"pods also sent unproven connections to {destination} on this port: source NAT between nodes "
+            "(masquerading, or a tunnel or load balancer that rewrites the source) likely hides those pods "
+            "behind the remote-node identity"
+        )
+    return None
+
+
+def _provisional_sort(item: tuple[ProvisionalKey, ProvisionalStats]) -> tuple[int, str, str, str, int]:
+    (source, destination, port, protocol), stats = item
+    return (-stats.connections, source, destination, protocol, -1 if port is None else port)
 
 
 def _edge_sort(item: tuple[Edge, EdgeStats]) -> tuple[int, int, str, str, str, int]:
