@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -487,7 +488,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     pipeline.finish()
     report = sink.report()
     color = args.output is None and sys.stdout.isatty()
-    text = render(report, args.format, color=color)
+    # The terminal's width ($COLUMNS, else the terminal itself); 160 columns when there is none.
+    width = shutil.get_terminal_size((160, 24)).columns
+    text = render(report, args.format, color=color, width=max(width, 40))
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")
     else:

@@ -49,7 +49,8 @@ _RESERVED_LABEL_ENTITY: Final[dict[str, str]] = {
     "world-ipv6": "world",
     **{e: e for e in ENTITIES},
 }
-# When an endpoint carries several reserved labels, the most specific one names it.
+# An endpoint with several reserved labels matches a selector of any of them; when it matches no
+# component, the most specific one names it.
 _ENTITY_PRECEDENCE: Final = (
     "kube-apiserver",
     "health",
@@ -159,11 +160,12 @@ class Selector:
     def has_address_part(self) -> bool:
         return bool(self.cidrs or self.fqdns)
 
-    def matches_labels(self, ep: Endpoint, k8s: dict[str, str], entity: str | None) -> bool:
-        """The identity-dependent part; ``k8s`` are the endpoint's ``k8s:`` labels as a dict."""
+    def matches_labels(self, ep: Endpoint, k8s: dict[str, str], entities: frozenset[str]) -> bool:
+        """The identity-dependent part; ``k8s`` are the endpoint's ``k8s:`` labels as a dict, ``entities``
+        every reserved entity the endpoint is (an identity with several reserved labels is each of them)."""
         if self.namespaces is not None and ep.namespace not in self.namespaces:
             return False
-        if self.entities is not None and (entity is None or entity not in self.entities):
+        if self.entities is not None and self.entities.isdisjoint(entities):
             return False
         if self.service_account is not None and k8s.get(_K8S_SA_LABEL) != self.service_account:
             return False
@@ -263,10 +265,11 @@ class Matrix:
         Returns the components whose label part matches, in matrix order, stopping at the first one that
         needs no address check, and the name the endpoint gets when none matches in full.
         """
-        k8s, entity = endpoint_labels(ep)
+        k8s, entities = endpoint_labels(ep)
+        entity: str | None = next((e for e in _ENTITY_PRECEDENCE if e in entities), None)
         found: list[Component] = []
         for comp in self.components:
-            if comp.selector.matches_labels(ep, k8s, entity):
+            if comp.selector.matches_labels(ep, k8s, entities):
                 found.append(comp)
                 if not comp.selector.has_address_part:
                     break
@@ -300,8 +303,9 @@ def pick(comps: tuple[Component, ...], fallback: str, ip: str, names: Sequence[s
     return fallback
 
 
-def endpoint_labels(ep: Endpoint) -> tuple[dict[str, str], str | None]:
-    """The endpoint's ``k8s:`` labels as a dict, and its reserved entity (or ``None``)."""
+def endpoint_labels(ep: Endpoint) -> tuple[dict[str, str], frozenset[str]]:
+    """The endpoint's ``k8s:`` labels as a dict, and every reserved entity it is (from its ``reserved:``
+    labels and its reserved identity number), as Cilium's ``toEntities`` sees it."""
     k8s: dict[str, str] = {}
     reserved: set[str] = set()
     for label in ep.labels:
@@ -313,10 +317,9 @@ def endpoint_labels(ep: Endpoint) -> tuple[dict[str, str], str | None]:
             reserved.add(_RESERVED_LABEL_ENTITY[key])
     if ep.identity in RESERVED_IDENTITIES:
         reserved.add(RESERVED_IDENTITIES[ep.identity])
-    entity = next((e for e in _ENTITY_PRECEDENCE if e in reserved), None)
     if ep.namespace and _K8S_NS_LABEL not in k8s:
         k8s[_K8S_NS_LABEL] = ep.namespace
-    return k8s, entity
+    return k8s, frozenset(reserved)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -190,3 +190,50 @@ def test_every_record_lands_in_exactly_one_outcome() -> None:
     }
     assert counts["received"] == sum(v for k, v in counts.items() if k != "received")
     assert report["invalid_samples"] == [{"file": "x.jsonl", "line": 7, "error": "garbage"}]
+
+
+API_MATRIX = """\
+apiVersion: flow-auditor/v1alpha1
+kind: CommunicationMatrix
+metadata: {name: api}
+scope: {namespaces: [airflow]}
+components:
+  worker: {namespace: airflow, labels: {component: worker}}
+  control-plane: {entities: [host]}
+  outside: {entities: [world]}
+allow:
+  - {from: worker, to: control-plane, ports: [6443]}
+  - {from: worker, to: outside, ports: [443]}
+"""
+
+
+def test_audit_towards_the_api_server_on_a_control_plane_host_is_expected_dropped() -> None:
+    # kind/kubeadm: the API server runs on a node, whose host identity (1) also carries
+    # reserved:kube-apiserver. Cilium's toEntities [host] selects it, so the matrix's host rule applies.
+    a = Auditor(parse_matrix(API_MATRIX, "api.yaml"))
+    control_plane = Endpoint(identity=1, labels=("reserved:host", "reserved:kube-apiserver"))
+    audit = judged(
+        a,
+        verdict=Verdict.AUDIT,
+        event_type=EventType.POLICY_VERDICT,
+        traffic_direction=Direction.EGRESS,
+        observation_point=0,
+        destination=control_plane,
+        destination_port=6443,
+    )
+    assert audit.edge == ("worker", "control-plane", 6443, "TCP", EXPECTED_DROPPED)
+
+
+def test_api_server_outside_the_cluster_is_world() -> None:
+    a = Auditor(parse_matrix(API_MATRIX, "api.yaml"))
+    api = Endpoint(
+        identity=16777300, labels=("cidr:34.1.2.3/32", "reserved:kube-apiserver", "reserved:world")
+    )
+    j = judged(
+        a,
+        traffic_direction=Direction.EGRESS,
+        observation_point=ObservationPoint.TO_STACK,
+        destination=api,
+        destination_port=443,
+    )
+    assert j.edge == ("worker", "outside", 443, "TCP", EXPECTED_ALLOWED)

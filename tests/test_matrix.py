@@ -113,12 +113,48 @@ SELECTOR_CASES = [
         Endpoint(identity=7, labels=("reserved:kube-apiserver", "reserved:remote-node")),
         True,
     ),
+    # An identity with several reserved labels is each of those entities, as in Cilium's toEntities.
     (
-        "entity remote-node is not kube-apiserver",
+        "kube-apiserver on a node is also remote-node",
         "{entities: [remote-node]}",
         Endpoint(identity=7, labels=("reserved:kube-apiserver", "reserved:remote-node")),
+        True,
+    ),
+    (
+        "kube-apiserver identity without the remote-node label is not remote-node",
+        "{entities: [remote-node]}",
+        Endpoint(identity=7, labels=("reserved:kube-apiserver",)),
         False,
     ),
+    (
+        "control-plane host that serves the API is host (kind, kubeadm)",
+        "{entities: [host]}",
+        Endpoint(identity=1, labels=("reserved:host", "reserved:kube-apiserver")),
+        True,
+    ),
+    (
+        "control-plane host that serves the API is kube-apiserver",
+        "{entities: [kube-apiserver]}",
+        Endpoint(identity=1, labels=("reserved:host", "reserved:kube-apiserver")),
+        True,
+    ),
+    (
+        "API server outside the cluster (CIDR identity) is world",
+        "{entities: [world]}",
+        Endpoint(
+            identity=16777220, labels=("cidr:172.18.0.2/32", "reserved:kube-apiserver", "reserved:world")
+        ),
+        True,
+    ),
+    (
+        "API server outside the cluster (CIDR identity) is kube-apiserver",
+        "{entities: [kube-apiserver]}",
+        Endpoint(
+            identity=16777220, labels=("cidr:172.18.0.2/32", "reserved:kube-apiserver", "reserved:world")
+        ),
+        True,
+    ),
+    ("plain host is not kube-apiserver", "{entities: [kube-apiserver]}", HOST, False),
     ("entity on a pod", "{entities: [world]}", WORKER, False),
     ("AND of fields", "{namespace: airflow, labels: {component: redis}}", REDIS, True),
     ("AND of fields, one fails", "{namespace: default, labels: {component: redis}}", REDIS, False),

@@ -35,6 +35,7 @@ def run_cli(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProce
         text=True,
         timeout=60,
         cwd=ROOT,
+        env={**os.environ, "COLUMNS": "160"},  # reports of a fixed width, whatever runs the tests
     )
 
 
@@ -273,3 +274,85 @@ def test_demo_matrix_shipped_in_the_package_is_the_example() -> None:
     from auditor.cli import DEMO_MATRIX
 
     assert DEMO_MATRIX.read_bytes() == MATRIX.read_bytes()
+
+
+# -- the table report: literal cluster data, the terminal's width, its terms, bounded edges ---------------
+
+
+def hostile_report() -> dict[str, Any]:
+    """A report whose cluster-supplied strings look like terminal markup, Markdown and HTML."""
+    from auditor.classify import Auditor
+    from auditor.matrix import load_matrix
+    from auditor.model import Endpoint
+    from auditor.pipeline import Pipeline
+    from auditor.sinks.report import ReportSink
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from factory import POSTGRES, flow
+
+    matrix = load_matrix(MATRIX)
+    sink = ReportSink(matrix)
+    pipeline = Pipeline(Auditor(matrix), [sink])
+    evil = Endpoint(identity=4242, namespace="default", pod_name="[/oops][bold red]x[/] <b>*y*</b> | z")
+    pipeline.feed(flow(source=evil, destination=POSTGRES))
+    pipeline.finish()
+    return sink.report()
+
+
+def test_terminal_markup_in_cluster_data_is_literal_text() -> None:
+    from auditor.render import render
+
+    text = render(hostile_report(), "table", color=True, width=300)
+    assert "default/[/oops][bold red]x[/] <b>*y*</b> | z" in text
+
+
+def test_markdown_and_html_reports_escape_cluster_data() -> None:
+    from auditor.render import render
+
+    md = render(hostile_report(), "markdown")
+    row = next(line for line in md.splitlines() if "oops" in line)
+    assert "<b>" not in row and "\\<b\\>" in row
+    assert row.count(" | ") == 7  # the pipe in the pod name does not add a column
+    html_text = render(hostile_report(), "html")
+    assert "<b>*y*</b>" not in html_text and "&lt;b&gt;*y*&lt;/b&gt;" in html_text
+
+
+@pytest.mark.parametrize("columns", [60, 80, 120])
+def test_table_report_fits_the_terminal_width(columns: int) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "auditor", "replay", str(FLOWS), "--matrix", str(MATRIX), "--fail-on", "none"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env={**os.environ, "COLUMNS": str(columns)},
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) > 20
+    assert max(len(line.rstrip()) for line in lines) <= columns
+
+
+def test_table_report_explains_its_terms() -> None:
+    from auditor.render import render
+
+    text = render(hostile_report(), "table")
+    for term in ("reply:", "provisional:", "ignored:"):
+        assert sum(line.startswith(term) for line in text.splitlines()) == 1, term
+
+
+def test_edges_past_the_cap_are_aggregated_with_exact_totals() -> None:
+    path = FLOWS
+    code, full = replay_json(str(path), extra=("--fail-on", "none"))
+    assert code == 0 and len(full["edges"]) > 8
+    code, capped = replay_json(str(path), extra=("--fail-on", "none", "--max-edges", "5"))
+    assert code == 0
+    assert capped["classes"] == full["classes"] and capped["flows"] == full["flows"]
+    detailed = [e for e in capped["edges"] if e["source"] != "other"]
+    others = [e for e in capped["edges"] if e["source"] == "other"]
+    assert len(detailed) == 5 and 1 <= len(others) <= 4
+    assert sum(e["connections"] for e in capped["edges"]) == sum(e["connections"] for e in full["edges"])
+    assert capped["edge_limit"]["aggregated_connections"] == sum(e["connections"] for e in others)
+    assert capped["edge_limit"]["aggregated_connections"] > 0
+    proc = run_cli("replay", str(path), "--matrix", str(MATRIX), "--max-edges", "5", "--fail-on", "none")
+    assert "aggregated into 'other'" in proc.stdout

@@ -674,8 +674,8 @@ def _overlap_notes(matrix: Matrix) -> list[str]:
 
 def _matches_any(sel: Selector, endpoints: Sequence[Endpoint]) -> bool:
     for ep in endpoints:
-        k8s, entity = endpoint_labels(ep)
-        if sel.matches_labels(ep, k8s, entity):
+        k8s, entities = endpoint_labels(ep)
+        if sel.matches_labels(ep, k8s, entities):
             return True
     return False
 
