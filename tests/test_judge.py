@@ -60,6 +60,12 @@ REPLY_CASES = [
         j.REPLY,
     ),
     ("socket-level reply proves nothing", {"is_reply": True, "event_type": 7}, j.REPLY, j.REPLY),
+    (
+        "L7 response without an event type (field mask) proves nothing",
+        {"is_reply": True, "flow_type": FlowType.L7, "event_type": EventType.UNSPEC},
+        j.REPLY,
+        j.REPLY,
+    ),
     ("reply without L4 proves nothing", {"is_reply": True, "protocol": ""}, j.REPLY, j.REPLY),
     (
         "ICMP echo reply",
@@ -171,6 +177,11 @@ CASES = [
         j.IGNORED,
     ),
     ("L7 record of a judged connection", {"flow_type": FlowType.L7, "event_type": L7}, j.IGNORED),
+    (
+        "L7 record without an event type (field mask)",
+        {"flow_type": FlowType.L7, "event_type": EventType.UNSPEC},
+        j.IGNORED,
+    ),
     ("socket trace", {"verdict": Verdict.TRACED, "event_type": 7}, j.IGNORED),
     ("translated", {"verdict": Verdict.TRANSLATED}, j.IGNORED),
     ("unknown verdict number", {"verdict": 42}, j.IGNORED),
@@ -189,3 +200,39 @@ def test_judge_rules(overrides: dict[str, object], expected: int, node_local: bo
 def test_pod_destination_with_reserved_looking_identity_is_not_external() -> None:
     assert not j.is_external(POSTGRES, WORLD)
     assert j.is_external(Endpoint(labels=("reserved:world-ipv6",)), POSTGRES)
+
+
+# Egress-side evidence proves delivery exactly when the destination is outside Cilium's endpoints. Identity
+# numbers: Cilium's reserved identities; 2**24 and above are CIDR/FQDN identities of the local node's
+# selector cache; below are cluster-wide identities of endpoints (pods).
+EXTERNAL_CASES = [
+    ("host", Endpoint(identity=1), True),
+    ("world", Endpoint(identity=2), True),
+    ("unmanaged", Endpoint(identity=3), True),
+    ("health is an endpoint", Endpoint(identity=4), False),
+    ("init is an endpoint", Endpoint(identity=5), False),
+    ("remote-node", Endpoint(identity=6), True),
+    ("kube-apiserver", Endpoint(identity=7), True),
+    ("ingress is an endpoint", Endpoint(identity=8), False),
+    ("world-ipv4", Endpoint(identity=9), True),
+    ("world-ipv6", Endpoint(identity=10), True),
+    ("last cluster identity", Endpoint(identity=(1 << 24) - 1), False),
+    ("first local CIDR identity", Endpoint(identity=1 << 24), True),
+    ("pod identity", POSTGRES, False),
+    ("labels only: unmanaged", Endpoint(labels=("reserved:unmanaged",)), True),
+    ("labels only: remote-node", Endpoint(labels=("reserved:remote-node",)), True),
+    ("labels only: kube-apiserver", Endpoint(labels=("reserved:kube-apiserver",)), True),
+    ("labels only: fqdn", Endpoint(labels=("fqdn:api.example.com",)), True),
+    ("labels only: a pod", Endpoint(labels=("k8s:app=web",)), False),
+    ("same cluster", Endpoint(identity=400, cluster_name="east"), False),
+]
+
+
+@pytest.mark.parametrize(
+    ("dst", "external"), [c[1:] for c in EXTERNAL_CASES], ids=[c[0] for c in EXTERNAL_CASES]
+)
+def test_egress_evidence_proves_delivery_only_outside_the_endpoints(dst: Endpoint, external: bool) -> None:
+    src = Endpoint(identity=300, cluster_name="east")
+    event = flow(source=src, destination=dst, traffic_direction=EGRESS, observation_point=P.TO_STACK)
+    assert j.judge(event) == (j.DELIVERED if external else j.PROVISIONAL)
+    assert j.is_external(dst, src) is external

@@ -1,0 +1,363 @@
+#!/usr/bin/env python3
+# ruff: noqa: E501
+"""One-line mutation check of the rules that make the numbers trustworthy.
+
+Each mutant changes one line of the code (a judging rule, dedup, first match, the reply rule in both modes,
+the resolver cache, exit codes, …); the tests named for it must then fail. Prints one line per mutant and
+exits 1 if any survives. Run from the repository root: ``.venv/bin/python scripts/mutants.py`` (about a
+minute). The working tree is restored after each mutant, also on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+JUDGING = ["tests/test_judge.py", "tests/test_classify.py", "tests/test_reply_evidence.py"]
+MATRIX = ["tests/test_matrix.py", "tests/test_classify.py", "tests/test_resolver_cache.py"]
+CLI = ["tests/test_replay_cli.py", "tests/test_cli_exit_codes.py"]
+
+# (what, file, original text, mutated text, tests that must fail)
+MUTANTS: list[tuple[str, str, str, str, list[str]]] = [
+    # judging rules (auditor/judge.py)
+    (
+        "rule 1: reply bit ignored",
+        "auditor/judge.py",
+        "    if reply or (reply is None",
+        "    if (reply is None",
+        JUDGING,
+    ),
+    (
+        "rule 1: SYN+ACK not a reply",
+        "auditor/judge.py",
+        "flow.tcp_flags & _SYN_ACK == _SYN_ACK):",
+        "flow.tcp_flags & _SYN_ACK == TCP_SYN):",
+        JUDGING,
+    ),
+    (
+        "rule 1: node-local takes replies as evidence",
+        "auditor/judge.py",
+        "            node_local\n",
+        "            False\n",
+        JUDGING,
+    ),
+    (
+        "rule 1: dropped reply proves delivery",
+        "auditor/judge.py",
+        "            or flow.verdict != Verdict.FORWARDED\n",
+        "            or flow.verdict == Verdict.DROPPED\n",
+        JUDGING,
+    ),
+    (
+        "rule 1: L7 reply proves delivery",
+        "auditor/judge.py",
+        "            or flow.flow_type == FlowType.L7\n",
+        "            or False\n",
+        JUDGING,
+    ),
+    (
+        "rule 1: any ICMP reply proves delivery",
+        "auditor/judge.py",
+        "(flow.protocol, flow.icmp_type) not in ICMP_REQUEST_TYPE)",
+        "False)",
+        JUDGING,
+    ),
+    (
+        "rule 1: reply never evidence",
+        "auditor/judge.py",
+        "        return REPLY_DELIVERED",
+        "        return REPLY",
+        JUDGING,
+    ),
+    (
+        "rule 2: AUDIT not a drop",
+        "auditor/judge.py",
+        "frozenset({Verdict.DROPPED, Verdict.ERROR, Verdict.AUDIT})",
+        "frozenset({Verdict.DROPPED, Verdict.ERROR})",
+        JUDGING,
+    ),
+    (
+        "rule 2: ERROR not a drop",
+        "auditor/judge.py",
+        "frozenset({Verdict.DROPPED, Verdict.ERROR, Verdict.AUDIT})",
+        "frozenset({Verdict.DROPPED, Verdict.AUDIT})",
+        JUDGING,
+    ),
+    (
+        "rule 2: drop without L4 placed",
+        "auditor/judge.py",
+        "return DROPPED if flow.protocol else IGNORED",
+        "return DROPPED",
+        JUDGING,
+    ),
+    (
+        "rule 3: REDIRECTED proves nothing",
+        "auditor/judge.py",
+        "frozenset({Verdict.FORWARDED, Verdict.REDIRECTED})",
+        "frozenset({Verdict.FORWARDED})",
+        JUDGING,
+    ),
+    (
+        "rule 3: trace to endpoint provisional",
+        "auditor/judge.py",
+        "    if point == ObservationPoint.TO_ENDPOINT:\n        return DELIVERED",
+        "    if point == ObservationPoint.TO_ENDPOINT:\n        return PROVISIONAL",
+        JUDGING,
+    ),
+    (
+        "rule 3: ingress verdict provisional",
+        "auditor/judge.py",
+        "if flow.event_type == EventType.POLICY_VERDICT or point in _INGRESS_PROOF_POINTS:",
+        "if point in _INGRESS_PROOF_POINTS:",
+        JUDGING,
+    ),
+    (
+        "rule 3: ingress proxy redirect provisional",
+        "auditor/judge.py",
+        "frozenset({ObservationPoint.TO_ENDPOINT, ObservationPoint.TO_PROXY})",
+        "frozenset({ObservationPoint.TO_ENDPOINT})",
+        JUDGING,
+    ),
+    (
+        "rule 3: ingress before endpoint delivered",
+        "auditor/judge.py",
+        "            return DELIVERED\n        return PROVISIONAL",
+        "            return DELIVERED\n        return DELIVERED",
+        JUDGING,
+    ),
+    (
+        "rule 3: egress to pods delivered",
+        "auditor/judge.py",
+        "return DELIVERED if is_external(flow.destination, flow.source) else PROVISIONAL",
+        "return DELIVERED",
+        JUDGING,
+    ),
+    (
+        "rule 3: remote-node not external",
+        "auditor/judge.py",
+        "frozenset({1, 2, 3, 6, 7, 9, 10})",
+        "frozenset({1, 2, 3, 7, 9, 10})",
+        JUDGING,
+    ),
+    (
+        "rule 3: unmanaged not external",
+        "auditor/judge.py",
+        "frozenset({1, 2, 3, 6, 7, 9, 10})",
+        "frozenset({1, 2, 6, 7, 9, 10})",
+        JUDGING,
+    ),
+    (
+        "rule 3: health external",
+        "auditor/judge.py",
+        "frozenset({1, 2, 3, 6, 7, 9, 10})",
+        "frozenset({1, 2, 3, 4, 6, 7, 9, 10})",
+        JUDGING,
+    ),
+    (
+        "rule 3: world-ipv6 not external",
+        "auditor/judge.py",
+        "frozenset({1, 2, 3, 6, 7, 9, 10})",
+        "frozenset({1, 2, 3, 6, 7, 9})",
+        JUDGING,
+    ),
+    (
+        "rule 3: 2^24 boundary off by one",
+        "auditor/judge.py",
+        "ident >= _LOCAL_SCOPE_IDENTITY:",
+        "ident > _LOCAL_SCOPE_IDENTITY:",
+        JUDGING,
+    ),
+    (
+        "rule 3: 2^24 boundary below",
+        "auditor/judge.py",
+        "_LOCAL_SCOPE_IDENTITY: Final = 1 << 24",
+        "_LOCAL_SCOPE_IDENTITY: Final = (1 << 24) - 1",
+        JUDGING,
+    ),
+    (
+        "rule 3: other cluster not external",
+        "auditor/judge.py",
+        "dst.cluster_name != src.cluster_name:",
+        "dst.cluster_name == src.cluster_name:",
+        JUDGING,
+    ),
+    (
+        "rule 3: labels-only world not external",
+        "auditor/judge.py",
+        "    if ident == 0 or ident < 256:",
+        "    if ident < 0:",
+        JUDGING,
+    ),
+    (
+        "rule 4: L7 record a verdict",
+        "auditor/judge.py",
+        "    if flow.flow_type == FlowType.L7 or flow.event_type not in _EVIDENCE_EVENTS:",
+        "    if flow.event_type not in _EVIDENCE_EVENTS:",
+        JUDGING,
+    ),
+    (
+        "rule 4: no direction delivered",
+        "auditor/judge.py",
+        "        return DELIVERED if is_external(flow.destination, flow.source) else PROVISIONAL\n    return IGNORED",
+        "        return DELIVERED if is_external(flow.destination, flow.source) else PROVISIONAL\n    return DELIVERED",
+        JUDGING,
+    ),
+    # classification and dedup (auditor/classify.py)
+    (
+        "reply evidence not reversed",
+        "auditor/classify.py",
+        "            port = j.ICMP_REQUEST_TYPE[(protocol, flow.icmp_type)] if icmp else flow.source_port",
+        "            port = j.ICMP_REQUEST_TYPE[(protocol, flow.icmp_type)] if icmp else flow.destination_port",
+        JUDGING,
+    ),
+    (
+        "dedup ignores the class",
+        "auditor/classify.py",
+        "new = not self.dedup.seen(hash((connection, cls)), flow.time)",
+        "new = not self.dedup.seen(connection, flow.time)",
+        JUDGING,
+    ),
+    (
+        "dedup ignores the source port",
+        "auditor/classify.py",
+        "connection = hash((sip, dip, sport, port, protocol))",
+        "connection = hash((sip, dip, port, protocol))",
+        JUDGING,
+    ),
+    (
+        "dedup window inclusive",
+        "auditor/classify.py",
+        "        if first is not None and t - first < self.window:\n            return True",
+        "        if first is not None and t - first <= self.window + 1:\n            return True",
+        JUDGING,
+    ),
+    (
+        "provisional never resolved",
+        "auditor/classify.py",
+        "            self.pending.resolve(connection, flow.time)",
+        "            pass",
+        JUDGING,
+    ),
+    (
+        "provisional never flushed",
+        "auditor/classify.py",
+        "            self.pending.flush()",
+        "            pass",
+        JUDGING,
+    ),
+    (
+        "out of scope when one end is in scope",
+        "auditor/classify.py",
+        "            and flow.source.namespace not in scope\n            and flow.destination.namespace not in scope",
+        "            and (flow.source.namespace not in scope\n            or flow.destination.namespace not in scope)",
+        JUDGING,
+    ),
+    # resolver cache (auditor/classify.py) and first match (auditor/matrix.py)
+    (
+        "cache ignores new labels",
+        "auditor/classify.py",
+        "                or r.labels != ep.labels\n",
+        "",
+        MATRIX,
+    ),
+    (
+        "cache ignores new namespace",
+        "auditor/classify.py",
+        "                or r.namespace != ep.namespace\n",
+        "",
+        MATRIX,
+    ),
+    (
+        "cache ignores workloads",
+        "auditor/classify.py",
+        "                or (self._use_workloads and r.workloads != ep.workloads)\n",
+        "",
+        MATRIX,
+    ),
+    (
+        "cache skips address part",
+        "auditor/classify.py",
+        "        elif not candidates[0].selector.has_address_part:",
+        "        elif candidates:",
+        MATRIX,
+    ),
+    (
+        "first match: last candidate wins",
+        "auditor/matrix.py",
+        "    for comp in comps:\n        sel = comp.selector",
+        "    for comp in reversed(comps):\n        sel = comp.selector",
+        MATRIX,
+    ),
+    (
+        "first match: candidates after the first full match",
+        "auditor/matrix.py",
+        "                if not comp.selector.has_address_part:\n                    break",
+        "                if not comp.selector.has_address_part:\n                    found.reverse()",
+        MATRIX,
+    ),
+    (
+        "multi-entity: one entity only",
+        "auditor/matrix.py",
+        "        if self.entities is not None and self.entities.isdisjoint(entities):",
+        "        if self.entities is not None and (entity_of(entities) not in self.entities):",
+        MATRIX,
+    ),
+    # exit codes (auditor/cli.py)
+    (
+        "fail-on any → all",
+        "auditor/cli.py",
+        'any(report["classes"][c] for c in fail_on)',
+        'all(report["classes"][c] for c in fail_on)',
+        CLI,
+    ),
+]
+
+PRELUDE = {
+    "multi-entity: one entity only": (
+        "auditor/matrix.py",
+        "def entity_of(entities: frozenset[str]) -> str | None:\n    return next((e for e in _ENTITY_PRECEDENCE if e in entities), None)\n\n\n",
+    )
+}
+
+
+def run(tests: list[str]) -> bool:
+    """True when the tests fail (the mutant is killed)."""
+    existing = [t for t in tests if (ROOT / t).exists()]
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *existing],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    return proc.returncode != 0
+
+
+def main() -> int:
+    survived = 0
+    for what, file, old, new, tests in MUTANTS:
+        path = ROOT / file
+        original = path.read_text()
+        count = original.count(old)
+        if count != 1:
+            print(f"STALE    {what}: {file} has the original text {count} times")
+            survived += 1
+            continue
+        mutated = original.replace(old, new)
+        if what in PRELUDE:
+            mutated = mutated + "\n\n" + PRELUDE[what][1]
+        try:
+            path.write_text(mutated)
+            killed = run(tests)
+        finally:
+            path.write_text(original)
+        print(f"{'killed ' if killed else 'SURVIVED'} {what}")
+        survived += not killed
+    print(f"{len(MUTANTS) - survived} of {len(MUTANTS)} mutants killed")
+    return 1 if survived else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
