@@ -41,6 +41,14 @@ IGNORED: Final = "ignored"
 OUT_OF_SCOPE: Final = "out_of_scope"
 INVALID: Final = "invalid"
 OUTCOMES: Final = (JUDGED, REPLY, PROVISIONAL, IGNORED, OUT_OF_SCOPE, INVALID)
+OUTCOME_TERMS: Final = (
+    # One line per term, for the reports.
+    "judged: events that proved a connection delivered or dropped",
+    "reply: replies: never a connection of their own (a forwarded reply proves its connection delivered)",
+    "provisional: events seen leaving the source towards a pod: delivery not proven by them alone",
+    "ignored: events that prove nothing (no direction, L7 records, other event kinds)",
+    "out of scope: neither end in the matrix's namespaces; invalid: lines that could not be decoded",
+)
 
 _CODE_OUTCOME: Final = {j.REPLY: REPLY, j.IGNORED: IGNORED, j.PROVISIONAL: PROVISIONAL}
 _CLASS: Final = {
