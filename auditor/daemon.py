@@ -30,10 +30,12 @@ import structlog
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
+from auditor import web
 from auditor.classify import DEFAULT_DEDUP_WINDOW, VIOLATIONS, Auditor, Judgement, Unproven
 from auditor.matrix import Matrix, MatrixError, load_matrix
 from auditor.model import LostEvents, NodeStatus
 from auditor.pipeline import Pipeline, Sink
+from auditor.sinks.live import LiveSink
 from auditor.sinks.metrics import MetricsSink
 from auditor.sources.hubble import HubbleConfig, HubbleSource, StreamEvents
 
@@ -147,9 +149,12 @@ class Daemon:
         self.config = config
         self.matrix = load_matrix(config.matrix)  # MatrixError at start: the CLI exits 2
         self._matrix_digest = _digest(Path(config.matrix))
+        self._in_use_digest = self._matrix_digest
         self.registry = registry or CollectorRegistry()
         self.metrics = MetricsSink(self.matrix, self.registry)
-        sinks: list[Sink] = [self.metrics, ViolationLogSink(config.violation_log_interval)]
+        self.live = LiveSink(self.matrix)
+        self.live.matrix_loaded(self._matrix_digest, True)
+        sinks: list[Sink] = [self.metrics, ViolationLogSink(config.violation_log_interval), self.live]
         self.kube_events: Any = None
         if config.kube_events:
             from auditor.sinks.kube_events import KubeConfigError, KubeEventsSink
@@ -179,6 +184,7 @@ class Daemon:
     def _stream_events(self) -> StreamEvents:
         def connected() -> None:
             self.metrics.set_hubble_up(True)
+            self.live.stream_state(True)
             self._down_logged = False
             log.info(
                 "connected to hubble", server=self.config.hubble.server, reconnects=self.source.reconnects
@@ -186,6 +192,7 @@ class Daemon:
 
         def disconnected(reason: str) -> None:
             self.metrics.set_hubble_up(False)
+            self.live.stream_state(False, reason)
             if self.stopped.is_set():
                 return
             if not self._down_logged:
@@ -278,6 +285,7 @@ class Daemon:
             matrix = load_matrix(path)
         except MatrixError as e:
             self.metrics.matrix_reloaded(False)
+            self.live.matrix_loaded(self._in_use_digest, False, str(e))
             log.error(
                 "matrix reload failed, keeping the previous matrix", error=str(e), matrix=self.matrix.name
             )
@@ -286,6 +294,8 @@ class Daemon:
         self.matrix = matrix
         self.pipeline.set_matrix(matrix)
         self.metrics.matrix_reloaded(True)
+        self._in_use_digest = digest
+        self.live.matrix_loaded(digest, True)
         log.info(
             "matrix reloaded", matrix=matrix.name, rules=len(matrix.rules), components=len(matrix.components)
         )
@@ -310,7 +320,10 @@ class Daemon:
 
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
-                if path == "/metrics":
+                page = web.route(path, daemon.live.snapshot)
+                if page is not None:
+                    self._send(page.status, page.body, page.content_type, page.headers)
+                elif path == "/metrics":
                     encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
                     self._send(200, encoder(daemon.registry), content_type)
                 elif path == "/healthz":
@@ -318,15 +331,16 @@ class Daemon:
                 elif path == "/readyz":
                     ok, why = daemon.ready()
                     self._send(200 if ok else 503, f"{why}\n".encode(), "text/plain; charset=utf-8")
-                elif path == "/":
-                    body = b"flow-auditor: /metrics /healthz /readyz\n"
-                    self._send(200, body, "text/plain; charset=utf-8")
                 else:
                     self._send(404, b"not found\n", "text/plain; charset=utf-8")
 
-            def _send(self, code: int, body: bytes, content_type: str) -> None:
+            def _send(
+                self, code: int, body: bytes, content_type: str, headers: tuple[tuple[str, str], ...] = ()
+            ) -> None:
                 self.send_response(code)
                 self.send_header("Content-Type", content_type)
+                for name, value in headers:
+                    self.send_header(name, value)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
