@@ -21,16 +21,15 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType
 from typing import Any, Final
 
 import structlog
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import choose_encoder
 
 from auditor.classify import DEFAULT_DEDUP_WINDOW, VIOLATIONS, Auditor, Judgement
+from auditor.http_server import HttpServer, probe_route, registry_route, text_route
 from auditor.matrix import Matrix, MatrixError, load_matrix
 from auditor.model import LostEvents, NodeStatus
 from auditor.pipeline import Pipeline, Sink
@@ -167,7 +166,7 @@ class Daemon:
         self._terminate = threading.Event()
         self._reload_now = threading.Event()
         self._threads: list[threading.Thread] = []
-        self.http: ThreadingHTTPServer | None = None
+        self.http: HttpServer | None = None
         self._down_logged = False
 
     # -- stream health → metrics and logs -------------------------------------------------------------
@@ -298,39 +297,13 @@ class Daemon:
 
     def _start_http(self) -> None:
         host, port = parse_listen_address(self.config.listen_address)
-        daemon = self
-
-        class Handler(BaseHTTPRequestHandler):
-            server_version = "flow-auditor"
-
-            def do_GET(self) -> None:
-                path = self.path.split("?", 1)[0]
-                if path == "/metrics":
-                    encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
-                    self._send(200, encoder(daemon.registry), content_type)
-                elif path == "/healthz":
-                    self._send(200, b"ok\n", "text/plain; charset=utf-8")
-                elif path == "/readyz":
-                    ok, why = daemon.ready()
-                    self._send(200 if ok else 503, f"{why}\n".encode(), "text/plain; charset=utf-8")
-                elif path == "/":
-                    body = b"flow-auditor: /metrics /healthz /readyz\n"
-                    self._send(200, body, "text/plain; charset=utf-8")
-                else:
-                    self._send(404, b"not found\n", "text/plain; charset=utf-8")
-
-            def _send(self, code: int, body: bytes, content_type: str) -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass  # scrapes and probes are not worth a log line each
-
-        self.http = ThreadingHTTPServer((host, port), Handler)
-        self.http.daemon_threads = True
+        routes = {
+            "/metrics": registry_route(self.registry),
+            "/healthz": probe_route(lambda: (True, "ok")),
+            "/readyz": probe_route(self.ready),
+            "/": text_route("flow-auditor: /metrics /healthz /readyz\n"),
+        }
+        self.http = HttpServer(host, port, routes)
         self._spawn("http", self.http.serve_forever)
 
 
