@@ -52,6 +52,7 @@ DAEMON_METRICS = {
     "flow_auditor_matrix_rules",
     "flow_auditor_matrix_reloads_total",
     "flow_auditor_label_overflow_total",
+    "flow_auditor_series_overflow_total",
     "flow_auditor_build_info",
 }
 SEVERITIES = {"critical", "warning", "info"}
