@@ -28,11 +28,11 @@ from typing import Any, Final
 import structlog
 from prometheus_client import CollectorRegistry
 
-from auditor.classify import DEFAULT_DEDUP_WINDOW, VIOLATIONS, Auditor, Judgement
+from auditor.classify import DEFAULT_DEDUP_WINDOW, Auditor
 from auditor.http_server import HttpServer, probe_route, registry_route, text_route
 from auditor.matrix import Matrix, MatrixError, load_matrix
-from auditor.model import LostEvents, NodeStatus
 from auditor.pipeline import Pipeline, Sink
+from auditor.sinks.log import LogSink, drop_empty
 from auditor.sinks.metrics import MetricsSink
 from auditor.sources.hubble import HubbleConfig, HubbleSource, StreamEvents
 
@@ -68,73 +68,6 @@ def parse_listen_address(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-class ViolationLogSink:
-    """The daemon's log of what it sees: one line per new violation edge, then at most one per edge per
-    interval (with a count); lost events and node status changes; undecodable events, sampled."""
-
-    def __init__(
-        self, interval: float, clock: Callable[[], float] = time.monotonic, max_edges: int = 10_000
-    ) -> None:
-        self.interval = interval
-        self.clock = clock
-        self.max_edges = max_edges
-        self._last: dict[tuple[Any, ...], tuple[float, int]] = {}
-        self.invalid = 0
-
-    def on_judgement(self, j: Judgement) -> None:
-        if not j.new_connection or j.edge[4] not in VIOLATIONS:
-            return
-        now = self.clock()
-        last = self._last.get(j.edge)
-        if last is not None and now - last[0] < self.interval:
-            self._last[j.edge] = (last[0], last[1] + 1)
-            return
-        if len(self._last) >= self.max_edges:
-            self._last.clear()
-        suppressed = last[1] if last is not None else 0
-        self._last[j.edge] = (now, 0)
-        source, destination, port, protocol, cls = j.edge
-        flow = j.flow
-        log.warning(
-            "violation",
-            **{"class": cls},
-            source=source,
-            destination=destination,
-            port=port,
-            protocol=protocol,
-            verdict=j.verdict,
-            drop_reason=flow.drop_reason or None,
-            source_pod=flow.source.pod or flow.source_ip,
-            destination_pod=flow.destination.pod or flow.destination_ip,
-            node=flow.node_name,
-            rule=j.rule or None,
-            new_edge=last is None,
-            connections_since_last_log=suppressed,
-        )
-
-    def on_outcome(self, outcome: str) -> None:
-        pass
-
-    def on_lost(self, record: LostEvents) -> None:
-        log.warning(
-            "lost events", source=record.source, count=record.num_events, node=record.node_name or None
-        )
-
-    def on_node_status(self, record: NodeStatus) -> None:
-        log.info(
-            "hubble node status",
-            state=record.state,
-            nodes=list(record.node_names),
-            message=record.message or None,
-        )
-
-    def on_invalid(self, where: str, reason: str) -> None:
-        """The first undecodable message with a sample, then every 1000th (never one line per event)."""
-        self.invalid += 1
-        if self.invalid == 1 or self.invalid % 1000 == 0:
-            log.warning("undecodable event skipped", where=where, reason=reason, total=self.invalid)
-
-
 class Daemon:
     """Owns the threads; :meth:`start`, then :meth:`wait` or :meth:`stop`."""
 
@@ -144,7 +77,8 @@ class Daemon:
         self._matrix_digest = _digest(Path(config.matrix))
         self.registry = registry or CollectorRegistry()
         self.metrics = MetricsSink(self.matrix, self.registry)
-        sinks: list[Sink] = [self.metrics, ViolationLogSink(config.violation_log_interval)]
+        self.log_sink = LogSink(config.violation_log_interval)
+        sinks: list[Sink] = [self.metrics, self.log_sink]
         self.kube_events: Any = None
         if config.kube_events:
             from auditor.sinks.kube_events import KubeConfigError, KubeEventsSink
@@ -173,6 +107,7 @@ class Daemon:
     def _stream_events(self) -> StreamEvents:
         def connected() -> None:
             self.metrics.set_hubble_up(True)
+            self.log_sink.stream_up()
             self._down_logged = False
             log.info(
                 "connected to hubble", server=self.config.hubble.server, reconnects=self.source.reconnects
@@ -180,6 +115,7 @@ class Daemon:
 
         def disconnected(reason: str) -> None:
             self.metrics.set_hubble_up(False)
+            self.log_sink.stream_down(reason)
             if self.stopped.is_set():
                 return
             if not self._down_logged:
@@ -188,12 +124,15 @@ class Daemon:
 
         def reconnecting(delay: float) -> None:
             self.metrics.inc_reconnects()
+            if not self.stopped.is_set():
+                self.log_sink.stream_retry(delay)
 
         return StreamEvents(connected, disconnected, reconnecting, self.metrics.set_last_flow_timestamp)
 
     # -- lifecycle ------------------------------------------------------------------------------------
     def start(self) -> None:
         self._start_http()
+        self.log_sink.start()
         self._spawn("stream", self.source.run)
         self._spawn("reload", self._reload_loop)
         log.info(
@@ -215,6 +154,7 @@ class Daemon:
         self.stopped.set()
         self._reload_now.set()
         self.source.stop()
+        self.log_sink.stop()
         if self.http is not None:
             self.http.shutdown()
             self.http.server_close()
@@ -326,6 +266,7 @@ def configure_logging(fmt: str = "json", level: str = "info") -> None:
     )
     structlog.configure(
         processors=[
+            drop_empty,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             renderer,
