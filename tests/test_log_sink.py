@@ -161,3 +161,31 @@ def test_empty_fields_are_left_out() -> None:
     assert line["connections_since_last_log"] == 0  # zero is a value, not an empty field
     event = {"event": "x", "a": None, "b": "", "c": [], "d": 0, "e": False, "f": "v"}
     assert drop_empty(None, "info", event) == {"event": "x", "d": 0, "e": False, "f": "v"}
+
+
+def test_the_daemon_logs_its_retries_while_hubble_is_unreachable() -> None:
+    """Before: one "hubble stream down" line, then silence for as long as the outage lasted."""
+    import time
+
+    from auditor.daemon import Daemon, DaemonConfig
+    from auditor.sources.hubble import HubbleConfig
+
+    config = DaemonConfig(
+        matrix=str(Path(__file__).parent.parent / "examples" / "airflow" / "matrix.yaml"),
+        hubble=HubbleConfig(server="127.0.0.1:1", timeout=0.5, backoff_initial=0.05, backoff_max=0.1),
+        listen_address="127.0.0.1:0",
+    )
+    with capture_logs() as logs:
+        daemon = Daemon(config)
+        daemon.start()
+        try:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and daemon.log_sink.attempt < 5:
+                time.sleep(0.05)
+        finally:
+            daemon.stop()
+    retries = [e for e in logs if e["event"] == "hubble unreachable, retrying"]
+    assert daemon.log_sink.attempt >= 5
+    assert len(retries) == 1  # at once, then not before 30 s
+    assert retries[0]["attempt"] == 1 and 0 < retries[0]["next_retry_seconds"] <= 0.1
+    assert "127.0.0.1:1" in retries[0]["last_error"]
