@@ -288,3 +288,49 @@ def _last_json_line(proc: subprocess.Popen[str]) -> str:
     while not (line := proc.stdout.readline()).startswith("{"):
         assert line, "server exited"
     return line
+
+
+def test_daemon_under_a_scrape_flood_answers_probes_and_counts_every_flow() -> None:
+    """Before: 200 concurrent scrapers waited up to 28 s (backlog 5) and probes timed out with them."""
+    from auditor.demo import FlowLog, HubbleServer, load_jsonl
+
+    flows = Path(__file__).resolve().parent.parent / "examples" / "airflow" / "flows.jsonl"
+    log = FlowLog()
+    log.extend(load_jsonl(flows))
+    expected = sum(1 for line in flows.read_text().splitlines() if '"flow"' in line)
+    server = HubbleServer(log)
+    server.start()
+    config = DaemonConfig(
+        matrix=str(MATRIX),
+        hubble=HubbleConfig(server=server.address, since=0.0, timeout=2.0, backoff_initial=0.1),
+        listen_address="127.0.0.1:0",
+    )
+    daemon = Daemon(config)
+    stop = threading.Event()
+    statuses: list[int] = []
+
+    def scrape_until_stopped() -> None:
+        while not stop.is_set():
+            statuses.append(get(daemon.listen_address, "/metrics", 30.0)[0])
+
+    scrapers = [threading.Thread(target=scrape_until_stopped) for _ in range(200)]
+    daemon.start()
+    try:
+        for t in scrapers:
+            t.start()
+        for _ in range(10):
+            assert get(daemon.listen_address, "/healthz") == (200, b"ok\n")
+        wait_for(
+            lambda: daemon.metrics._flows and sum(daemon.metrics._flows.values()) >= expected,
+            timeout=60,
+            what="every flow counted while scrapes go on",
+        )
+        assert get(daemon.listen_address, "/readyz") == (200, b"ok\n")
+    finally:
+        stop.set()
+        for t in scrapers:
+            t.join(30)
+        daemon.stop()
+        server.stop(0)
+    assert sum(daemon.metrics._flows.values()) == expected
+    assert statuses.count(200) >= 200 and set(statuses) <= {200, 503}
