@@ -100,7 +100,11 @@ class Feeder:
         self.generations = []
         for g in range(CHURN_GENERATIONS):
             responses = [response_from_event(e) for e in synthetic_events(EVENTS_PER_GENERATION, seed=g + 1)]
-            self.generations.append([r for r in responses if r.HasField("flow")])
+            flows = [r for r in responses if r.HasField("flow")]
+            for k, r in enumerate(flows[::10]):  # namespace churn: sources from ever new namespaces
+                if r.flow.destination.namespace == "airflow" and r.flow.source.namespace == "airflow":
+                    r.flow.source.namespace = f"churn-{g}-{k % 25}"
+            self.generations.append(flows)
         self.thread = threading.Thread(target=self.run, name="feeder", daemon=True)
 
     def run(self) -> None:
