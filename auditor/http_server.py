@@ -163,19 +163,27 @@ class HttpServer:
     # -- lifecycle ------------------------------------------------------------------------------------
     def serve_forever(self) -> None:
         """Run the loop on the calling thread until :meth:`shutdown` (starts the workers first)."""
-        for i in range(self.limits.workers):
-            worker = threading.Thread(target=self._work, name=f"http-worker-{i}", daemon=True)
-            worker.start()
-            self._workers.append(worker)
-        self._selector.register(self._listener, selectors.EVENT_READ)
-        self._selector.register(self._wake_r, selectors.EVENT_READ)
-        self._running.set()
         try:
+            if self._stop.is_set():
+                return  # stopped before it started
+            for i in range(self.limits.workers):
+                worker = threading.Thread(target=self._work, name=f"http-worker-{i}", daemon=True)
+                worker.start()
+                self._workers.append(worker)
+            self._selector.register(self._listener, selectors.EVENT_READ)
+            self._selector.register(self._wake_r, selectors.EVENT_READ)
+            self._running.set()
             while not self._stop.is_set():
                 try:
                     self._step()
                 except Exception as e:  # never let one bad turn end the loop
+                    if self._stop.is_set():
+                        break
                     self._log_error("loop", e)
+                    self._stop.wait(0.05)  # a persistent failure must not spin
+        except (OSError, ValueError):
+            if not self._stop.is_set():
+                raise
         finally:
             self._done.set()
 

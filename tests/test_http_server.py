@@ -51,6 +51,8 @@ def get(address: str, path: str, timeout: float = PROBE_TIMEOUT) -> tuple[int, b
             return resp.status, resp.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
+    except OSError:  # refused, reset or timed out: no answer (status 0)
+        return 0, b""
 
 
 def slow_sockets(address: str, n: int) -> list[socket.socket]:
@@ -92,7 +94,7 @@ class Gate:
     def route(self) -> Route:
         def handler(request: Request) -> Response:
             self.entered += 1
-            self.release.wait(10)
+            self.release.wait(30)
             return Response(200, b"metrics\n")
 
         return Route(handler)
@@ -123,11 +125,14 @@ def test_probes_are_answered_while_slow_sockets_and_busy_scrapes_hold_the_server
     routes = {"/metrics": gate.route(), "/healthz": probe_route(lambda: (True, "ok"))}
     server, address = serve(routes, limits)
     servers.append(server)
-    # Every worker stuck in a scrape and the queue full ...
+    # Every worker stuck in a scrape, then the queue full ...
     scrapers = [threading.Thread(target=get, args=(address, "/metrics", 15.0)) for _ in range(6)]
-    for t in scrapers:
+    for t in scrapers[:2]:
         t.start()
-    wait_for(lambda: gate.entered == 2 and server._jobs.full(), what="busy workers and a full queue")
+    wait_for(lambda: gate.entered == 2, what="both workers busy")
+    for t in scrapers[2:]:
+        t.start()
+    wait_for(lambda: server._jobs.full(), what="a full queue")
     # ... then 500 slow sockets, more than the connection cap.
     sockets.extend(slow_sockets(address, 500))
     try:
