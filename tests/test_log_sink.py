@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from factory import DEBUG, REDIS, flow, pod
 from structlog.testing import capture_logs
 
@@ -189,3 +190,24 @@ def test_the_daemon_logs_its_retries_while_hubble_is_unreachable() -> None:
     assert len(retries) == 1  # at once, then not before 30 s
     assert retries[0]["attempt"] == 1 and 0 < retries[0]["next_retry_seconds"] <= 0.1
     assert "127.0.0.1:1" in retries[0]["last_error"]
+
+
+def test_the_daemon_log_format_leaves_empty_fields_out(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    import structlog
+
+    from auditor.daemon import configure_logging
+
+    configure_logging("json")
+    try:
+        structlog.get_logger("flow-auditor").warning("x", empty=None, blank="", none=[], zero=0, kept="v")
+    finally:
+        structlog.reset_defaults()
+    line = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+    assert {k: v for k, v in line.items() if k != "timestamp"} == {
+        "event": "x",
+        "zero": 0,
+        "kept": "v",
+        "level": "warning",
+    }
