@@ -344,6 +344,8 @@ def main() -> int:
         "probes answered in < 1 s": max(probe_max.values()) < 1.0,
     }
     result["checks"] = checks
+    if not alive:  # why it died: the lines of the log that are not structured log lines
+        result["death"] = [line for line in lines if not line.startswith("{")][-8:]
     (OUT / "soak.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     failed = [name for name, ok in checks.items() if not ok]
