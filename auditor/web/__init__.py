@@ -52,6 +52,11 @@ _SCRIPT: Final = _asset("app.js")
 _STYLE: Final = (CSS + _asset("app.css").decode()).encode()
 
 
+API_PATH: Final = "/api/v1/edges"
+PATHS: Final = ("/", "/index.html", "/ui/app.js", "/ui/app.css", API_PATH)
+"""Every path this module serves."""
+
+
 def route(path: str, snapshot: Callable[[], dict[str, Any]]) -> Response | None:
     """The response for ``path`` (query string already removed), or ``None`` if it is not ours."""
     if path in ("/", "/index.html"):
@@ -60,7 +65,7 @@ def route(path: str, snapshot: Callable[[], dict[str, Any]]) -> Response | None:
         return Response(200, "text/javascript; charset=utf-8", _SCRIPT)
     if path == "/ui/app.css":
         return Response(200, "text/css; charset=utf-8", _STYLE)
-    if path == "/api/v1/edges":
+    if path == API_PATH:
         body = json.dumps(snapshot(), separators=(",", ":")).encode()
         return Response(200, "application/json", body)
     return None
