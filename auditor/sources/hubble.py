@@ -258,11 +258,11 @@ class HubbleSource:
         """Bookkeeping after a stream ended; true when the next one opens at once (no backoff)."""
         if self._stop.is_set():
             return True
-        self.reconnects += 1
-        self.last_reason = reason
         if self.connected:
             self.connected = False
             self.last_healthy = time.monotonic()
+        self.last_reason = reason
+        self.reconnects += 1
         if self.resume.newest:
             self.events.newest_flow_time(self.resume.newest)
         self.events.disconnected(reason)
