@@ -67,6 +67,7 @@ class DaemonConfig:
     server_side_filter: bool = False
     kube_events: bool = False
     kube_events_interval: float = 300.0
+    ready_grace: float = READY_GRACE
     extra_sinks: tuple[Sink, ...] = field(default=())
 
 
@@ -297,12 +298,12 @@ class Daemon:
     def ready(self) -> tuple[bool, str]:
         """``/readyz``: ready while the stream is healthy — it delivered a response, or stayed open
         ``healthy_after`` seconds without failing, and answers when silent for ``idle_timeout`` — and for
-        :data:`READY_GRACE` seconds after a healthy stream broke. Streams that fail right after opening
-        never make the daemon ready."""
+        ``ready_grace`` seconds (:data:`READY_GRACE`) after a healthy stream broke. Streams that fail right
+        after opening never make the daemon ready."""
         source = self.source
         if source.connected:
             return True, "ok"
-        if source.last_healthy and time.monotonic() - source.last_healthy < READY_GRACE:
+        if source.last_healthy and time.monotonic() - source.last_healthy < self.config.ready_grace:
             return True, "reconnecting"
         reason = f": {source.last_reason}" if source.last_reason else ""
         return False, f"hubble stream not healthy{reason}"

@@ -45,6 +45,15 @@ def test_total_memory_is_bounded_by_dropping_the_node_quiet_for_the_longest() ->
     assert not s.admit("n3", 3, NOW)
 
 
+def test_the_number_of_nodes_remembered_is_bounded_too() -> None:
+    s = ResumeState(4, max_keys=64, max_nodes=3, clock=lambda: NOW)
+    for node in ("n1", "n2", "n3", "n4"):
+        s.admit(node, 1, NOW)
+    assert s.evicted_nodes == 1 and s.keys == 3
+    assert s.admit("n1", 1, NOW)  # n1 was the quietest: forgotten
+    assert not s.admit("n4", 1, NOW)
+
+
 def test_a_flow_ahead_of_the_clock_is_an_anomaly_not_the_watermark() -> None:
     s = state()
     s.admit("a", 1, NOW - 5)

@@ -57,7 +57,7 @@ def batch(prefix: str, node: str, start_ns: int, n: int, step_ns: int = MS) -> l
     return [flow(f"{prefix}-{i}", node, start_ns + i * step_ns) for i in range(n)]
 
 
-def start(address: str, **hubble: Any) -> Daemon:
+def start(address: str, ready_grace: float = 30.0, **hubble: Any) -> Daemon:
     options: dict[str, Any] = {"since": 0.0, "timeout": 2.0, "backoff_initial": 0.1, "backoff_max": 0.5}
     options.update(hubble)
     config = DaemonConfig(
@@ -65,6 +65,7 @@ def start(address: str, **hubble: Any) -> Daemon:
         hubble=HubbleConfig(server=address, **options),
         listen_address="127.0.0.1:0",
         reload_interval=60.0,
+        ready_grace=ready_grace,
     )
     daemon = Daemon(config)
     daemon.start()
@@ -374,7 +375,7 @@ def test_a_frozen_server_is_noticed_within_seconds_and_nothing_is_lost(
     servers.start(log)
     proxy = FreezableProxy(servers.address)
     try:
-        d = start(proxy.address, idle_timeout=1.0, timeout=1.0)
+        d = start(proxy.address, ready_grace=1.0, idle_timeout=1.0, timeout=1.0)
         daemons.append(d)
         log.extend(batch("a", "node-1", time.time_ns(), 20))
         wait_for(lambda: received(d) == 20, what="flows through the proxy")
@@ -385,6 +386,9 @@ def test_a_frozen_server_is_noticed_within_seconds_and_nothing_is_lost(
         assert time.monotonic() - frozen_at < 10
         assert "no response" in d.source.last_reason
         assert http_status(f"http://{d.listen_address}/healthz") == 200
+        readyz = f"http://{d.listen_address}/readyz"
+        wait_for(lambda: http_status(readyz) == 503, timeout=10, what="not ready while frozen")
+        assert value(scrape(d.listen_address), "flow_auditor_hubble_up") == 0.0
         proxy.thawed.set()
         wait_for(lambda: d.source.connected, timeout=15, what="the stream to come back")
         log.extend(batch("b", "node-1", time.time_ns(), 10))
@@ -392,6 +396,38 @@ def test_a_frozen_server_is_noticed_within_seconds_and_nothing_is_lost(
         assert judged(d) == 40  # every flow sent is judged, once
     finally:
         proxy.close()
+
+
+def test_a_server_that_accepts_and_never_answers_is_never_ready(daemons: list[Daemon]) -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        d = start(f"127.0.0.1:{listener.getsockname()[1]}", timeout=0.5)
+        daemons.append(d)
+        wait_for(lambda: d.source.reconnects >= 2, what="connection attempts that time out")
+        assert http_status(f"http://{d.listen_address}/readyz") == 503
+        assert "cannot connect" in d.ready()[1]
+        assert value(scrape(d.listen_address), "flow_auditor_hubble_up") == 0.0
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+        for s in held:
+            s.close()
 
 
 def test_keepalive_pings_respect_relays_default_enforcement() -> None:

@@ -19,9 +19,10 @@ watermark; a flow more than ``tolerance`` seconds behind its node's watermark (`
 stepped back, or a server restarted with a clock behind) is counted once per step and becomes the node's
 new watermark.
 
-Bounds: at most ``backlog`` keys per node and ``max_keys`` in all; past that, the memory of the node that
-has been quiet the longest is dropped (its re-sent events could then be counted twice: counted in
-:attr:`ResumeState.evicted_nodes`). About 80 bytes per key (≈ 21 MB at the default 262,144 keys).
+Bounds: at most ``backlog`` keys per node, ``max_keys`` in all and ``max_nodes`` nodes; past that, the
+memory of the node that has been quiet the longest is dropped (its re-sent events could then be counted
+twice: counted in :attr:`ResumeState.evicted_nodes`). About 78 bytes per key (≈ 21 MB at the default
+262,144 keys) plus about 1 kB per node.
 
 Error policy: never raises on input; node names are only used as dictionary keys (bounded as above).
 """
@@ -35,6 +36,7 @@ from typing import Final
 
 DEFAULT_BACKLOG: Final = 4096  # Hubble's default per-node event buffer holds 4095 events
 DEFAULT_MAX_KEYS: Final = 262_144
+DEFAULT_MAX_NODES: Final = 1024
 DEFAULT_TOLERANCE: Final = 60.0  # seconds a node's clock may differ before it counts as an anomaly
 AHEAD: Final = "ahead"
 BACKWARDS: Final = "backwards"
@@ -59,6 +61,7 @@ class ResumeState:
         backlog: int = DEFAULT_BACKLOG,
         *,
         max_keys: int = DEFAULT_MAX_KEYS,
+        max_nodes: int = DEFAULT_MAX_NODES,
         tolerance: float = DEFAULT_TOLERANCE,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -66,6 +69,7 @@ class ResumeState:
             raise ValueError(f"need 1 <= backlog ({backlog}) <= max_keys ({max_keys})")
         self.backlog = backlog
         self.max_keys = max_keys
+        self.max_nodes = max(1, max_nodes)
         self.tolerance = tolerance
         self.clock = clock
         self._nodes: dict[str, _Node] = {}
@@ -122,22 +126,27 @@ class ResumeState:
             mem.watermark = t
 
     def _add_node(self, node: str) -> _Node:
+        if len(self._nodes) >= self.max_nodes:
+            self._drop_quietest(None)
         mem = _Node(self.backlog)
         self._nodes[node] = mem
         return mem
 
     def _evict(self, keep: _Node) -> None:
-        """Drop the memory of the node quiet for the longest (never ``keep``) until under the bound."""
-        while self._keys > self.max_keys:
-            victim = min(
-                (name for name, m in self._nodes.items() if m is not keep),
-                key=lambda name: self._nodes[name].tick,
-                default=None,
-            )
-            if victim is None:
-                return
-            self._keys -= len(self._nodes.pop(victim).order)
-            self.evicted_nodes += 1
+        """Drop the memory of the nodes quiet for the longest (never ``keep``) until under the bound."""
+        while self._keys > self.max_keys and self._drop_quietest(keep):
+            pass
+
+    def _drop_quietest(self, keep: _Node | None) -> bool:
+        nodes = self._nodes
+        victim = min(
+            (n for n, m in nodes.items() if m is not keep), key=lambda n: nodes[n].tick, default=None
+        )
+        if victim is None:
+            return False
+        self._keys -= len(nodes.pop(victim).order)
+        self.evicted_nodes += 1
+        return True
 
 
 __all__ = ["ANOMALY_KINDS", "DEFAULT_BACKLOG", "DEFAULT_TOLERANCE", "ResumeState"]
