@@ -300,12 +300,14 @@ def test_readyz_is_503_when_every_call_fails_right_after_connecting(daemons: lis
         server.stop(None)
 
 
-def test_a_quiet_but_open_stream_is_ready(servers: Servers, daemons: list[Daemon]) -> None:
+def test_a_quiet_but_open_stream_is_ready_and_kept(servers: Servers, daemons: list[Daemon]) -> None:
     servers.start(FlowLog())
-    d = start(servers.address, healthy_after=0.3)
+    d = start(servers.address, healthy_after=0.3, idle_timeout=0.3)
     daemons.append(d)
     wait_for(lambda: http_status(f"http://{d.listen_address}/readyz") == 200, what="ready")
     assert value(scrape(d.listen_address), "flow_auditor_hubble_up") == 1.0
+    time.sleep(1.5)  # several silent periods: each probe is answered, the stream stays open
+    assert d.source.reconnects == 0 and d.source.connected
 
 
 # -- a frozen server -----------------------------------------------------------------------------------
