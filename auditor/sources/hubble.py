@@ -339,9 +339,9 @@ class HubbleSource:
             done.set()
             with self._lock:
                 self._call = None
+            channel.close()  # also ends a probe in flight
             if watcher is not None:
                 watcher.join(timeout=self.config.timeout + 1)
-            channel.close()
 
     def _consume(self, call: Any, backoff: Backoff) -> str:
         parse = live_pb2.GetFlowsResponse.FromString  # the lean view: only what the auditor reads
@@ -453,4 +453,6 @@ class HubbleSource:
         except grpc.RpcError as e:
             code = e.code() if hasattr(e, "code") else None
             return code not in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE)
+        except ValueError:  # the channel was closed meanwhile: the stream is over anyway
+            return True
         return True
