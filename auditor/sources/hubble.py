@@ -193,6 +193,7 @@ class HubbleSource:
         self.requests: list[observer_pb2.GetFlowsRequest] = []  # for inspection in tests (bounded)
         self._opened = False  # a stream has been opened before: the next one resumes
         self._skip_backlog = False
+        self._retry_now = False
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._call: Any = None
@@ -245,7 +246,7 @@ class HubbleSource:
                 self.errors += 1
                 reason = f"internal error: {type(e).__name__}: {e}"
             try:
-                if self._after_stream(reason, backoff):
+                if self._after_stream(reason):
                     continue
                 delay = backoff.next_delay()
                 self.events.reconnecting(delay)
@@ -254,7 +255,7 @@ class HubbleSource:
                 delay = backoff.next_delay()
             self._stop.wait(delay)
 
-    def _after_stream(self, reason: str, backoff: Backoff) -> bool:
+    def _after_stream(self, reason: str) -> bool:
         """Bookkeeping after a stream ended; true when the next one opens at once (no backoff)."""
         if self._stop.is_set():
             return True
@@ -269,8 +270,8 @@ class HubbleSource:
         if self._reopen.is_set():
             self._reopen.clear()
             return True
-        # Skipping past an oversized message: at once, unless the stream failed before delivering.
-        return self._skip_backlog and backoff.attempt == 0
+        retry_now, self._retry_now = self._retry_now, False
+        return retry_now  # once, right after an oversized message: the gap stays short
 
     def _request(self) -> observer_pb2.GetFlowsRequest:
         req = observer_pb2.GetFlowsRequest(follow=True)
@@ -386,7 +387,7 @@ class HubbleSource:
         with self.pipeline.lock:
             self.pipeline.invalid(where, f"message larger than the receive limit: {details}")
         self.gaps += 1
-        self._skip_backlog = True
+        self._skip_backlog = self._retry_now = True
         reason = (
             f"a message larger than the receive limit ({self.config.max_message_bytes} bytes) was skipped; "
             "events Hubble held after it are not judged"
