@@ -142,6 +142,28 @@ def test_an_exception_on_one_event_counts_it_invalid_and_the_stream_goes_on(
     assert d.healthy() == (True, "ok")
 
 
+def test_an_unexpected_error_around_the_stream_is_retried_not_fatal(daemons: list[Daemon]) -> None:
+    config = DaemonConfig(
+        matrix=str(MATRIX),
+        hubble=HubbleConfig(
+            server="127.0.0.1:1",
+            backoff_initial=0.05,
+            backoff_max=0.1,
+            extra_options=(("grpc.enable_http_proxy", object()),),  # the channel constructor raises
+        ),
+        listen_address="127.0.0.1:0",
+    )
+    d = Daemon(config)
+    d.start()
+    daemons.append(d)
+    reconnects = "flow_auditor_hubble_reconnects_total"
+    wait_for(lambda: value(scrape(d.listen_address), reconnects) >= 3, what="retries after internal errors")
+    assert d.source.errors >= 3
+    assert d.healthy() == (True, "ok")
+    ok, why = d.ready()
+    assert not ok and "internal error: TypeError" in why
+
+
 class Fatal(BaseException):
     """Something no ``except Exception`` catches."""
 
