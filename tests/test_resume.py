@@ -45,6 +45,20 @@ def test_total_memory_is_bounded_by_dropping_the_node_quiet_for_the_longest() ->
     assert not s.admit("n3", 3, NOW)
 
 
+def test_the_backlog_asked_for_shrinks_with_the_nodes_so_that_memory_still_covers_it() -> None:
+    s = ResumeState(100, max_keys=200, clock=lambda: NOW)
+    assert s.share == 100
+    for k in range(150):
+        s.admit("a", k, NOW)
+    assert s.keys == 100  # one node: its last 100
+    for node in ("b", "c", "d"):
+        s.admit(node, 0, NOW)
+    assert s.share == 50  # four nodes: 200 keys cover the newest 50 of each
+    s.admit("a", 1000, NOW)  # a node trims itself to the share when it speaks
+    assert s.keys == 53
+    assert not s.admit("a", 149, NOW) and s.admit("a", 99, NOW)
+
+
 def test_the_number_of_nodes_remembered_is_bounded_too() -> None:
     s = ResumeState(4, max_keys=64, max_nodes=3, clock=lambda: NOW)
     for node in ("n1", "n2", "n3", "n4"):

@@ -10,8 +10,9 @@ Resilience:
   logged through ``disconnected`` and retried like a broken stream; an exception while handling one event
   counts that event as ``invalid`` and the stream goes on.
 * Resuming never trusts a flow time (Hubble applies ``since`` to live events too; see
-  :mod:`auditor.sources.resume`): a re-opened stream asks for the newest ``resume_backlog`` events Hubble
-  holds (``number``), and re-sent events already processed are recognised exactly, per node, and skipped.
+  :mod:`auditor.sources.resume`): a re-opened stream asks for the newest events Hubble holds (``number``:
+  ``resume_backlog`` per node, less with many nodes), and re-sent events already processed are recognised
+  exactly, per node, and skipped.
   Flows stamped ahead of the auditor's clock, or a node clock stepping back, are counted as anomalies.
 * A message larger than ``max_message_bytes`` cannot be received: it is counted as ``invalid``, the next
   stream starts at the server's current end (skipping past it) and the gap is reported (``gap``).
@@ -278,7 +279,7 @@ class HubbleSource:
         if self._skip_backlog:
             self._skip_backlog = False  # from the server's current end, past the message we cannot take
         elif self.resume.keys:
-            req.number = self.config.resume_backlog  # resume: the newest events, whatever their time
+            req.number = self.resume.share  # resume: each node's newest events, whatever their time
         elif self.config.since is not None:
             req.since.FromNanoseconds(int(self.config.since * 1e9))
         elif self._opened:

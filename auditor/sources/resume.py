@@ -8,10 +8,10 @@ must be skipped), the newest plausible flow time per node, and counted clock ano
 Why no ``since`` on resume: Hubble applies ``since`` to live events too, so a ``since`` taken from flow
 times loses everything a server stamps earlier — a server restarted with its clock behind, a node whose
 clock is behind another's (Relay interleaves nodes), or after one flow stamped in the future. The source
-therefore resumes with ``number`` = :attr:`ResumeState.backlog` (the newest events Hubble still holds,
-whatever their time) and this memory drops those already processed. The memory holds, per node, the keys
-of the last ``backlog`` events, so every event the resumed backlog can repeat is recognised, independent of
-clocks and of the order in which Relay interleaves nodes.
+therefore resumes with ``number`` = :attr:`ResumeState.share` (Relay asks every node for its newest
+``number`` events, whatever their time) and this memory drops those already processed. The memory holds,
+per node, the keys of the node's last ``share`` events, so every event the resumed backlog can repeat is
+recognised, independent of clocks and of the order in which Relay interleaves nodes.
 
 Clock anomalies (counted, never trusted): a flow stamped more than ``tolerance`` seconds ahead of the
 auditor's clock (``ahead``: a node clock running ahead, or a time far from now) does not advance its node's
@@ -19,10 +19,13 @@ watermark; a flow more than ``tolerance`` seconds behind its node's watermark (`
 stepped back, or a server restarted with a clock behind) is counted once per step and becomes the node's
 new watermark.
 
-Bounds: at most ``backlog`` keys per node, ``max_keys`` in all and ``max_nodes`` nodes; past that, the
-memory of the node that has been quiet the longest is dropped (its re-sent events could then be counted
-twice: counted in :attr:`ResumeState.evicted_nodes`). About 78 bytes per key (≈ 21 MB at the default
-262,144 keys) plus about 1 kB per node.
+Bounds: ``share`` = min(``backlog``, ``max_keys`` / nodes) keys per node — the more nodes, the shorter the
+backlog asked for, so that memory and the work of a resumption stay bounded while every re-sent event is
+still recognised — and at most ``max_nodes`` nodes. Past ``max_keys`` in all (nodes quiet since the share
+shrank keep their older, longer memory until they speak), or past ``max_nodes``, the memory of the node
+quiet for the longest is dropped (its re-sent events could then be counted twice; counted in
+:attr:`ResumeState.evicted_nodes`). About 78 bytes per key (≈ 21 MB at the default 262,144 keys) plus
+about 1 kB per node.
 
 Error policy: never raises on input; node names are only used as dictionary keys (bounded as above).
 """
@@ -46,9 +49,9 @@ ANOMALY_KINDS: Final = (AHEAD, BACKWARDS)
 class _Node:
     __slots__ = ("keys", "order", "tick", "watermark")
 
-    def __init__(self, backlog: int) -> None:
+    def __init__(self) -> None:
         self.keys: set[int] = set()
-        self.order: deque[int] = deque(maxlen=backlog)
+        self.order: deque[int] = deque()
         self.watermark = 0.0
         self.tick = 0
 
@@ -79,10 +82,16 @@ class ResumeState:
         self.anomalies: dict[str, int] = dict.fromkeys(ANOMALY_KINDS, 0)
         self.evicted_nodes = 0
         self.newest = 0.0  # newest plausible flow time over all nodes
+        self._share = backlog
 
     @property
     def keys(self) -> int:
         return self._keys
+
+    @property
+    def share(self) -> int:
+        """Events remembered per node: the ``number`` to ask for when resuming."""
+        return self._share
 
     def admit(self, node: str, key: int, t: float) -> bool:
         """False when this event (``key`` from ``node``) was processed before; else remember it, track
@@ -95,15 +104,15 @@ class ResumeState:
             return False
         self._tick += 1
         mem.tick = self._tick
-        order = mem.order
-        if len(order) == order.maxlen:
-            mem.keys.discard(order[0])  # the append below drops it from the deque
-        else:
-            self._keys += 1
-            if self._keys > self.max_keys:
-                self._evict(mem)
+        order, keys = mem.order, mem.keys
+        while len(order) >= self._share:  # at most once, except right after the share shrank
+            keys.discard(order.popleft())
+            self._keys -= 1
         order.append(key)
-        mem.keys.add(key)
+        keys.add(key)
+        self._keys += 1
+        if self._keys > self.max_keys:
+            self._evict(mem)
         if t:
             self._track(mem, t)
         return True
@@ -128,9 +137,13 @@ class ResumeState:
     def _add_node(self, node: str) -> _Node:
         if len(self._nodes) >= self.max_nodes:
             self._drop_quietest(None)
-        mem = _Node(self.backlog)
+        mem = _Node()
         self._nodes[node] = mem
+        self._reshare()
         return mem
+
+    def _reshare(self) -> None:
+        self._share = max(1, min(self.backlog, self.max_keys // max(1, len(self._nodes))))
 
     def _evict(self, keep: _Node) -> None:
         """Drop the memory of the nodes quiet for the longest (never ``keep``) until under the bound."""
@@ -146,6 +159,7 @@ class ResumeState:
             return False
         self._keys -= len(nodes.pop(victim).order)
         self.evicted_nodes += 1
+        self._reshare()
         return True
 
 
