@@ -62,6 +62,7 @@ HEALTHY_AFTER: Final = 1.0  # seconds a stream must stay open (without a respons
 # grpc.experimental.ChannelOptions.SingleThreadedUnaryStream (not in the type stubs)
 SINGLE_THREADED_UNARY_STREAM: Final = "SingleThreadedUnaryStream"
 _WATCH_TICK: Final = 0.2  # seconds between two looks of the stream watcher
+_REASON_MAX: Final = 300  # characters of a failure reason kept (gRPC details come from the server)
 
 
 class SourceConfigError(ValueError):
@@ -263,6 +264,7 @@ class HubbleSource:
         if self.connected:
             self.connected = False
             self.last_healthy = time.monotonic()
+        reason = reason if len(reason) <= _REASON_MAX else reason[:_REASON_MAX] + "…"  # server-chosen text
         self.last_reason = reason
         self.reconnects += 1
         if self.resume.newest:
