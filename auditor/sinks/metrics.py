@@ -396,7 +396,10 @@ def _families() -> dict[str, CounterMetricFamily | GaugeMetricFamily]:
             "Flow time of the newest judged event matching the allow rule, 0 until one is seen.",
             labels=("rule", "from", "to"),
         ),
-        "hubble_up": g(PREFIX + "hubble_up", "1 when the Hubble flow stream is connected, else 0."),
+        "hubble_up": g(
+            PREFIX + "hubble_up",
+            "1 while the Hubble flow stream is healthy (delivering, or open and answering), else 0.",
+        ),
         "reconnects": c(PREFIX + "hubble_reconnects", "Reconnections of the Hubble flow stream."),
         "lost_events": c(
             PREFIX + "hubble_lost_events",
