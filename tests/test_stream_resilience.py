@@ -284,7 +284,7 @@ def failing_server() -> tuple[grpc.Server, str]:
 def test_readyz_is_503_when_every_call_fails_right_after_connecting(daemons: list[Daemon]) -> None:
     server, address = failing_server()
     try:
-        d = start(address, backoff_initial=0.05, backoff_max=0.2)
+        d = start(address, backoff_initial=0.05, backoff_max=0.2, healthy_after=3.0)
         daemons.append(d)
         url = f"http://{d.listen_address}/readyz"
         wait_for(lambda: d.source.reconnects >= 3, what="failing calls")
