@@ -6,16 +6,24 @@ HTTP server (``/metrics``, ``/healthz``, ``/readyz``), structured logs, optional
 Threads: the *stream* thread follows Hubble and runs the pipeline (the only writer of pipeline state);
 the *HTTP* thread serves scrapes and probes; the *reload* thread polls the matrix file's content
 (ConfigMap mounts swap a symlink, so the path is re-read, not watched) and SIGHUP wakes it at once. The
-main thread waits for SIGTERM/SIGINT and shuts everything down within a few seconds.
+main thread waits for signals and shuts everything down within a few seconds of SIGTERM/SIGINT.
+
+Signals: the handlers do nothing but store a flag (Python's C-level handler writes the signal number to a
+wake-up pipe); the main thread reads the pipe and acts — SIGHUP wakes the reload thread, SIGTERM/SIGINT
+stop. A storm of signals therefore never re-enters any code that takes a lock or logs.
 
 Error policy: a bad matrix at start raises :class:`~auditor.matrix.MatrixError` (the CLI exits 2); a bad
-matrix on reload keeps the old one, logs why and counts ``flow_auditor_matrix_reloads_total{result="error"}``.
-Stream failures are retried forever (see ``auditor.sources.hubble``); nothing on the wire stops the daemon.
+matrix on reload — whatever it raises — keeps the old one, logs why and counts
+``flow_auditor_matrix_reloads_total{result="error"}``. Stream failures are retried forever (see
+``auditor.sources.hubble``); nothing on the wire stops the daemon. Worker threads catch every exception;
+should one end anyway, it is logged with the reason and ``/healthz`` answers 503 so that the pod restarts.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import select
 import signal
 import threading
 import time
@@ -35,7 +43,7 @@ from auditor.matrix import Matrix, MatrixError, load_matrix
 from auditor.pipeline import Pipeline, Sink
 from auditor.sinks.live import LiveSink
 from auditor.sinks.log import LogSink, drop_empty
-from auditor.sinks.metrics import MetricsSink
+from auditor.sinks.metrics import MetricsSink, StreamStats
 from auditor.sources.hubble import HubbleConfig, HubbleSource, StreamEvents
 
 log = structlog.get_logger("flow-auditor")
@@ -45,7 +53,8 @@ class DaemonConfigError(ValueError):
     """A configuration the daemon cannot start with (the CLI exits 2)."""
 
 
-READY_GRACE: Final = 30.0  # seconds a broken stream still counts as ready (short reconnects do not flap)
+READY_GRACE: Final = 30.0  # seconds a stream that was healthy still counts as ready (reconnects do not flap)
+_SIGNAL_POLL: Final = 1.0  # seconds: the main thread re-checks its flags at least this often
 
 
 @dataclass(frozen=True)
@@ -60,6 +69,7 @@ class DaemonConfig:
     node_local: bool = False
     kube_events: bool = False
     kube_events_interval: float = 300.0
+    ready_grace: float = READY_GRACE
     extra_sinks: tuple[Sink, ...] = field(default=())
 
 
@@ -103,12 +113,18 @@ class Daemon:
         if config.server_side_filter and self.matrix.scope_namespaces:
             hubble = replace(hubble, namespaces=tuple(sorted(self.matrix.scope_namespaces)))
         self.source = HubbleSource(hubble, self.pipeline, self._stream_events())
+        source = self.source
+        self.metrics.stream_stats = lambda: StreamStats(
+            source.resume.resent, source.gaps, source.resume.anomalies.copy()
+        )
         self.stopped = threading.Event()
         self._terminate = threading.Event()
         self._reload_now = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._died: dict[str, str] = {}  # thread name → why it ended (should stay empty)
         self.http: HttpServer | None = None
         self._down_logged = False
+        self._signals: _SignalPipe | None = None
 
     # -- stream health → metrics and logs -------------------------------------------------------------
     def _stream_events(self) -> StreamEvents:
@@ -136,7 +152,10 @@ class Daemon:
             if not self.stopped.is_set():
                 self.log_sink.stream_retry(delay)
 
-        return StreamEvents(connected, disconnected, reconnecting, self.metrics.set_last_flow_timestamp)
+        def gap(reason: str) -> None:
+            log.warning("hubble stream gap", server=self.config.hubble.server, reason=reason)
+
+        return StreamEvents(connected, disconnected, reconnecting, self.metrics.set_last_flow_timestamp, gap)
 
     # -- lifecycle ------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -153,9 +172,29 @@ class Daemon:
         )
 
     def _spawn(self, name: str, target: Callable[[], None]) -> None:
-        thread = threading.Thread(target=target, name=name, daemon=True)
+        def supervised() -> None:
+            try:
+                target()
+            except BaseException as e:  # recorded: /healthz fails and the pod restarts
+                self._died[name] = f"{type(e).__name__}: {e}"
+                log.critical("worker thread died", thread=name, error=self._died[name], exc_info=True)
+                return
+            if not self.stopped.is_set():
+                self._died[name] = "returned"
+                log.critical("worker thread ended", thread=name)
+
+        thread = threading.Thread(target=supervised, name=name, daemon=True)
         thread.start()
         self._threads.append(thread)
+
+    def healthy(self) -> tuple[bool, str]:
+        """``/healthz``: false once a worker thread has ended (while the daemon is not stopping)."""
+        if self.stopped.is_set():
+            return True, "stopping"
+        for thread in self._threads:
+            if not thread.is_alive():
+                return False, f"thread {thread.name} died: {self._died.get(thread.name, 'unknown')}"
+        return True, "ok"
 
     def stop(self, timeout: float = 5.0) -> None:
         if self.stopped.is_set():
@@ -174,31 +213,48 @@ class Daemon:
             self.kube_events.close(timeout=max(0.5, deadline - time.monotonic()))
         log.info("flow-auditor stopped")
 
+    def install_signal_handlers(self) -> None:
+        """Catch SIGTERM/SIGINT/SIGHUP from now on (main thread only; before :meth:`start` in a process)."""
+        if self._signals is None:
+            self._signals = _SignalPipe()
+
     def wait(self) -> None:
-        """Block until SIGTERM/SIGINT (main thread), then stop. SIGHUP reloads the matrix."""
+        """Block until SIGTERM/SIGINT (or :meth:`terminate`), then stop. SIGHUP reloads the matrix."""
+        self.install_signal_handlers()
+        pipe = self._signals
+        assert pipe is not None
+        try:
+            while not self._terminate.is_set():
+                received = pipe.wait(_SIGNAL_POLL)
+                if signal.SIGHUP in received:
+                    self._reload_now.set()
+                stop = received & {signal.SIGTERM, signal.SIGINT}
+                if stop or pipe.terminate:
+                    name = signal.Signals(min(stop)).name if stop else "SIGTERM"
+                    log.info("signal received, shutting down", signal=name)
+                    break
+        finally:
+            self.stop()
+            pipe.close()
+            self._signals = None
 
-        def terminate(signum: int, frame: FrameType | None) -> None:
-            if not self._terminate.is_set():
-                log.info("signal received, shutting down", signal=signal.Signals(signum).name)
-            self._terminate.set()
-
-        def hangup(signum: int, frame: FrameType | None) -> None:
-            self._reload_now.set()
-
-        signal.signal(signal.SIGTERM, terminate)
-        signal.signal(signal.SIGINT, terminate)
-        signal.signal(signal.SIGHUP, hangup)
-        while not self._terminate.wait(0.5):
-            pass
-        self.stop()
+    def terminate(self) -> None:
+        """Make :meth:`wait` return (from any thread)."""
+        self._terminate.set()
 
     # -- readiness ------------------------------------------------------------------------------------
     def ready(self) -> tuple[bool, str]:
-        if self.source.connected:
+        """``/readyz``: ready while the stream is healthy — it delivered a response, or stayed open
+        ``healthy_after`` seconds without failing, and answers when silent for ``idle_timeout`` — and for
+        ``ready_grace`` seconds (:data:`READY_GRACE`) after a healthy stream broke. Streams that fail right
+        after opening never make the daemon ready."""
+        source = self.source
+        if source.connected:
             return True, "ok"
-        if self.source.last_connected and time.monotonic() - self.source.last_connected < READY_GRACE:
+        if source.last_healthy and time.monotonic() - source.last_healthy < self.config.ready_grace:
             return True, "reconnecting"
-        return False, "hubble stream not connected"
+        reason = f": {source.last_reason}" if source.last_reason else ""
+        return False, f"hubble stream not healthy{reason}"
 
     # -- hot reload -----------------------------------------------------------------------------------
     def _reload_loop(self) -> None:
@@ -208,7 +264,10 @@ class Daemon:
             self._reload_now.clear()
             if self.stopped.is_set():
                 return
-            self.check_reload(forced=forced)
+            try:
+                self.check_reload(forced=forced)
+            except Exception as e:  # never end the thread: the next change is tried again
+                log.error("matrix reload check failed", error=f"{type(e).__name__}: {e}")
 
     def check_reload(self, forced: bool = False) -> bool | None:
         """Reload when the file's content changed (or ``forced``). True/False: reloaded/failed; None: same."""
@@ -219,11 +278,12 @@ class Daemon:
         self._matrix_digest = digest
         try:
             matrix = load_matrix(path)
-        except MatrixError as e:
+        except Exception as e:  # MatrixError, and whatever a hostile file provokes (deep nesting, huge ints)
             self.metrics.matrix_reloaded(False)
-            self.live.matrix_loaded(self._in_use_digest, False, str(e))
+            error = str(e) if isinstance(e, MatrixError) else f"{path}: {type(e).__name__}: {e}"[:1000]
+            self.live.matrix_loaded(self._in_use_digest, False, error)
             log.error(
-                "matrix reload failed, keeping the previous matrix", error=str(e), matrix=self.matrix.name
+                "matrix reload failed, keeping the previous matrix", error=error, matrix=self.matrix.name
             )
             return False
         old_scope = self.matrix.scope_namespaces
@@ -251,7 +311,7 @@ class Daemon:
         host, port = parse_listen_address(self.config.listen_address)
         routes = {
             "/metrics": registry_route(self.registry),
-            "/healthz": probe_route(lambda: (True, "ok")),
+            "/healthz": probe_route(self.healthy),
             "/readyz": probe_route(self.ready),
             **{path: _page_route(path, self.live.snapshot) for path in web.PATHS},
         }
@@ -268,6 +328,50 @@ def _page_route(path: str, snapshot: Callable[[], dict[str, Any]]) -> Route:
         return Response(page.status, page.body, page.content_type, page.headers)
 
     return Route(handler, inline=path != web.API_PATH)
+
+
+class _SignalPipe:
+    """SIGTERM/SIGINT/SIGHUP delivered through a wake-up pipe; the handlers only store a flag.
+
+    Python's C-level handler writes each signal's number to the pipe (``signal.set_wakeup_fd``) before the
+    Python-level handler runs; the handler is a plain attribute store, harmless if a storm nests it. A
+    termination is also remembered in :attr:`terminate`, in case the pipe was full.
+    """
+
+    SIGNALS: Final = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self.terminate = False
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._read, False)
+        os.set_blocking(self._write, False)
+        self._old_fd = signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
+        for s in self.SIGNALS:
+            signal.signal(s, self._note)
+
+    def _note(self, signum: int, frame: FrameType | None) -> None:
+        if signum != signal.SIGHUP:
+            self.terminate = True
+
+    def wait(self, timeout: float) -> set[signal.Signals]:
+        """The signals received (at most ``timeout`` seconds of waiting for the first one)."""
+        readable, _, _ = select.select([self._read], [], [], timeout)
+        if not readable:
+            return set()
+        try:
+            data = os.read(self._read, 65536)
+        except BlockingIOError:
+            return set()
+        return {signal.Signals(n) for n in set(data) if n in _SIGNAL_NUMBERS}
+
+    def close(self) -> None:
+        """Stop writing to the pipe; the handlers stay (a late signal while exiting is ignored)."""
+        signal.set_wakeup_fd(self._old_fd)
+        os.close(self._read)
+        os.close(self._write)
+
+
+_SIGNAL_NUMBERS: Final = frozenset(int(s) for s in _SignalPipe.SIGNALS)
 
 
 def _digest(path: Path) -> str:
@@ -303,6 +407,7 @@ def configure_logging(fmt: str = "json", level: str = "info") -> None:
 def run(config: DaemonConfig, on_started: Callable[[Daemon], None] | None = None) -> int:
     """Start, block until a termination signal, stop. Returns the exit code."""
     daemon = Daemon(config)
+    daemon.install_signal_handlers()  # before any thread starts: a signal is never lost nor fatal
     daemon.start()
     if on_started is not None:
         on_started(daemon)

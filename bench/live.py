@@ -960,7 +960,7 @@ def structure_sizes(daemon: Daemon) -> dict[str, int]:
         "metric_series": len(metrics._series),
         "metric_edge_slots": len(metrics._slots),
         "violation_log_edges": len(violations._last),
-        "resume_recent": len(daemon.source._recent),
+        "resume_keys": daemon.source.resume.keys,
     }
 
 

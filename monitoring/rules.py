@@ -223,6 +223,7 @@ def _health_alerts(timing: Timing) -> list[Alert]:
     lost = _sel("flow_auditor_hubble_lost_events_total")
     reload_errors = _sel("flow_auditor_matrix_reloads_total", 'result="error"')
     series_overflow = _sel("flow_auditor_series_overflow_total")
+    gaps = _sel("flow_auditor_hubble_stream_gaps_total")
     up = f"up{{{JOB_SELECTOR}}}"
     target = "{{ $labels.instance }} (job {{ $labels.job }})"
     stream_down, no_flows, losing = timing.hold("5m"), timing.hold("15m"), timing.hold("15m")
@@ -260,6 +261,17 @@ def _health_alerts(timing: Timing) -> list[Alert]:
             f"Hubble reported {_COUNT_TEXT} lost event(s) at {{{{ $labels.source }}}} to flow-auditor "
             f"{target} in the last {timing.window}, and has kept losing events for {losing}: "
             "connections are missing from the audit.",
+        ),
+        Alert(
+            "FlowAuditorHubbleStreamGap",
+            HEALTH_GROUP,
+            "warning",
+            timing.hold("0m"),
+            f"increase({gaps}[{timing.window}]) > 0",
+            "flow-auditor skipped Hubble events it could not receive.",
+            f"flow-auditor {target} skipped past {_COUNT_TEXT} message(s) larger than its receive limit in "
+            f"the last {timing.window}; the events Hubble held after each were not judged (see its log: "
+            "hubble stream gap).",
         ),
         Alert(
             "FlowAuditorMatrixReloadFailed",

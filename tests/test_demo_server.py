@@ -229,6 +229,17 @@ def test_follow_with_since_sends_the_backlog_from_since_then_live_flows() -> Non
         call.cancel()
 
 
+def test_follow_with_since_drops_live_flows_stamped_before_since_as_hubble_does() -> None:
+    log = timed_log()
+    with serving(log) as (_, stub):
+        call = stub.GetFlows(Request(follow=True, since=ts(T0 + 9 * NS)), timeout=DEADLINE)
+        assert ids(take(call, 1)) == ["f9"]
+        # A clock behind (or a node behind another): stamped before since, so never sent.
+        log.extend([flow("behind", t=T0 + 8 * NS), flow("untimed", t=0), flow("on-time", t=T0 + 9 * NS)])
+        assert ids(take(call, 2)) == ["untimed", "on-time"]
+        call.cancel()
+
+
 def test_follow_ends_the_stream_at_the_first_live_flow_after_until() -> None:
     log = timed_log()
     with serving(log) as (_, stub):

@@ -89,6 +89,7 @@ QUIET_WHILE_HEALTHY: Final = (
     "FlowAuditorHubbleStreamDown",
     "FlowAuditorNoFlows",
     "FlowAuditorMatrixReloadFailed",
+    "FlowAuditorHubbleStreamGap",
     "FlowAuditorDown",
 )
 

@@ -32,7 +32,7 @@ from auditor.classify import (
 from auditor.matrix import Matrix, load_matrix, parse_matrix
 from auditor.model import EventType, LostEvents, NodeStatus, Verdict
 from auditor.pipeline import Pipeline
-from auditor.sinks.metrics import DEFAULT_MAX_NAMESPACES, DEFAULT_MAX_SERIES, MetricsSink
+from auditor.sinks.metrics import DEFAULT_MAX_NAMESPACES, DEFAULT_MAX_SERIES, MetricsSink, StreamStats
 from auditor.sinks.report import ReportSink
 from auditor.sources.files import FlowFile
 
@@ -57,6 +57,9 @@ METRIC_NAMES = {
     "flow_auditor_label_overflow",
     "flow_auditor_series_overflow",
     "flow_auditor_build_info",
+    "flow_auditor_hubble_resent_events_skipped",
+    "flow_auditor_hubble_stream_gaps",
+    "flow_auditor_hubble_clock_anomalies",
 }
 
 _ports = count(41000)
@@ -586,6 +589,19 @@ def test_stream_health_methods_set_up_reconnects_and_last_flow_time() -> None:
     assert rig.value("flow_auditor_hubble_up") == 1
     assert rig.value("flow_auditor_hubble_reconnects_total") == 2
     assert rig.value("flow_auditor_last_flow_timestamp_seconds") == 1_800_000_123.25
+
+
+def test_stream_counters_kept_by_the_source_are_read_at_scrape_time() -> None:
+    rig = Rig()
+    assert rig.value("flow_auditor_hubble_clock_anomalies_total", kind="ahead") == 0
+    assert rig.value("flow_auditor_hubble_stream_gaps_total") == 0
+    counters = {"resent": 0}
+    rig.metrics.stream_stats = lambda: StreamStats(counters["resent"], 2, {"ahead": 3, "backwards": 1})
+    counters["resent"] = 7
+    assert rig.value("flow_auditor_hubble_resent_events_skipped_total") == 7
+    assert rig.value("flow_auditor_hubble_stream_gaps_total") == 2
+    assert rig.value("flow_auditor_hubble_clock_anomalies_total", kind="ahead") == 3
+    assert rig.value("flow_auditor_hubble_clock_anomalies_total", kind="backwards") == 1
 
 
 def test_build_info_carries_the_package_version() -> None:

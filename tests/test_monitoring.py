@@ -54,6 +54,9 @@ DAEMON_METRICS = {
     "flow_auditor_label_overflow_total",
     "flow_auditor_series_overflow_total",
     "flow_auditor_build_info",
+    "flow_auditor_hubble_resent_events_skipped_total",
+    "flow_auditor_hubble_stream_gaps_total",
+    "flow_auditor_hubble_clock_anomalies_total",
 }
 SEVERITIES = {"critical", "warning", "info"}
 TRAFFIC_ALERTS = (

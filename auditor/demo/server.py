@@ -14,7 +14,9 @@ Output: ``GetFlows`` streams, ``ServerStatus`` and ``GetNodes`` answers, with or
   ``number`` of them when ``number`` is set too), else the last ``number`` when set, else nothing — then
   every new append until the client cancels or the server stops. ``first`` with ``follow`` is refused;
 - ``since``/``until`` compare with the flow time (the envelope time when the flow has none); entries
-  without any time pass. With ``follow``, the first live entry later than ``until`` ends the stream;
+  without any time pass. As in Hubble, ``since`` applies to live entries too: a live entry stamped before
+  ``since`` is not sent (a client resuming with ``since`` misses what a server with a clock behind
+  stamps). With ``follow``, the first live entry later than ``until`` ends the stream;
 - ``whitelist``/``blacklist``: an entry passes if it matches any whitelist filter (or there is none) and
   no blacklist filter; all set fields of one filter must match, any value of one field. Fields
   implemented: ``source_pod``/``destination_pod`` (prefix of ``"namespace/pod"``; ``"ns/"`` is a whole
@@ -661,7 +663,7 @@ class HubbleServer:
         if not plan.follow:
             return
         cursor = end
-        until = plan.until_ns
+        since, until = plan.since_ns, plan.until_ns
         filtered = plan.filtered
         passes = plan.passes
         while not (done.is_set() or stopping.is_set()):
@@ -671,13 +673,16 @@ class HubbleServer:
             if not batch:
                 log.wait(cursor, _IDLE_WAIT_S, done, stopping)
                 continue
-            if until is None and not filtered:
+            if since is None and until is None and not filtered:
                 for entry in batch:
                     yield entry.data
                 continue
             for entry in batch:
-                if until is not None and entry.time_ns > until:
+                t = entry.time_ns
+                if t and until is not None and t > until:
                     return
+                if t and since is not None and t < since:
+                    continue  # as Hubble does: since applies to live events too
                 if passes(entry):
                     yield entry.data
 

@@ -2,7 +2,8 @@
 
 Stage: sink. Input: the pipeline's outcomes, judgements, lost-event and node-status records; calls from
 the live source (stream health: :meth:`MetricsSink.set_hubble_up`, :meth:`MetricsSink.inc_reconnects`,
-:meth:`MetricsSink.set_last_flow_timestamp`); from the pipeline on hot reload (:meth:`MetricsSink.set_matrix`,
+:meth:`MetricsSink.set_last_flow_timestamp`, and :attr:`MetricsSink.stream_stats` read at scrape time for the
+counters the source keeps itself); from the pipeline on hot reload (:meth:`MetricsSink.set_matrix`,
 applied between two records); from the daemon (:meth:`MetricsSink.matrix_reloaded`). Output: the
 ``flow_auditor_*`` metrics, produced by this object acting as a ``prometheus_client`` collector registered in
 the registry given to the constructor.
@@ -42,8 +43,8 @@ the auditor but not here) updates no rule series. Counters survive matrix reload
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Final
+from collections.abc import Callable, Iterator, Mapping
+from typing import Final, NamedTuple
 
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import CollectorRegistry
@@ -52,6 +53,7 @@ import auditor
 from auditor.classify import EXPECTED_DROPPED, OUTCOMES, UNEXPECTED_DROPPED, Edge, Judgement, Unproven
 from auditor.matrix import ENTITIES, Matrix
 from auditor.model import ICMP_PROTOCOLS, VERDICT_NAMES, LostEvents, NodeStatus
+from auditor.sources.resume import ANOMALY_KINDS
 
 PREFIX: Final = "flow_auditor_"
 OTHER: Final = "other"
@@ -89,6 +91,15 @@ _VERDICT_LABELS: Final = frozenset(VERDICT_NAMES.values())
 _MAX_EDGE_CACHE: Final = 50_000
 
 EDGE_LABELS: Final = ("source", "destination", "port", "protocol", "class")
+
+
+class StreamStats(NamedTuple):
+    """Counters the live source keeps itself, read at scrape time (see :attr:`MetricsSink.stream_stats`)."""
+
+    resent: int = 0
+    gaps: int = 0
+    anomalies: Mapping[str, int] = {}
+
 
 Labels = tuple[str, str, str, str, str]
 """Bounded label values of an edge: (source, destination, port, protocol, class)."""
@@ -170,6 +181,7 @@ class MetricsSink:
         self._reconnects = 0
         self._hubble_up = False
         self.last_flow_timestamp = 0.0
+        self.stream_stats: Callable[[], StreamStats] = StreamStats
         # Label values admitted so far (persist across reloads so that series keep their labels).
         self._namespaces: set[str] = set()
         self._other_ports: set[str] = set()
@@ -436,6 +448,11 @@ class MetricsSink:
         for family, n in self._series_overflow.copy().items():
             f["series_overflow"].add_metric((SERIES_FAMILIES[family],), n)
         f["build_info"].add_metric((auditor.__version__,), 1.0)
+        stream = self.stream_stats()
+        f["resent"].add_metric((), stream.resent)
+        f["gaps"].add_metric((), stream.gaps)
+        for kind in ANOMALY_KINDS:
+            f["clock_anomalies"].add_metric((kind,), stream.anomalies.get(kind, 0))
         yield from f.values()
 
 
@@ -475,7 +492,10 @@ def _families() -> dict[str, CounterMetricFamily | GaugeMetricFamily]:
             "Flow time of the newest judged event matching the allow rule, 0 until one is seen.",
             labels=("rule", "from", "to"),
         ),
-        "hubble_up": g(PREFIX + "hubble_up", "1 when the Hubble flow stream is connected, else 0."),
+        "hubble_up": g(
+            PREFIX + "hubble_up",
+            "1 while the Hubble flow stream is healthy (delivering, or open and answering), else 0.",
+        ),
         "reconnects": c(PREFIX + "hubble_reconnects", "Reconnections of the Hubble flow stream."),
         "lost_events": c(
             PREFIX + "hubble_lost_events",
@@ -504,6 +524,19 @@ def _families() -> dict[str, CounterMetricFamily | GaugeMetricFamily]:
             "Judged events (edge_last_seen) or new connections aggregated into the 'other' series of their "
             "class because the metric family reached its series cap.",
             labels=("metric",),
+        ),
+        "resent": c(
+            PREFIX + "hubble_resent_events_skipped",
+            "Events Hubble sent again after a reconnection, recognised and skipped (exactly once).",
+        ),
+        "gaps": c(
+            PREFIX + "hubble_stream_gaps",
+            "Streams started at the server's end, knowingly skipping events (after an oversized message).",
+        ),
+        "clock_anomalies": c(
+            PREFIX + "hubble_clock_anomalies",
+            "Flows stamped ahead of the auditor's clock, or a node's flow times stepping back, by kind.",
+            labels=("kind",),
         ),
         "build_info": g(PREFIX + "build_info", "Always 1; the version of flow-auditor.", labels=("version",)),
     }

@@ -1,25 +1,33 @@
-"""The live source: Hubble's ``observer.Observer/GetFlows`` stream over gRPC (DESIGN §3).
+"""Live flow source: ``observer.Observer/GetFlows`` over gRPC (Hubble Relay or a node's Hubble server).
 
-Stage: source (live). Input: a Hubble Relay address (``host:port``) or a node's Hubble socket
-(``unix:///var/run/cilium/hubble.sock``), optionally TLS/mTLS. Output: decoded records fed into the one
-pipeline, plus stream-health callbacks (connected, disconnected, newest flow time).
+Stage: source (I/O edge). Input: a :class:`HubbleConfig` — a server address, optionally TLS/mTLS. Output:
+decoded records fed into the one pipeline, plus stream-health callbacks (healthy, disconnected, gap).
 
 Resilience:
 
 * The stream is followed (``follow``) and re-opened whenever it breaks or the server is unreachable, with
-  capped, fully jittered exponential backoff.
-* A re-opened stream resumes with ``since`` = the time of the newest flow processed (less a millisecond),
-  so flows that happened during the outage are still judged; the events that overlap the previous stream
-  (the same events sent again) are recognised and skipped, so counts equal those of an uninterrupted
-  stream. The connection dedup window absorbs anything else.
-* Keepalive pings are sent at most every 5 minutes: Hubble Relay (grpc-go) closes connections that ping
-  more often (``too_many_pings``).
+  capped, fully jittered exponential backoff. No exception ends the stream thread: anything unexpected is
+  logged through ``disconnected`` and retried like a broken stream; an exception while handling one event
+  counts that event as ``invalid`` and the stream goes on.
+* Resuming never trusts a flow time (Hubble applies ``since`` to live events too; see
+  :mod:`auditor.sources.resume`): a re-opened stream asks for the newest events Hubble holds (``number``:
+  ``resume_backlog`` per node, less with many nodes), and re-sent events already processed are recognised
+  exactly, per node, and skipped.
+  Flows stamped ahead of the auditor's clock, or a node clock stepping back, are counted as anomalies.
+* A message larger than ``max_message_bytes`` cannot be received: it is counted as ``invalid``, the next
+  stream starts at the server's current end (skipping past it) and the gap is reported (``gap``).
+* Health: a stream is *healthy* once it delivered a response or stayed open ``healthy_after`` seconds
+  without failing. A stream silent for ``idle_timeout`` seconds is probed with a ``ServerStatus`` call
+  (deadline ``timeout``); no answer means a frozen server: the stream is cancelled and re-opened.
+  Transport keepalive pings go out at most every 5.5 minutes, only while a call is open: Hubble Relay
+  (grpc-go's default enforcement, minimum 5 minutes, no pings without calls) would otherwise close the
+  connection with ``too_many_pings``.
 * Certificates are read from their files at every (re)connection, and the files are polled while a
   stream is open: a rotated certificate (Kubernetes updates mounted Secrets in place) re-opens the stream.
 
 Error policy: nothing on the wire stops the daemon. Responses are received as raw bytes and parsed here,
 so an undecodable message is counted as ``invalid`` and skipped instead of breaking the stream; unknown
-fields and enum values are tolerated by protobuf. Connection errors are logged once per state change.
+fields and enum values are tolerated by protobuf. Connection errors are reported once per state change.
 """
 
 from __future__ import annotations
@@ -28,7 +36,6 @@ import hashlib
 import random
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,13 +50,19 @@ from auditor._proto.observer import observer_pb2
 from auditor.decode_pb import record_from_response
 from auditor.model import Flow
 from auditor.pipeline import Pipeline
+from auditor.sources.resume import DEFAULT_BACKLOG, DEFAULT_TOLERANCE, ResumeState
 
 GET_FLOWS: Final = "/observer.Observer/GetFlows"
-KEEPALIVE_MS: Final = 300_000  # grpc-go's default enforcement policy: no pings more often than 5 min
+SERVER_STATUS: Final = "/observer.Observer/ServerStatus"
+# grpc-go's default enforcement policy: no pings more often than every 5 min (a margin for timer jitter).
+KEEPALIVE_MS: Final = 330_000
+MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024
+IDLE_TIMEOUT: Final = 30.0  # seconds of silence before the server is probed
+HEALTHY_AFTER: Final = 1.0  # seconds a stream must stay open (without a response) to count as healthy
 # grpc.experimental.ChannelOptions.SingleThreadedUnaryStream (not in the type stubs)
 SINGLE_THREADED_UNARY_STREAM: Final = "SingleThreadedUnaryStream"
-RESUME_OVERLAP: Final = 0.001  # seconds re-requested before the newest flow seen
-_RECENT_MAX: Final = 1024
+_WATCH_TICK: Final = 0.2  # seconds between two looks of the stream watcher
+_REASON_MAX: Final = 300  # characters of a failure reason kept (gRPC details come from the server)
 
 
 class SourceConfigError(ValueError):
@@ -73,6 +86,11 @@ class HubbleConfig:
     namespaces: tuple[str, ...] = ()  # server-side filter: only flows from/to these namespaces
     since: float | None = None  # first stream only: start this far back (seconds since the epoch)
     single_threaded_stream: bool = True
+    max_message_bytes: int = MAX_MESSAGE_BYTES
+    idle_timeout: float = IDLE_TIMEOUT
+    healthy_after: float = HEALTHY_AFTER
+    resume_backlog: int = DEFAULT_BACKLOG
+    clock_tolerance: float = DEFAULT_TOLERANCE
     extra_options: tuple[tuple[str, Any], ...] = field(default=())
 
     @property
@@ -85,7 +103,7 @@ class HubbleConfig:
             ("grpc.keepalive_timeout_ms", 20_000),
             ("grpc.keepalive_permit_without_calls", 0),
             ("grpc.http2.max_pings_without_data", 0),
-            ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+            ("grpc.max_receive_message_length", self.max_message_bytes),
             ("grpc.enable_retries", 0),
         ]
         if self.single_threaded_stream:
@@ -140,7 +158,7 @@ class Backoff:
         self._rng = rng or random.Random()
 
     def next_delay(self) -> float:
-        ceiling = min(self.maximum, self.initial * (2**self.attempt))
+        ceiling = min(self.maximum, self.initial * (2 ** min(self.attempt, 64)))
         self.attempt += 1
         return self._rng.uniform(ceiling / 2, ceiling)
 
@@ -150,12 +168,14 @@ class Backoff:
 
 @dataclass
 class StreamEvents:
-    """Callbacks for stream health (metrics and logs); all optional."""
+    """Callbacks for stream health (metrics and logs); all optional. ``connected`` fires when a stream
+    becomes healthy; ``gap`` when events are knowingly skipped (with the reason)."""
 
     connected: Callable[[], None] = lambda: None
     disconnected: Callable[[str], None] = lambda reason: None
     reconnecting: Callable[[float], None] = lambda delay: None
     newest_flow_time: Callable[[float], None] = lambda t: None
+    gap: Callable[[str], None] = lambda reason: None
 
 
 class HubbleSource:
@@ -165,20 +185,30 @@ class HubbleSource:
         self.config = config
         self.pipeline = pipeline
         self.events = events or StreamEvents()
-        self.connected = False
-        self.last_connected = 0.0  # monotonic time of the last successful (re)connection
-        self.newest_time = 0.0  # flow time of the newest flow processed
+        self.connected = False  # the current stream is healthy (see the module docstring)
+        self.last_healthy = 0.0  # monotonic time the stream was last known healthy (0: never)
+        self.last_reason = ""  # why the last stream ended
         self.reconnects = 0
+        self.gaps = 0  # streams started at the server's end, skipping events (after an oversized message)
+        self.errors = 0  # unexpected exceptions survived by the stream thread
+        self.resume = ResumeState(config.resume_backlog, tolerance=config.clock_tolerance)
         self.requests: list[observer_pb2.GetFlowsRequest] = []  # for inspection in tests (bounded)
-        self._recent: deque[Flow] = deque(maxlen=_RECENT_MAX)  # flows within RESUME_OVERLAP of newest_time
-        self._resuming = False
+        self._opened = False  # a stream has been opened before: the next one resumes
+        self._skip_backlog = False
+        self._retry_now = False
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._call: Any = None
         self._ready: Any = None  # the channel-ready future of a connection attempt in progress
         self._reopen = threading.Event()
+        self._cancel_reason = ""
         self._received = 0
         self.namespaces = config.namespaces
+
+    @property
+    def newest_time(self) -> float:
+        """Newest plausible flow time processed (flows stamped ahead of the auditor's clock excluded)."""
+        return self.resume.newest
 
     def set_namespaces(self, namespaces: tuple[str, ...]) -> None:
         """Change the server-side namespace filter (after a matrix reload): re-opens the stream."""
@@ -193,48 +223,69 @@ class HubbleSource:
             ready = self._ready
         if ready is not None:
             ready.cancel()  # a connection attempt would otherwise hold stop() for up to --timeout
-        self._cancel()
+        self._cancel("stopped")
 
     def reopen(self) -> None:
         """Close the current stream and open a new one (resuming): used after a scope change."""
         self._reopen.set()
-        self._cancel()
+        self._cancel("re-opened")
 
-    def _cancel(self) -> None:
+    def _cancel(self, reason: str) -> None:
         with self._lock:
             call = self._call
+            self._cancel_reason = reason
         if call is not None:
             call.cancel()
 
     # -- main loop ------------------------------------------------------------------------------------
     def run(self) -> None:
-        """Blocking: follow, reconnect, resume, until :meth:`stop`."""
+        """Blocking: follow, reconnect, resume, until :meth:`stop`. Never raises."""
         backoff = Backoff(self.config.backoff_initial, self.config.backoff_max)
-        first = True
         while not self._stop.is_set():
-            if not first:
-                self.reconnects += 1
-            first = False
-            reason = self._stream_once(backoff)
-            if self._stop.is_set():
-                break
-            if self.connected:
-                self.connected = False
-            self.events.disconnected(reason)
-            if self._reopen.is_set():
-                self._reopen.clear()
-                continue
-            delay = backoff.next_delay()
-            self.events.reconnecting(delay)
+            try:
+                reason = self._stream_once(backoff)
+            except Exception as e:  # a bug must not end the thread: report it, retry like a broken stream
+                self.errors += 1
+                reason = f"internal error: {type(e).__name__}: {e}"
+            try:
+                if self._after_stream(reason):
+                    continue
+                delay = backoff.next_delay()
+                self.events.reconnecting(delay)
+            except Exception:
+                self.errors += 1
+                delay = backoff.next_delay()
             self._stop.wait(delay)
+
+    def _after_stream(self, reason: str) -> bool:
+        """Bookkeeping after a stream ended; true when the next one opens at once (no backoff)."""
+        if self._stop.is_set():
+            return True
+        if self.connected:
+            self.connected = False
+            self.last_healthy = time.monotonic()
+        reason = reason if len(reason) <= _REASON_MAX else reason[:_REASON_MAX] + "…"  # server-chosen text
+        self.last_reason = reason
+        self.reconnects += 1
+        if self.resume.newest:
+            self.events.newest_flow_time(self.resume.newest)
+        self.events.disconnected(reason)
+        if self._reopen.is_set():
+            self._reopen.clear()
+            return True
+        retry_now, self._retry_now = self._retry_now, False
+        return retry_now  # once, right after an oversized message: the gap stays short
 
     def _request(self) -> observer_pb2.GetFlowsRequest:
         req = observer_pb2.GetFlowsRequest(follow=True)
-        if self.newest_time:
-            req.since.FromNanoseconds(int((self.newest_time - RESUME_OVERLAP) * 1e9))
-            self._resuming = True
+        if self._skip_backlog:
+            self._skip_backlog = False  # from the server's current end, past the message we cannot take
+        elif self.resume.keys:
+            req.number = self.resume.share  # resume: each node's newest events, whatever their time
         elif self.config.since is not None:
             req.since.FromNanoseconds(int(self.config.since * 1e9))
+        elif self._opened:
+            req.number = self.config.resume_backlog  # nothing seen yet: what happened while we were away
         for ns in self.namespaces:
             req.whitelist.append(flow_pb2.FlowFilter(source_pod=[f"{ns}/"]))
             req.whitelist.append(flow_pb2.FlowFilter(destination_pod=[f"{ns}/"]))
@@ -253,6 +304,7 @@ class HubbleSource:
         except SourceConfigError as e:
             return f"tls configuration: {e}"
         watcher: threading.Thread | None = None
+        done = threading.Event()
         try:
             ready = grpc.channel_ready_future(channel)
             with self._lock:
@@ -271,6 +323,7 @@ class HubbleSource:
             request = self._request()
             if len(self.requests) < 100:
                 self.requests.append(request)
+            self._opened = True
             # Raw bytes in: we parse, so a bad message is counted, not fatal for the stream.
             method: grpc.UnaryStreamMultiCallable[observer_pb2.GetFlowsRequest, bytes] = channel.unary_stream(
                 GET_FLOWS, request_serializer=observer_pb2.GetFlowsRequest.SerializeToString
@@ -278,81 +331,132 @@ class HubbleSource:
             call = method(request)
             with self._lock:
                 self._call = call
+                self._cancel_reason = ""
             if self._stop.is_set():
                 call.cancel()
-            if self.config.tls and self.config.cert_files():
-                watcher = threading.Thread(target=self._watch_certs, args=(call,), daemon=True)
-                watcher.start()
+            watcher = threading.Thread(
+                target=self._watch, args=(call, channel, done), name="stream-watch", daemon=True
+            )
+            watcher.start()
             return self._consume(call, backoff)
         finally:
+            done.set()
             with self._lock:
                 self._call = None
-            channel.close()
+            channel.close()  # also ends a probe in flight
             if watcher is not None:
-                watcher.join(timeout=1)
+                watcher.join(timeout=self.config.timeout + 1)
 
     def _consume(self, call: Any, backoff: Backoff) -> str:
         parse = live_pb2.GetFlowsResponse.FromString  # the lean view: only what the auditor reads
         feed, invalid, lock = self.pipeline.feed, self.pipeline.invalid, self.pipeline.lock
-        healthy = False
-        self._on_connected()  # the channel is ready and the call is open (the stream may be quiet)
+        admit = self.resume.admit
+        delivered = False
         try:
             for raw in call:
-                if not healthy:
-                    healthy = True
-                    backoff.reset()  # only a stream that delivers resets the backoff
                 self._received += 1
+                if not delivered:
+                    delivered = True
+                    backoff.reset()  # only a stream that delivers resets the backoff
+                    self._healthy()
                 try:
                     record = record_from_response(parse(raw))
                 except ProtobufDecodeError as e:
                     with lock:
                         invalid(f"{self.config.target}#{self._received}", f"undecodable message: {e}")
                     continue
-                if type(record) is Flow:
-                    if self._resuming and self._seen_before(record):
-                        continue
-                    self._track_time(record)
-                with lock:
-                    feed(record)
+                try:
+                    if type(record) is Flow and not admit(record.node_name, hash(raw), record.time):
+                        continue  # re-sent after a resume: processed already
+                    with lock:
+                        feed(record)
+                except Exception as e:  # one event must never break the stream (nor be re-requested)
+                    with lock:
+                        invalid(f"{self.config.target}#{self._received}", f"{type(e).__name__}: {e}")
             return "stream ended by the server"  # a follow stream should not end
         except grpc.RpcError as e:
             code = e.code() if hasattr(e, "code") else None
-            if code is grpc.StatusCode.CANCELLED:
-                return "cancelled"
             details = e.details() if hasattr(e, "details") else str(e)
+            if code is grpc.StatusCode.CANCELLED:
+                with self._lock:
+                    return self._cancel_reason or "cancelled"
+            if code is grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in (details or ""):
+                return self._oversized(details or "")
             return f"{code.name if code else 'error'}: {details}"
 
-    def _on_connected(self) -> None:
-        self.connected = True
-        self.last_connected = time.monotonic()
+    def _oversized(self, details: str) -> str:
+        """The next message exceeds the receive limit: count it, skip past it, report the gap."""
+        where = f"{self.config.target}#{self._received + 1}"
+        with self.pipeline.lock:
+            self.pipeline.invalid(where, f"message larger than the receive limit: {details}")
+        self.gaps += 1
+        self._skip_backlog = self._retry_now = True
+        reason = (
+            f"a message larger than the receive limit ({self.config.max_message_bytes} bytes) was skipped; "
+            "events Hubble held after it are not judged"
+        )
+        self.events.gap(reason)
+        return f"RESOURCE_EXHAUSTED: {details}"
+
+    def _healthy(self) -> None:
+        with self._lock:
+            if self.connected:
+                return
+            self.connected = True
+            self.last_healthy = time.monotonic()
         self.events.connected()
 
-    def _seen_before(self, flow: Flow) -> bool:
-        if flow.time > self.newest_time:
-            self._resuming = False
-            return False
-        return flow in self._recent
+    # -- watching an open stream: health, silence, certificate rotation -----------------------------
+    def _watch(self, call: Any, channel: grpc.Channel, done: threading.Event) -> None:
+        try:
+            self._watch_stream(call, channel, done)
+        except Exception:  # the stream goes on without its watcher (counted, never fatal)
+            self.errors += 1
 
-    def _track_time(self, flow: Flow) -> None:
-        t = flow.time
-        recent = self._recent
-        if t > self.newest_time:
-            self.newest_time = t
-            self.events.newest_flow_time(t)
-            horizon = t - RESUME_OVERLAP
-            while recent and recent[0].time < horizon:
-                recent.popleft()
-        elif t < self.newest_time - RESUME_OVERLAP:
-            return
-        recent.append(flow)  # bounded by maxlen: enough for the flows of one millisecond
+    def _watch_stream(self, call: Any, channel: grpc.Channel, done: threading.Event) -> None:
+        config = self.config
+        opened = last_change = time.monotonic()
+        count = self._received
+        certs = config.cert_files() if config.tls else []
+        digest = files_digest(certs) if certs else ""
+        next_cert_poll = opened + config.cert_poll_interval
+        tick = max(0.01, min(_WATCH_TICK, config.healthy_after, config.idle_timeout))
+        newest = 0.0
+        while not (done.wait(tick) or self._stop.is_set()):
+            now = time.monotonic()
+            if self.resume.newest != newest:  # the metric follows within a tick (no per-flow callback)
+                newest = self.resume.newest
+                self.events.newest_flow_time(newest)
+            if self._received != count:
+                count, last_change = self._received, now
+                self.last_healthy = now
+            elif not self.connected and now - opened >= config.healthy_after:
+                self._healthy()  # open and not failing: a quiet but healthy stream
+            if now - last_change >= config.idle_timeout:
+                if not self._answers(channel):
+                    self._cancel(f"no response from {config.target} for {now - last_change:.0f}s (frozen?)")
+                    return
+                last_change = time.monotonic()
+                self.last_healthy = last_change
+            if certs and now >= next_cert_poll:
+                next_cert_poll = now + config.cert_poll_interval
+                if files_digest(certs) != digest:
+                    self._reopen.set()
+                    self._cancel("certificate files changed")
+                    return
 
-    def _watch_certs(self, call: Any) -> None:
-        files = self.config.cert_files()
-        digest = files_digest(files)
-        while not self._stop.wait(self.config.cert_poll_interval):
-            if not call.is_active():
-                return
-            if files_digest(files) != digest:
-                self._reopen.set()
-                call.cancel()
-                return
+    def _answers(self, channel: grpc.Channel) -> bool:
+        """Whether the server answers a ``ServerStatus`` call within ``timeout`` (any answer counts)."""
+        probe: Any = channel.unary_unary(
+            SERVER_STATUS,
+            request_serializer=observer_pb2.ServerStatusRequest.SerializeToString,
+            response_deserializer=None,
+        )
+        try:
+            probe(observer_pb2.ServerStatusRequest(), timeout=self.config.timeout)
+        except grpc.RpcError as e:
+            code = e.code() if hasattr(e, "code") else None
+            return code not in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE)
+        except ValueError:  # the channel was closed meanwhile: the stream is over anyway
+            return True
+        return True
