@@ -1,5 +1,5 @@
-"""NetworkPolicies that enforce a communication matrix (``flow-auditor policies generate``), and the static
-comparison of deployed NetworkPolicies with the matrix (``flow-auditor policies diff``).
+"""NetworkPolicies and CiliumNetworkPolicies that enforce a communication matrix (``flow-auditor policies
+generate``).
 
 Stage: offline tooling; reads a compiled :class:`~auditor.matrix.Matrix`, never a flow.
 
@@ -10,8 +10,9 @@ Input/output:
   ``CiliumNetworkPolicy`` objects (flavor ``cilium``): plain dicts, in a deterministic order (default-deny
   per scoped namespace, then components in matrix order), with deterministic names.
   :func:`to_yaml` renders them as one multi-document YAML stream.
-- :func:`diff` evaluates Kubernetes NetworkPolicies with :mod:`auditor.kube.netpol` on synthetic endpoints
-  built from the matrix (:func:`probes`, :func:`probe_ports`) and lists where they and the matrix disagree.
+
+The comparison of deployed policies with the matrix (``policies diff``) lives in :mod:`auditor.kube.diff`;
+the synthetic endpoints both use in :mod:`auditor.kube.probes`.
 
 What is generated:
 
@@ -48,7 +49,7 @@ How selectors and ports map (k8s = kubernetes flavor; "wider" = the policies all
 - ``cidrs`` with ``except``: k8s ipBlock; cilium ``fromCIDRSet``/``toCIDRSet``.
 - ``fqdns``: k8s has no equivalent: ipBlocks ``0.0.0.0/0`` and ``::/0`` on the rule's ports (wider). cilium
   egress ``toFQDNs`` (``matchName``; a ``*.`` wildcard, which matches any depth in the matrix, becomes
-  ``matchPattern: "**.<domain>"``) plus the DNS proxy rule that toFQDNs needs: port 53 ``ANY`` with
+  ``matchPattern: "**.<domain>"``) plus the DNS proxy rule that toFQDNs needs: port 53 UDP and TCP with
   ``rules: {dns: [{matchPattern: "*"}]}`` towards the matrix's DNS server (the first pod component that
   an allow rule reaches on 53/UDP, else ``kube-system``/``k8s-app: kube-dns``); as a *source* an FQDN
   cannot be selected: ``world`` entity (wider).
@@ -63,10 +64,12 @@ How selectors and ports map (k8s = kubernetes flavor; "wider" = the policies all
 - a pod component that is not pinned to a namespace (only ``namespaceLabels``, or nothing) gets no policy of
   its own (the default-deny of the scoped namespaces still applies to its pods there): noted.
 
+Cilium flavor and namespace labels: a peer selector always carries ``k8s:io.kubernetes.pod.namespace``
+(``In`` or ``Exists``), so its namespace-label requirements mean the same whether Cilium restricts
+namespace-label selectors to the policy's namespace (its documentation) or not (its code).
+
 Error policy: generation does not fail for a matrix that loaded; an unknown flavor or an invalid cluster
-CIDR raises :class:`ValueError`. :func:`diff` raises :class:`auditor.kube.netpol.PolicyError` for a
-malformed policy; objects other than Kubernetes NetworkPolicies are ignored by it (see
-:attr:`auditor.kube.netpol.PolicySet.skipped`).
+CIDR raises :class:`ValueError`.
 """
 
 from __future__ import annotations
@@ -81,7 +84,8 @@ from typing import Any, Final, Literal
 
 import yaml
 
-from auditor.kube.netpol import NAMESPACE_NAME_LABEL, External, Node, Pod, Subject, compile_policies
+from auditor.kube.model import NAMESPACE_NAME_LABEL
+from auditor.kube.probes import address_kind, synthetic_pods
 from auditor.matrix import (
     Component,
     LabelRequirement,
@@ -92,7 +96,7 @@ from auditor.matrix import (
     Selector,
     endpoint_labels,
 )
-from auditor.model import ICMP_PROTOCOLS, Endpoint, Protocol, Workload
+from auditor.model import ICMP_PROTOCOLS, Endpoint, Protocol
 
 Flavor = Literal["kubernetes", "cilium"]
 FLAVORS: Final[tuple[Flavor, ...]] = ("kubernetes", "cilium")
@@ -114,12 +118,6 @@ _ICMP_ECHO: Final = {
     Protocol.ICMPV6: {"type": 128, "family": "IPv6"},
 }
 _CILIUM_MAX_PORTS: Final = 40  # PortRule.ports maxItems in the CiliumNetworkPolicy schema
-_TRANSPORT: Final = (Protocol.TCP, Protocol.UDP, Protocol.SCTP)
-_PROBE_LABEL: Final = "flow-auditor.io/probe"
-_PROBE_NAMESPACE: Final = "flow-auditor-probe"
-_WORLD_PROBES: Final = ("203.0.113.10", "2001:db8::10")  # documentation ranges (RFC 5737, RFC 3849)
-_WORLD_ENDPOINT: Final = Endpoint(identity=2, labels=("reserved:world",))
-_HOST_ENDPOINT: Final = Endpoint(identity=1, labels=("reserved:host",))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -221,21 +219,10 @@ class _Names:
         return candidate
 
 
-def _address_kind(sel: Selector) -> str | None:
-    """How a component is selected when it is not a pod selector: ``cidrs``, ``fqdns`` or ``entities``."""
-    if sel.cidrs:
-        return "cidrs"
-    if sel.fqdns:
-        return "fqdns"
-    if sel.entities is not None:
-        return "entities"
-    return None
-
-
 def _placement(comp: Component, scope: frozenset[str]) -> list[str]:
     """The scoped namespaces in which the component gets a policy of its own."""
     sel = comp.selector
-    if _address_kind(sel) is not None or sel.namespaces is None:
+    if address_kind(sel) is not None or sel.namespaces is None:
         return []
     return sorted(sel.namespaces & scope)
 
@@ -262,7 +249,7 @@ def _selector_notes(comp: Component) -> list[str]:
             f"component {comp.name} combines {', '.join(parts)}: "
             f"only its {parts[0]} are used in policies (wider)"
         )
-    if _address_kind(sel) is None and sel.namespaces is None:
+    if address_kind(sel) is None and sel.namespaces is None:
         notes.append(
             f"component {comp.name} is not pinned to a namespace: no policy of its own selects its pods "
             "(the default-deny applies to them in scoped namespaces)"
@@ -344,7 +331,10 @@ class _Renderer:
             ):
                 if comp.name not in ends:
                     continue
-                rendered = self.rules(rule, [self.by_name[n] for n in others], egress=is_egress, notes=notes)
+                peers = [self.by_name[n] for n in others]
+                for text in self.shadow_notes(rule, peers):
+                    _note(notes, text)
+                rendered = self.rules(rule, peers, egress=is_egress, notes=notes)
                 if rendered:
                     implemented.add(rule.index)
                     out.extend(rendered)
@@ -353,6 +343,25 @@ class _Renderer:
         if notes:
             obj["metadata"]["annotations"][f"{ANNOTATION_PREFIX}notes"] = "; ".join(notes)
         return obj, notes
+
+    def shadow_notes(self, rule: Rule, peers: Sequence[Component]) -> list[str]:
+        """World peers also cover the CIDR/FQDN components the matrix matches before them (wider)."""
+        out = []
+        for comp in peers:
+            if "world" not in (comp.selector.entities or ()):
+                continue
+            shadowed = []
+            for other in self.matrix.components:
+                if other.name == comp.name:
+                    break
+                if address_kind(other.selector) in ("cidrs", "fqdns"):
+                    shadowed.append(other.name)
+            if shadowed:
+                out.append(
+                    f"rule {rule.index}: {comp.name}: the world also covers {', '.join(shadowed)} (matched "
+                    f"first in the matrix), so this rule allows them too (wider)"
+                )
+        return out
 
     def metadata(self, name: str, namespace: str, component: str | None, rules: set[int]) -> dict[str, Any]:
         annotations = {
@@ -446,7 +455,7 @@ class _Kubernetes(_Renderer):
 
     def peers(self, comp: Component, rule: Rule, notes: list[str]) -> list[dict[str, Any]]:
         sel, where = comp.selector, f"rule {rule.index}: {comp.name}"
-        kind = _address_kind(sel)
+        kind = address_kind(sel)
         if kind is None:
             for field, present in (
                 ("serviceAccount", sel.service_account is not None),
@@ -546,7 +555,7 @@ class _Cilium(_Renderer):
                     "toEndpoints": [selector],
                     "toPorts": [
                         {
-                            "ports": [{"port": "53", "protocol": "ANY"}],
+                            "ports": [{"port": "53", "protocol": "UDP"}, {"port": "53", "protocol": "TCP"}],
                             "rules": {"dns": [{"matchPattern": "*"}]},
                         }
                     ],
@@ -616,7 +625,7 @@ class _Cilium(_Renderer):
         fqdns: list[Any] = []
         for comp in peers:
             sel, where = comp.selector, f"rule {rule.index}: {comp.name}"
-            kind = _address_kind(sel)
+            kind = address_kind(sel)
             if kind is None:
                 if sel.workload is not None:
                     _note(
@@ -648,7 +657,7 @@ class _Cilium(_Renderer):
                 continue
             for name in rule.destinations:
                 sel = self.by_name[name].selector
-                if _address_kind(sel) is None:
+                if address_kind(sel) is None:
                     return self.endpoint_selector(sel, peer=True), f"{name} (matrix rule {rule.index})"
         return _DEFAULT_DNS
 
@@ -656,9 +665,9 @@ class _Cilium(_Renderer):
 def _overlap_notes(matrix: Matrix) -> list[str]:
     """Pairs of pod components whose selectors certainly overlap (one's minimal pod matches the other)."""
     pods = [
-        (c, [ep for _, ep in _synthetic_pods(c)])
+        (c, [ep for _, ep in synthetic_pods(c)])
         for c in matrix.components
-        if _address_kind(c.selector) is None
+        if address_kind(c.selector) is None
     ]
     notes = []
     for i, (a, a_eps) in enumerate(pods):
@@ -678,235 +687,3 @@ def _matches_any(sel: Selector, endpoints: Sequence[Endpoint]) -> bool:
         if sel.matches_labels(ep, k8s, entities):
             return True
     return False
-
-
-# --------------------------------------------------------------------------------------------------
-# Synthetic endpoints (probes) and the comparison of policies with the matrix
-
-
-@dataclass(frozen=True, slots=True)
-class Probe:
-    """A synthetic endpoint: what the matrix calls it (``name``), what it was built for, and the subject."""
-
-    name: str
-    origin: str
-    subject: Subject
-
-
-def probes(matrix: Matrix) -> list[Probe]:
-    """Synthetic endpoints standing for the matrix's components, plus endpoints that match none.
-
-    - a pod component: one pod per namespace it names (or a namespace of its own), labelled to satisfy its
-      selector, in a namespace whose labels satisfy ``namespaceLabels``;
-    - ``cidrs``: an address inside each CIDR and the first address of each ``except``;
-    - entity ``world``: a documentation IPv4 and IPv6 address (always added); entity ``host``: the
-      :class:`~auditor.kube.netpol.Node`; FQDN components and other entities have no probe;
-    - an unlabelled pod in every scoped namespace and a pod in a namespace outside the matrix.
-
-    Every probe is named by :meth:`Matrix.resolve`, so a probe that the matrix names differently than
-    the component it was built for (selectors that overlap) is judged as the matrix would judge it.
-    """
-    out: list[Probe] = []
-
-    def add(name: str, origin: str, subject: Subject) -> None:
-        if all(p.subject != subject for p in out):
-            out.append(Probe(name, origin, subject))
-
-    for comp in matrix.components:
-        sel, kind = comp.selector, _address_kind(comp.selector)
-        if kind is None:
-            for pod, ep in _synthetic_pods(comp):
-                add(matrix.resolve(ep), comp.name, pod)
-        elif kind == "cidrs":
-            for ip in _cidr_addresses(sel.cidrs):
-                add(matrix.resolve(_WORLD_ENDPOINT, ip), comp.name, External(ip))
-        elif kind == "entities" and "host" in (sel.entities or ()):
-            add(matrix.resolve(_HOST_ENDPOINT), comp.name, Node())
-    for ip in _WORLD_PROBES:
-        add(matrix.resolve(_WORLD_ENDPOINT, ip), "world", External(ip))
-    for ns in sorted(matrix.scope_namespaces or ()):
-        pod = Pod(ns, {_PROBE_LABEL: "unmatched"})
-        add(matrix.resolve(_pod_endpoint(pod, None, None)), f"unmatched:{ns}", pod)
-    foreign = Pod(_PROBE_NAMESPACE, {_PROBE_LABEL: "foreign"})
-    add(matrix.resolve(_pod_endpoint(foreign, None, None)), "foreign", foreign)
-    return out
-
-
-def probe_ports(matrix: Matrix) -> list[tuple[str, int]]:
-    """(protocol, port) pairs to try: every port the rules mention (range ends and their neighbours) with
-    TCP, UDP and SCTP, a port no rule covers, and ICMPv4/ICMPv6 (port 0)."""
-    ranges = [p for rule in matrix.rules for p in rule.ports if _has_transport(p)]
-    numbers: set[int] = set()
-    for p in ranges:
-        numbers.update(n for n in (p.lo - 1, p.lo, p.hi, p.hi + 1) if 1 <= n <= 65535)
-    uncovered = next((n for n in range(1, 65536) if not any(p.lo <= n <= p.hi for p in ranges)), None)
-    if uncovered is not None:
-        numbers.add(uncovered)
-    out = [(proto, n) for n in sorted(numbers) for proto in _TRANSPORT]
-    return [*out, (Protocol.ICMPV4, 0), (Protocol.ICMPV6, 0)]
-
-
-@dataclass(frozen=True, slots=True)
-class Difference:
-    """Where the policies and the matrix disagree on one (source, destination, protocol, port).
-
-    ``kind`` is ``unexpected_allowed`` (the policies allow what the matrix does not; ``allowed_by`` names
-    the policies that let it through on each side) or ``expected_denied`` (the matrix allows it, as
-    ``rule``, but the policies deny it). ``port`` is ``None`` for ICMP.
-    """
-
-    kind: str
-    source: str
-    destination: str
-    protocol: str
-    port: int | None
-    rule: int | None = None
-    allowed_by: tuple[str, ...] = ()
-
-    def __str__(self) -> str:
-        where = self.protocol if self.port is None else f"{self.port}/{self.protocol}"
-        why = (
-            f"rule {self.rule}"
-            if self.rule is not None
-            else "allowed by " + (", ".join(self.allowed_by) or "-")
-        )
-        return f"{self.kind}: {self.source} -> {self.destination} {where} ({why})"
-
-
-def diff(policies: Iterable[Mapping[str, Any]], matrix: Matrix) -> list[Difference]:
-    """Where Kubernetes NetworkPolicies and the matrix disagree, on :func:`probes` and :func:`probe_ports`.
-
-    Only pairs with at least one end in a scoped namespace are compared (the rest is out of scope); a probe
-    paired with itself stands for two pods of the same component. Node traffic is not compared (Kubernetes
-    always allows it between a pod and its node), nor are FQDN components (no address to probe). Sorted by
-    kind, source, destination, protocol, port.
-    """
-    pset = compile_policies(policies)
-    scope = matrix.scope_namespaces or frozenset()
-    prbs = [p for p in probes(matrix) if not isinstance(p.subject, Node)]
-    ports = probe_ports(matrix)
-    found: dict[tuple[str, str, str, str, int | None], Difference] = {}
-    for src in prbs:
-        for dst in prbs:
-            if not (_in_scope(src.subject, scope) or _in_scope(dst.subject, scope)):
-                continue
-            for proto, port in ports:
-                decision = pset.evaluate(src.subject, dst.subject, proto, port)
-                rule = matrix.rule_for(src.name, dst.name, proto, port)
-                if decision.allowed == (rule is not None):
-                    continue
-                shown_port = None if proto in ICMP_PROTOCOLS else port
-                key_kind = "unexpected_allowed" if decision.allowed else "expected_denied"
-                key = (key_kind, src.name, dst.name, proto, shown_port)
-                if key not in found:
-                    found[key] = Difference(
-                        key_kind,
-                        src.name,
-                        dst.name,
-                        proto,
-                        shown_port,
-                        rule.index if rule is not None else None,
-                        tuple(_dedupe((*decision.egress.allowed_by, *decision.ingress.allowed_by))),
-                    )
-    return sorted(found.values(), key=lambda d: (d.kind, d.source, d.destination, d.protocol, d.port or 0))
-
-
-def format_differences(differences: Sequence[Difference]) -> str:
-    """One line per difference (``policies diff`` text output); a final line says how many."""
-    lines = [str(d) for d in differences]
-    lines.append(f"{len(differences)} difference(s)" if differences else "no difference")
-    return "\n".join(lines) + "\n"
-
-
-def _in_scope(subject: Subject, scope: frozenset[str]) -> bool:
-    return isinstance(subject, Pod) and subject.namespace in scope
-
-
-def _synthetic_pods(comp: Component) -> list[tuple[Pod, Endpoint]]:
-    """Pods satisfying a pod component's selector, each with the Hubble endpoint the matrix would see."""
-    sel = comp.selector
-    labels, ns_labels = _satisfy(sel.pod_labels), _satisfy(sel.namespace_labels)
-    if labels is None or ns_labels is None:
-        return []  # the selector can match no pod
-    if sel.namespaces is not None:
-        namespaces = sorted(sel.namespaces)
-    elif NAMESPACE_NAME_LABEL in ns_labels:
-        namespaces = [ns_labels[NAMESPACE_NAME_LABEL]]
-    else:
-        namespaces = [f"{_PROBE_NAMESPACE}-{re.sub(r'[^a-z0-9-]', '-', comp.name)}"]
-    out = []
-    for ns in namespaces:
-        if ns_labels.get(NAMESPACE_NAME_LABEL, ns) != ns:
-            continue
-        pod = Pod(ns, dict(labels), {k: v for k, v in ns_labels.items() if k != NAMESPACE_NAME_LABEL})
-        out.append((pod, _pod_endpoint(pod, sel.service_account, sel.workload)))
-    return out
-
-
-def _pod_endpoint(
-    pod: Pod, service_account: str | None, workload: tuple[str | None, str | None] | None
-) -> Endpoint:
-    labels = [f"k8s:{k}={v}" for k, v in pod.labels.items()]
-    labels += [f"k8s:io.cilium.k8s.namespace.labels.{k}={v}" for k, v in pod.all_namespace_labels().items()]
-    labels.append(f"k8s:io.kubernetes.pod.namespace={pod.namespace}")
-    if service_account is not None:
-        labels.append(f"k8s:io.cilium.k8s.policy.serviceaccount={service_account}")
-    workloads: tuple[Workload, ...] = ()
-    if workload is not None:
-        workloads = (Workload(kind=workload[0] or "Deployment", name=workload[1] or "probe"),)
-    return Endpoint(
-        namespace=pod.namespace, labels=tuple(sorted(labels)), pod_name="probe", workloads=workloads
-    )
-
-
-def _satisfy(reqs: Sequence[LabelRequirement]) -> dict[str, str] | None:
-    """Labels satisfying every requirement (absent keys where allowed), or ``None`` if impossible."""
-    by_key: dict[str, list[LabelRequirement]] = {}
-    for r in reqs:
-        by_key.setdefault(r.key, []).append(r)
-    out: dict[str, str] = {}
-    for key, rs in by_key.items():
-        allowed: set[str] | None = None
-        forbidden: set[str] = set()
-        present = absent = False
-        for r in rs:
-            if r.operator == "In":
-                allowed = set(r.values) if allowed is None else allowed & r.values
-                present = True
-            elif r.operator == "NotIn":
-                forbidden |= r.values
-            elif r.operator == "Exists":
-                present = True
-            else:
-                absent = True
-        if present and absent:
-            return None
-        if absent:
-            continue
-        if allowed is not None:
-            candidates = sorted(allowed - forbidden)
-            if not candidates:
-                return None
-            out[key] = candidates[0]
-        elif present:
-            value, n = "probe", 0
-            while value in forbidden:
-                n += 1
-                value = f"probe{n}"
-            out[key] = value
-    return out
-
-
-def _cidr_addresses(cidrs: Sequence[tuple[Network, tuple[Network, ...]]]) -> list[str]:
-    """An address inside each CIDR but outside its excepts, then the first address of each except."""
-    out: list[str] = []
-    for net, excepts in cidrs:
-        candidates = [net.network_address + (1 if net.num_addresses > 2 else 0), net.broadcast_address]
-        candidates += [
-            ex.broadcast_address + 1 for ex in excepts if ex.broadcast_address != net.broadcast_address
-        ]
-        inside = next((a for a in candidates if a in net and not any(a in ex for ex in excepts)), None)
-        if inside is not None:
-            out.append(str(inside))
-        out.extend(str(ex.network_address) for ex in excepts)
-    return out
