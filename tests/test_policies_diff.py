@@ -1,0 +1,265 @@
+"""``flow-auditor policies diff`` as a CI gate, through the CLI: the gaps the gate had, its inputs, its
+report formats and exit codes, and invalid manifests.
+
+Each truth is written out from Kubernetes' and Cilium's documented semantics, not from the code: e.g. "a
+NetworkPolicy that allows 22/TCP next to 5432/TCP allows 22/TCP", so the matrix (5432 only) is broken on
+22/TCP whatever ports the matrix happens to name.
+
+Golden files under ``tests/golden/policies/`` pin the three report formats; regenerate them after an
+intended change with ``UPDATE_GOLDEN=1 pytest tests/test_policies_diff.py``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+from pathlib import Path
+from textwrap import dedent
+from typing import Any
+
+import pytest
+import yaml
+
+from auditor.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+AIRFLOW = ROOT / "examples" / "airflow" / "matrix.yaml"
+GOLDEN = Path(__file__).parent / "golden" / "policies"
+HEADER = "apiVersion: flow-auditor/v1alpha1\nkind: CommunicationMatrix\n"
+
+SHOP = HEADER + dedent(
+    """\
+    metadata: {name: shop}
+    scope: {namespaces: [shop]}
+    components:
+      api: {namespace: shop, labels: {app: api}}
+      db:  {namespace: shop, labels: {app: db}}
+    allow:
+      - {from: api, to: db, ports: [5432, "8000-8010"]}
+    """
+)
+
+
+def write(tmp_path: Path, name: str, text: str) -> str:
+    path = tmp_path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return str(path)
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str, stdin: str | None = None) -> tuple[int, str, str]:
+    old = sys.stdin
+    if stdin is not None:
+        sys.stdin = io.StringIO(stdin)
+    try:
+        code = main(["policies", *args])
+    finally:
+        sys.stdin = old
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def as_json(capsys: pytest.CaptureFixture[str], *args: str, stdin: str | None = None) -> dict[str, Any]:
+    code, out, err = run(capsys, "diff", *args, "--format", "json", stdin=stdin)
+    assert code in (0, 1), err
+    doc: dict[str, Any] = json.loads(out)
+    assert (code == 1) == (doc["result"] == "differences")
+    return doc
+
+
+def edges(doc: dict[str, Any], section: str = "differences") -> set[str]:
+    return {f"{e['kind']} {e['source']} -> {e['destination']} {e['ports_text']}" for e in doc[section]}
+
+
+def netpol(name: str, spec: dict[str, Any], namespace: str = "shop") -> dict[str, Any]:
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": spec,
+    }
+
+
+def dump(*objects: dict[str, Any]) -> str:
+    return "".join("---\n" + yaml.safe_dump(o, sort_keys=False) for o in objects)
+
+
+def shop_policies(ports: list[dict[str, Any]]) -> str:
+    """Default deny in shop, api may reach db and db accepts api, both on ``ports``."""
+    return dump(
+        netpol("deny", {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}),
+        netpol(
+            "api-out",
+            {
+                "podSelector": {"matchLabels": {"app": "api"}},
+                "policyTypes": ["Egress"],
+                "egress": [{"to": [{"podSelector": {"matchLabels": {"app": "db"}}}], "ports": ports}],
+            },
+        ),
+        netpol(
+            "db-in",
+            {
+                "podSelector": {"matchLabels": {"app": "db"}},
+                "policyTypes": ["Ingress"],
+                "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "api"}}}], "ports": ports}],
+            },
+        ),
+    )
+
+
+EXACT = [{"port": 5432}, {"port": 8000, "endPort": 8010}]
+
+
+# ==================================================================================================
+# Gap 1: every port, not only the ports the matrix names
+
+
+def test_exact_policies_give_no_difference_and_exit_0(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    matrix = write(tmp_path, "m.yaml", SHOP)
+    code, out, _ = run(capsys, "diff", write(tmp_path, "p.yaml", shop_policies(EXACT)), "-m", matrix)
+    assert (code, out.splitlines()[-1]) == (0, "no difference")
+
+
+def test_an_extra_port_next_to_an_allowed_one_is_found(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 22/TCP is in the policies (both sides), never in the matrix: api -> db on 22 is allowed and unexpected.
+    policies = write(tmp_path, "p.yaml", shop_policies([*EXACT, {"port": 22}]))
+    doc = as_json(capsys, policies, "-m", write(tmp_path, "m.yaml", SHOP))
+    assert edges(doc) == {"unexpected_allowed api -> db 22/TCP"}
+    assert doc["differences"][0]["policies"] == ["shop/api-out", "shop/db-in"]
+
+
+def test_a_hole_inside_an_allowed_range_is_found(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # The policies allow 8000-8004 and 8006-8010: 8005, inside the matrix's 8000-8010, is denied.
+    holed = [{"port": 5432}, {"port": 8000, "endPort": 8004}, {"port": 8006, "endPort": 8010}]
+    doc = as_json(
+        capsys, write(tmp_path, "p.yaml", shop_policies(holed)), "-m", write(tmp_path, "m.yaml", SHOP)
+    )
+    assert edges(doc) == {"expected_denied api -> db 8005/TCP"}
+    assert doc["differences"][0]["rules"] == [1]
+
+
+def test_a_port_far_from_every_named_port_is_found(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A UDP range no rule and no other policy names: every port of it is reported, as one range.
+    policies = write(
+        tmp_path, "p.yaml", shop_policies([*EXACT, {"protocol": "UDP", "port": 40000, "endPort": 40100}])
+    )
+    doc = as_json(capsys, policies, "-m", write(tmp_path, "m.yaml", SHOP))
+    assert edges(doc) == {"unexpected_allowed api -> db 40000-40100/UDP"}
+
+
+# ==================================================================================================
+# Gap 2: probe pods carry their namespace's labels; policyTypes [] / null
+
+
+NS_LABELS = HEADER + dedent(
+    """\
+    metadata: {name: obs}
+    scope: {namespaces: [shop]}
+    components:
+      db:      {namespace: shop, labels: {app: db}}
+      scraper: {namespaceLabels: {team: obs}, labels: {app: scraper}}
+    allow:
+      - {from: scraper, to: db, ports: [9100]}
+    """
+)
+
+
+def test_a_policy_admitting_a_labelled_namespace_is_caught_admitting_its_other_pods(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # namespaceSelector alone admits every pod of the namespaces labelled team=obs, not only the scraper:
+    # the namespace's other pods reach db on 9100, which the matrix does not allow.
+    wide = netpol(
+        "db-in",
+        {
+            "podSelector": {"matchLabels": {"app": "db"}},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {"from": [{"namespaceSelector": {"matchLabels": {"team": "obs"}}}], "ports": [{"port": 9100}]}
+            ],
+        },
+    )
+    deny = netpol("deny", {"podSelector": {}, "policyTypes": ["Ingress"]})
+    matrix = write(tmp_path, "m.yaml", NS_LABELS)
+    doc = as_json(capsys, write(tmp_path, "p.yaml", dump(deny, wide)), "-m", matrix)
+    noise = [e for e in doc["noise"] if e["destination"] == "db"]
+    assert [(e["kind"], e["ports_text"], e["policies"]) for e in noise] == [
+        ("unexpected_allowed", "9100/TCP", ["shop/db-in"])
+    ]
+    assert noise[0]["noise"].startswith("other pods of ")
+    # With the pod selector added, only the scraper gets in: nothing left.
+    wide["spec"]["ingress"][0]["from"][0]["podSelector"] = {"matchLabels": {"app": "scraper"}}
+    doc = as_json(capsys, write(tmp_path, "p.yaml", dump(deny, wide)), "-m", matrix)
+    assert [e for e in doc["differences"] + doc["noise"] if e["destination"] == "db"] == []
+
+
+@pytest.mark.parametrize("types", ["omitted", None, []], ids=["omitted", "null", "empty"])
+def test_empty_or_null_policy_types_mean_the_same_as_omitted(
+    types: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The API server defaults an empty or missing policyTypes from the rules: Ingress, plus Egress when
+    # there are egress rules. So db is isolated for ingress and only api reaches it, on 5432.
+    spec: dict[str, Any] = {
+        "podSelector": {"matchLabels": {"app": "db"}},
+        "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "api"}}}], "ports": [{"port": 5432}]}],
+    }
+    if types != "omitted":
+        spec["policyTypes"] = types
+    matrix = write(tmp_path, "m.yaml", SHOP)
+    doc = as_json(capsys, write(tmp_path, "p.yaml", dump(netpol("db", spec))), "-m", matrix)
+    into_db = {e for e in edges(doc) | edges(doc, "noise") if " -> db " in e}
+    # Only api -> db 8000-8010 is missing; nobody else reaches db (isolated for ingress).
+    assert into_db == {"expected_denied api -> db 8000-8010/TCP"}
+
+
+# ==================================================================================================
+# Gap 3: Cilium policies are evaluated, not skipped
+
+
+def generated(capsys: pytest.CaptureFixture[str], matrix: str, flavor: str) -> str:
+    code, out, _ = run(capsys, "generate", "--matrix", matrix, "--flavor", flavor)
+    assert code == 0
+    return out
+
+
+@pytest.mark.parametrize("flavor", ["cilium", "kubernetes"])
+def test_generated_policies_round_trip_with_no_difference(
+    flavor: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = generated(capsys, str(AIRFLOW), flavor)
+    code, out, _ = run(capsys, "diff", "-", "--matrix", str(AIRFLOW), stdin=text)
+    assert (code, out.splitlines()[-1]) == (0, "no difference")
+    kind = "CiliumNetworkPolicy" if flavor == "cilium" else "NetworkPolicy"
+    assert f"policies: {kind} 8" in out
+
+
+def test_a_cilium_policy_opening_a_port_is_found(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    objects = list(yaml.safe_load_all(generated(capsys, str(AIRFLOW), "cilium")))
+    pg = next(o for o in objects if o["metadata"]["name"] == "airflow-postgresql")
+    pg["spec"]["ingress"][0]["toPorts"][0]["ports"].append({"port": "22", "protocol": "TCP"})
+    doc = as_json(capsys, write(tmp_path, "p.yaml", dump(*objects)), "-m", str(AIRFLOW))
+    # postgresql now accepts 22/TCP from the airflow components, but their own policies isolate their
+    # egress and allow 5432 only: a connection needs both sides, so 22 stays denied.
+    assert edges(doc) == set()
+    # Opening 22 on the scheduler's egress as well makes scheduler -> postgresql 22/TCP pass both sides.
+    sched = next(o for o in objects if o["metadata"]["name"] == "airflow-scheduler")
+    rule = next(
+        r
+        for r in sched["spec"]["egress"]
+        if r.get("toPorts", [{}])[0].get("ports") == [{"port": "5432", "protocol": "TCP"}]
+    )
+    rule["toPorts"][0]["ports"].append({"port": "22", "protocol": "TCP"})
+    doc = as_json(capsys, write(tmp_path, "p.yaml", dump(*objects)), "-m", str(AIRFLOW))
+    assert edges(doc) == {"unexpected_allowed scheduler -> postgresql 22/TCP"}
+    assert doc["differences"][0]["policies"] == [
+        "cnp:airflow/airflow-scheduler",
+        "cnp:airflow/airflow-postgresql",
+    ]
