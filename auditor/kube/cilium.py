@@ -241,12 +241,13 @@ class Rule:
             return True
         return isinstance(peer, External) and any(f.matches(n) for f in self.fqdns for n in peer.names)
 
-    def grants(self, ref: str, destination: Subject, notes: Notes) -> list[Grant]:
+    def grants(self, ref: str, destination: Subject, notes: Notes, policy: str) -> list[Grant]:
+        """The grants of a rule whose peer matched; ``ref`` names it in grants, ``policy`` in notes."""
         if not self.has_l4:
             return [Grant(ref, ALL)]
         out = [Grant(ref, self.icmps)] if self.icmps else []
         for pr in self.to_ports:
-            ports = pr.ports(destination, notes, ref)
+            ports = pr.ports(destination, notes, policy)
             if ports:
                 out.append(Grant(ref, ports, pr.l7))
         return out
@@ -345,7 +346,7 @@ class CiliumPolicySet:
             rules, deny_rules = (pol.egress, pol.egress_deny) if egress else (pol.ingress, pol.ingress_deny)
             for rule in rules:
                 if rule.peer_matches(peer, peer_labels, self.notes, pol.ref):
-                    allows.extend(rule.grants(pol.short_ref, destination, self.notes))
+                    allows.extend(rule.grants(pol.short_ref, destination, self.notes, pol.ref))
                     if rule.fqdns and not any(p.has_dns_rule for p in selecting):
                         self.notes.add(
                             f"{pol.ref}: toFQDNs without a DNS rule (toPorts rules.dns) in the policies of "
@@ -354,7 +355,7 @@ class CiliumPolicySet:
                         )
             for rule in deny_rules:
                 if rule.peer_matches(peer, peer_labels, self.notes, pol.ref):
-                    denies.extend(rule.grants(pol.short_ref, destination, self.notes))
+                    denies.extend(rule.grants(pol.short_ref, destination, self.notes, pol.ref))
         return Side(isolated, tuple(allows), tuple(denies))
 
 
