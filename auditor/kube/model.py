@@ -261,9 +261,7 @@ class Side:
         return _refs(g for g in self.denies if g.ports.contains(protocol, port))
 
     def allows_port(self, protocol: str, port: int) -> bool:
-        if self.denied_by(protocol, port):
-            return False
-        return not self.isolated or bool(self.allowed_by(protocol, port))
+        return self.allowed_ports.contains(protocol, port)
 
 
 def _refs(grants: Iterable[Grant]) -> tuple[str, ...]:
@@ -286,7 +284,7 @@ class Decision:
         return self.allowed_ports & (self.egress.l7_ports | self.ingress.l7_ports)
 
     def allows(self, protocol: str, port: int) -> bool:
-        return self.egress.allows_port(protocol, port) and self.ingress.allows_port(protocol, port)
+        return self.allowed_ports.contains(protocol, port)
 
     def allowed_by(self, protocol: str, port: int) -> tuple[str, ...]:
         return tuple(
