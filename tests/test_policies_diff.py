@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import sys
 from pathlib import Path
 from textwrap import dedent
@@ -262,3 +263,196 @@ def test_a_cilium_policy_opening_a_port_is_found(capsys: pytest.CaptureFixture[s
         "cnp:airflow/airflow-scheduler",
         "cnp:airflow/airflow-postgresql",
     ]
+
+
+# ==================================================================================================
+# Inputs: kubectl lists, multi-document files, directories, stdin; other objects skipped and counted
+
+
+def test_a_gitops_directory_is_read_recursively_and_other_objects_are_counted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    objects = list(yaml.safe_load_all(shop_policies(EXACT)))
+    repo = tmp_path / "repo"
+    write(repo, "apps/shop/deny.yaml", dump(objects[0]))
+    # A kubectl-style List and a Deployment in one multi-document file, in a nested directory.
+    listed = {"apiVersion": "v1", "kind": "List", "items": objects[1:]}
+    deploy = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "api", "namespace": "shop"}}
+    write(repo, "apps/shop/nested/rest.yml", dump(listed, deploy))
+    write(repo, "apps/shop/config.json", json.dumps({"apiVersion": "v1", "kind": "ConfigMap"}))
+    write(repo, "README.md", "not a manifest")
+    write(repo, ".git/config.yaml", "this: {is: [not, read")
+    doc = as_json(capsys, str(repo), "-m", write(tmp_path, "m.yaml", SHOP))
+    assert doc["result"] == "no_difference"
+    assert doc["inputs"]["files"] == 3
+    assert doc["inputs"]["policies"] == {"NetworkPolicy": 3}
+    assert doc["inputs"]["skipped"] == {"ConfigMap": 1, "Deployment": 1}
+
+
+def test_stdin_and_files_together(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    objects = list(yaml.safe_load_all(shop_policies(EXACT)))
+    path = write(tmp_path, "deny.yaml", dump(objects[0]))
+    doc = as_json(capsys, path, "-", "-m", write(tmp_path, "m.yaml", SHOP), stdin=dump(*objects[1:]))
+    assert (doc["result"], doc["inputs"]["files"]) == ("no_difference", 2)
+
+
+INPUT_ERRORS: list[tuple[str, str, str]] = [
+    (
+        "invalid YAML names file and line",
+        "---\nkind: NetworkPolicy\nspec: {podSelector: [\n",
+        "p.yaml:4: invalid YAML",
+    ),
+    (
+        "a document that is not an object",
+        "---\n- a\n- b\n",
+        "p.yaml:2: document 1: expected a Kubernetes object",
+    ),
+    (
+        "an invalid policy names its file, line and object",
+        "---\nkind: ConfigMap\n---\n"
+        + dump(netpol("bad", {"podSelector": {"matchLabels": {"app": "a b"}}})).removeprefix("---\n"),
+        "p.yaml:4: NetworkPolicy shop/bad: spec.podSelector.matchLabels.app: invalid label value 'a b'",
+    ),
+    (
+        "duplicate policy names in one namespace",
+        dump(netpol("x", {"podSelector": {}}), netpol("x", {"podSelector": {}})),
+        "NetworkPolicy shop/x: metadata.name: duplicate policy name in this namespace",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), [c[1:] for c in INPUT_ERRORS], ids=[c[0] for c in INPUT_ERRORS])
+def test_invalid_input_exits_2_with_a_message_naming_where(
+    text: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(
+        capsys, "diff", write(tmp_path, "p.yaml", text), "-m", write(tmp_path, "m.yaml", SHOP)
+    )
+    assert (code, out) == (2, "")
+    assert message in err
+
+
+def test_unknown_fields_are_rejected_under_strict_and_warned_otherwise(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = shop_policies(EXACT).replace("policyTypes:", "policyTypo: [Ingress]\n  policyTypes:", 1)
+    policies, matrix = write(tmp_path, "p.yaml", text), write(tmp_path, "m.yaml", SHOP)
+    code, _, err = run(capsys, "diff", policies, "-m", matrix, "--strict")
+    assert code == 2 and "NetworkPolicy shop/deny: spec: unknown field 'policyTypo'" in err
+    doc = as_json(capsys, policies, "-m", matrix)
+    assert any("unknown field 'policyTypo'" in w and "ignored" in w for w in doc["warnings"])
+
+
+def test_a_missing_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "diff", str(tmp_path / "nope.yaml"), "-m", write(tmp_path, "m.yaml", SHOP))
+    assert code == 2 and "nope.yaml: cannot read" in err
+
+
+# ==================================================================================================
+# Output: grouped by edge, noise summarised, three formats (golden), cluster data escaped
+
+
+def check_golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if os.environ.get("UPDATE_GOLDEN"):
+        path.write_text(text)
+    assert path.exists(), f"missing golden file {path}; run with UPDATE_GOLDEN=1"
+    assert text == path.read_text(), (
+        f"{name} differs from the golden file; rerun with UPDATE_GOLDEN=1 if intended"
+    )
+
+
+def broken_airflow(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> str:
+    """The generated Airflow NetworkPolicies with mistakes, and a CiliumNetworkPolicy beside them:
+
+    - the scheduler lost its database egress;
+    - postgresql admits pods of every namespace on 5432 (``namespaceSelector: {}``);
+    - the webserver's NetworkPolicy lost the Traefik rule, which a CiliumNetworkPolicy with an HTTP rule
+      now provides (allowed at L4, L7-restricted).
+    """
+    objects = list(yaml.safe_load_all(generated(capsys, str(AIRFLOW), "kubernetes")))
+    sched = next(o for o in objects if o["metadata"]["name"] == "airflow-scheduler")
+    sched["spec"]["egress"] = [
+        r for r in sched["spec"]["egress"] if r["ports"] != [{"protocol": "TCP", "port": 5432}]
+    ]
+    pg = next(o for o in objects if o["metadata"]["name"] == "airflow-postgresql")
+    pg["spec"]["ingress"].append({"from": [{"namespaceSelector": {}}], "ports": [{"port": 5432}]})
+    web = next(o for o in objects if o["metadata"]["name"] == "airflow-webserver")
+    web["spec"]["ingress"] = web["spec"]["ingress"][1:]  # rule 1: traefik -> webserver 8080
+    l7 = {
+        "apiVersion": "cilium.io/v2",
+        "kind": "CiliumNetworkPolicy",
+        "metadata": {"name": "webserver-http", "namespace": "airflow"},
+        "spec": {
+            "endpointSelector": {"matchLabels": {"component": "webserver"}},
+            "ingress": [
+                {
+                    "fromEndpoints": [
+                        {
+                            "matchLabels": {
+                                "k8s:io.kubernetes.pod.namespace": "kube-system",
+                                "app.kubernetes.io/name": "traefik",
+                            }
+                        }
+                    ],
+                    "toPorts": [
+                        {
+                            "ports": [{"port": "8080", "protocol": "TCP"}],
+                            "rules": {"http": [{"method": "GET"}]},
+                        }
+                    ],
+                }
+            ],
+        },
+    }
+    return write(tmp_path, "p.yaml", dump(*objects, l7))
+
+
+@pytest.mark.parametrize("fmt", ["table", "json", "markdown"])
+def test_report_formats_match_golden_files(
+    fmt: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    policies = broken_airflow(capsys, tmp_path)
+    code, out, _ = run(capsys, "diff", policies, "-m", str(AIRFLOW), "--format", fmt)
+    assert code == 1
+    check_golden(
+        f"airflow-diff.{ {'table': 'txt', 'json': 'json', 'markdown': 'md'}[fmt] }",
+        out.replace(str(tmp_path), "<tmp>"),
+    )
+
+
+def test_the_broken_airflow_report_names_each_mistake(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    doc = as_json(capsys, broken_airflow(capsys, tmp_path), "-m", str(AIRFLOW))
+    # Pods outside airflow are not egress-isolated, so postgresql's open ingress lets them in on 5432
+    # (not the world: a namespaceSelector selects pods only); inside airflow every pod's egress is
+    # isolated and allows 5432 only to those the matrix names.
+    assert edges(doc) == {
+        "expected_denied scheduler -> postgresql 5432/TCP",
+        "unexpected_allowed kube-dns -> postgresql 5432/TCP",
+        "unexpected_allowed prometheus -> postgresql 5432/TCP",
+        "unexpected_allowed traefik -> postgresql 5432/TCP",
+    }
+    by_edge = {(e["source"], e["destination"]): e for e in doc["differences"]}
+    assert by_edge[("scheduler", "postgresql")]["rules"] == [3]
+    assert by_edge[("prometheus", "postgresql")]["policies"] == ["airflow/airflow-postgresql"]
+    assert {(e["noise"], e["source"]) for e in doc["noise"]} == {
+        ("a namespace outside the matrix", "ns:flow-auditor-probe"),
+        ("other pods of kube-system", "ns:kube-system"),
+        ("other pods of monitoring", "ns:monitoring"),
+    }
+    assert [
+        (e["source"], e["destination"], e["ports_text"], e["policies"]) for e in doc["l7_restricted"]
+    ] == [("traefik", "webserver", "8080/TCP", ["cnp:airflow/webserver-http"])]
+    assert doc["inputs"]["policies"] == {"CiliumNetworkPolicy": 1, "NetworkPolicy": 8}
+
+
+def test_cluster_data_is_escaped(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # A policy name is whatever the manifest says: terminal escapes and Markdown specials stay literal.
+    policy = netpol("evil\x1b[31m|*x*", {"podSelector": {}, "ingress": [{"ports": [{"port": 22}]}]})
+    policies, matrix = write(tmp_path, "p.yaml", dump(policy)), write(tmp_path, "m.yaml", SHOP)
+    code, out, _ = run(capsys, "diff", policies, "-m", matrix)
+    assert code == 1 and "\x1b" not in out and "evil\\x1b[31m|*x*" in out
+    code, out, _ = run(capsys, "diff", policies, "-m", matrix, "--format", "markdown")
+    assert code == 1 and "evil\\\\x1b\\[31m\\|\\*x\\*" in out

@@ -188,7 +188,7 @@ def _verdict(result: DiffResult) -> str:
 
 
 def _md(text: str) -> str:
-    return text.replace("\n", " ").translate(_MD_SPECIAL) or "-"
+    return _lit(text.replace("\n", " ")).translate(_MD_SPECIAL) or "-"
 
 
 def _md_edges(edges: list[Edge]) -> list[str]:
