@@ -456,3 +456,60 @@ def test_cluster_data_is_escaped(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert code == 1 and "\x1b" not in out and "evil\\x1b[31m|*x*" in out
     code, out, _ = run(capsys, "diff", policies, "-m", matrix, "--format", "markdown")
     assert code == 1 and "evil\\\\x1b\\[31m\\|\\*x\\*" in out
+
+
+# ==================================================================================================
+# Named ports: containerPorts in the matrix resolve them; otherwise a warning names the policy
+
+
+NAMED = [{"port": "pg"}, {"port": 8000, "endPort": 8010}]
+
+
+def test_a_named_port_is_resolved_through_container_ports(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Ingress named ports resolve on the pod the policy selects; egress ones on the destination pod:
+    # both are db here, which declares pg = 5432/TCP.
+    declared = SHOP.replace(
+        "db:  {namespace: shop, labels: {app: db}}",
+        "db:  {namespace: shop, labels: {app: db}, containerPorts: {pg: 5432}}",
+    )
+    doc = as_json(
+        capsys, write(tmp_path, "p.yaml", shop_policies(NAMED)), "-m", write(tmp_path, "m.yaml", declared)
+    )
+    assert (doc["result"], doc["warnings"]) == ("no_difference", [])
+
+
+def test_an_unresolvable_named_port_is_a_warning_naming_the_policy(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    doc = as_json(
+        capsys, write(tmp_path, "p.yaml", shop_policies(NAMED)), "-m", write(tmp_path, "m.yaml", SHOP)
+    )
+    assert edges(doc) == {"expected_denied api -> db 5432/TCP"}
+    assert any(
+        w.startswith("NetworkPolicy shop/api-out: named port 'pg' cannot be resolved")
+        for w in doc["warnings"]
+    )
+    assert any(
+        w.startswith("NetworkPolicy shop/db-in: named port 'pg' cannot be resolved") for w in doc["warnings"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("ports", "message"),
+    [
+        ("{HTTP: 80}", "invalid port name 'HTTP'"),
+        ("{http: 80-90}", "expected one port"),
+        ("{http: ICMP}", "expected one port"),
+    ],
+)
+def test_invalid_container_ports_are_matrix_errors(
+    ports: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = SHOP.replace(
+        "db:  {namespace: shop, labels: {app: db}}",
+        f"db:  {{namespace: shop, labels: {{app: db}}, containerPorts: {ports}}}",
+    )
+    code, _, err = run(capsys, "diff", write(tmp_path, "p.yaml", ""), "-m", write(tmp_path, "m.yaml", bad))
+    assert code == 2 and "m.yaml:7: components.db.containerPorts" in err and message in err

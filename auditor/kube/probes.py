@@ -182,7 +182,8 @@ def synthetic_pods(
     out = []
     for ns, own in _component_namespaces(comp):
         shared = {k: v for k, v in (ns_labels or {}).get(ns, {}).items() if k not in mentioned}
-        pod = Pod(ns, dict(labels), {**shared, **own}, service_account=sel.service_account)
+        named = {name: (proto, port) for name, proto, port in sel.container_ports}
+        pod = Pod(ns, dict(labels), {**shared, **own}, named_ports=named, service_account=sel.service_account)
         out.append((pod, pod_endpoint(pod, sel.service_account, sel.workload)))
     return out
 
