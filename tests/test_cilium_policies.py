@@ -731,3 +731,41 @@ def test_specs_lists_are_evaluated_each() -> None:
     ]
     cluster = compile_cluster([obj])
     assert allows(cluster, WEB, DB) and allows(cluster, WORLD, DB) and not allows(cluster, OTHER, DB)
+
+
+def test_a_clusterwide_node_selector_applies_to_the_node_only() -> None:
+    # nodeSelector (host firewall) selects nodes; an empty one every node, never a pod.
+    host_fw = ccnp({"nodeSelector": {}, "ingress": [{"fromEntities": ["remote-node"]}]})
+    cluster = compile_cluster([host_fw])
+    assert allows(cluster, REMOTE, NODE, "TCP", 10250)
+    assert not allows(cluster, DB, NODE, "TCP", 10250)
+    assert allows(cluster, WORLD, DB)  # pods are not selected
+
+
+def test_generated_cilium_peers_with_namespace_labels_always_name_the_namespace_key() -> None:
+    # Cilium's docs and code disagree on namespace-label selectors without the namespace key inside a
+    # namespaced policy; generate must never write one.
+    from auditor.kube.policies import generate
+    from auditor.matrix import parse_matrix
+
+    matrix = parse_matrix(
+        "apiVersion: flow-auditor/v1alpha1\nkind: CommunicationMatrix\nmetadata: {name: m}\n"
+        "scope: {namespaces: [shop]}\ncomponents:\n"
+        "  db: {namespace: shop, labels: {app: db}}\n"
+        "  scraper: {namespaceLabels: {team: obs}, labels: {app: scraper}}\n"
+        "allow:\n  - {from: scraper, to: db, ports: [9100]}\n  - {from: db, to: scraper, ports: [53]}\n"
+    )
+    selectors = [
+        sel
+        for obj in generate(matrix, "cilium")
+        for direction in ("ingress", "egress")
+        for rule in obj["spec"].get(direction, [])
+        for sel in rule.get("fromEndpoints", rule.get("toEndpoints", []))
+    ]
+    with_ns_labels = [s for s in selectors if any("namespace.labels" in k for k in s.get("matchLabels", {}))]
+    assert len(with_ns_labels) == 2
+    for sel in with_ns_labels:
+        keys = {*sel.get("matchLabels", {}), *(e["key"] for e in sel.get("matchExpressions", []))}
+        assert "k8s:io.kubernetes.pod.namespace" in keys
+    cluster = compile_cluster(generate(matrix, "cilium"))
+    assert not any("namespace-label selector" in n for n in cluster.notes)

@@ -9,7 +9,9 @@ Mixed semantics (Cilium's deny-policy documentation: deny rules take precedence 
 they are a Cilium Network Policy, a Clusterwide Cilium Network Policy or even a Kubernetes Network Policy";
 an endpoint enters default deny as soon as one policy selects it): per side, the endpoint is isolated when
 a policy of either kind isolates it; a connection passes that side when some rule of either kind allows
-it and no deny rule denies it; it passes when both sides pass.
+it and no deny rule denies it; it passes when both sides pass. The local node always reaches its pods
+(Cilium's default); a pod's egress to the node is decided by the pod's policies like any egress (a
+NetworkPolicy cannot select the node, and Cilium's ipBlocks do not match node addresses by default).
 
 Error policy: :class:`~auditor.kube.checks.PolicyError` from the compilers; objects of other kinds are
 counted by kind in :attr:`Cluster.skipped`, never evaluated; warnings (unknown fields, undecidable
