@@ -459,7 +459,7 @@ def cmd_policies_generate(args: argparse.Namespace) -> int:
 def cmd_policies_diff(args: argparse.Namespace) -> int:
     from auditor.kube.checks import PolicyError
     from auditor.kube.diff import diff
-    from auditor.kube.diff_render import render_diff
+    from auditor.kube.diff_render import inputs_line, render_diff
     from auditor.kube.manifests import ManifestError, read_manifests
 
     matrix = _load(args.matrix)
@@ -473,6 +473,8 @@ def cmd_policies_diff(args: argparse.Namespace) -> int:
         origin = next((m.origin for m in manifests if m.ref == e.policy), None)
         raise UsageError(f"{origin}: {e}" if origin else str(e)) from None
     text = render_diff(result, matrix.name, args.format, files=files)
+    if args.format == "table":
+        print(inputs_line(result, matrix.name, files), file=sys.stderr)
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")
     else:

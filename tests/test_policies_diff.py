@@ -235,10 +235,10 @@ def test_generated_policies_round_trip_with_no_difference(
     flavor: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     text = generated(capsys, str(AIRFLOW), flavor)
-    code, out, _ = run(capsys, "diff", "-", "--matrix", str(AIRFLOW), stdin=text)
-    assert (code, out.splitlines()[-1]) == (0, "no difference")
+    code, out, err = run(capsys, "diff", "-", "--matrix", str(AIRFLOW), stdin=text)
+    assert (code, out) == (0, "no difference\n")
     kind = "CiliumNetworkPolicy" if flavor == "cilium" else "NetworkPolicy"
-    assert f"policies: {kind} 8" in out
+    assert f"policies: {kind} 8" in err
 
 
 def test_a_cilium_policy_opening_a_port_is_found(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from auditor.kube import cilium, netpol
+from auditor.kube import cilium, cilium_compile, netpol
 from auditor.kube.model import Decision, Node, Notes, Pod, Side, Subject, merge_sides
 
 POLICY_KINDS = {
@@ -84,5 +84,5 @@ def compile_cluster(objects: Sequence[Mapping[str, Any]], *, strict: bool = Fals
         if (obj.get("apiVersion"), obj.get("kind")) not in POLICY_KINDS:
             skipped[f"{obj.get('kind') or '<no kind>'}"] += 1
     knp = netpol.compile_policies(list(objects), strict=strict, notes=notes)
-    cnp = cilium.compile_cilium(objects, strict=strict, notes=notes)
+    cnp = cilium_compile.compile_cilium(objects, strict=strict, notes=notes)
     return Cluster(knp, cnp, skipped, notes)

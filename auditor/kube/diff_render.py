@@ -3,11 +3,12 @@
 
 Stage: output edge; pure formatting of a :class:`~auditor.kube.diff.DiffResult`.
 
-Layout: differences grouped by edge (kind, source → destination, ports as ranges, the policies that allow
-it or the matrix rules it breaks), then the noise section (edges only the probes standing for no component
-show: other pods of a namespace, a foreign namespace, the IPv6 world), summarised per kind of noise with a
-bounded number of examples, then edges allowed only through L7 rules, then warnings. Names and policy
-names come from the cluster: control characters are escaped in the table, Markdown specials in markdown.
+Layout (the table's first line, what was read, goes to stderr): differences grouped by edge (kind, source →
+destination, ports as ranges, the policies that allow it or the matrix rules it breaks), then the noise
+section (edges only the probes standing for no component show: other pods of a namespace, a foreign
+namespace, the IPv6 world), summarised per kind of noise with a bounded number of examples, then edges
+allowed only through L7 rules, then warnings. Names and policy names come from the cluster: control
+characters are escaped in the table, Markdown specials in markdown.
 
 JSON (``version: 1``): ``matrix``, ``result`` (``no_difference``/``differences``), ``summary`` (counts),
 ``inputs`` (files, policies and skipped objects by kind, probes, pairs), ``differences`` and ``noise``
@@ -113,6 +114,12 @@ def _why(e: Edge) -> str:
     return why
 
 
+def inputs_line(result: DiffResult, matrix: str, files: int) -> str:
+    """What was read and compared (the table format prints it on stderr, so that a clean result is
+    exactly ``no difference`` on stdout)."""
+    return _lit(_inputs_line(result, matrix, files))
+
+
 def _inputs_line(result: DiffResult, matrix: str, files: int) -> str:
     pols = ", ".join(f"{k} {v}" for k, v in result.policies.items()) or "none"
     skipped = sum(result.skipped.values())
@@ -134,7 +141,7 @@ def _noise_groups(result: DiffResult) -> dict[str, list[Edge]]:
 
 
 def _table(result: DiffResult, matrix: str, files: int) -> str:
-    out = [_lit(_inputs_line(result, matrix, files)), ""]
+    out = []
     diffs = result.differences
     if diffs:
         out.append(f"DIFFERENCES ({len(diffs)} edge(s))")
