@@ -21,6 +21,7 @@ Error policy: none.
 
 from __future__ import annotations
 
+import html
 import json
 from collections import defaultdict
 from typing import Any, Final
@@ -222,7 +223,8 @@ def _markdown(result: DiffResult, matrix: str, files: int) -> str:
     if groups:
         out += ["### Noise: probes standing for no component", ""]
         for label, edges in groups.items():
-            out += [f"<details><summary>{_md(label)}: {len(edges)} edge(s)</summary>", ""]
+            summary = html.escape(_lit(label))  # raw HTML: Markdown escapes do not apply inside it
+            out += [f"<details><summary>{summary}: {len(edges)} edge(s)</summary>", ""]
             out += [*_md_edges(edges[:NOISE_EXAMPLES]), ""]
             if len(edges) > NOISE_EXAMPLES:
                 out += [f"… and {len(edges) - NOISE_EXAMPLES} more", ""]
