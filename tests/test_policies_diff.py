@@ -513,3 +513,25 @@ def test_invalid_container_ports_are_matrix_errors(
     )
     code, _, err = run(capsys, "diff", write(tmp_path, "p.yaml", ""), "-m", write(tmp_path, "m.yaml", bad))
     assert code == 2 and "m.yaml:7: components.db.containerPorts" in err and message in err
+
+
+def test_a_matrix_without_scope_compares_every_namespace(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # No scope and no component pinned to a namespace: every namespace is in scope, so a cluster
+    # without policies allows what the matrix does not.
+    unscoped = HEADER + dedent(
+        """\
+        metadata: {name: unscoped}
+        components:
+          api: {labels: {app: api}}
+          db:  {labels: {app: db}}
+        allow:
+          - {from: api, to: db, ports: [5432]}
+        """
+    )
+    doc = as_json(capsys, write(tmp_path, "p.yaml", ""), "-m", write(tmp_path, "m.yaml", unscoped))
+    assert (
+        "unexpected_allowed api -> db 1-5431/TCP, 5433-65535/TCP, any/UDP, any/SCTP, ICMPv4, ICMPv6"
+        in edges(doc)
+    )

@@ -4,7 +4,8 @@ Stage: offline tooling. Input: policy objects (any mix of NetworkPolicy, CiliumN
 CiliumClusterwideNetworkPolicy; other objects are counted and skipped) and a compiled matrix. Output: a
 :class:`DiffResult` (rendered by :mod:`auditor.kube.diff_render`).
 
-How: every ordered pair of :func:`~auditor.kube.probes.probes` with at least one end in a scoped namespace
+How: every ordered pair of :func:`~auditor.kube.probes.probes` with at least one end a pod in a scoped
+namespace (every namespace when the matrix has no scope)
 (a probe paired with itself stands for two pods of one component) is evaluated by
 :class:`~auditor.kube.cluster.Cluster` for *every* port at once (port sets), and compared with
 :func:`~auditor.kube.probes.expected_ports`. So a policy opening a port the matrix never names, or leaving
@@ -95,7 +96,7 @@ def compare(
     cluster: Cluster, matrix: Matrix, notes_by_ref: Mapping[str, tuple[str, str]] | None = None
 ) -> DiffResult:
     notes_by_ref = notes_by_ref or {}
-    scope = matrix.scope_namespaces or frozenset()
+    scope = matrix.scope_namespaces  # None: every namespace is in scope
     prbs = [p for p in probes(matrix) if not isinstance(p.subject, Node)]
     groups: dict[tuple[str, str, str, str | None], Edge] = {}
     l7: dict[tuple[str, str], Edge] = {}
@@ -204,8 +205,8 @@ def _fold_noise(groups: dict[tuple[str, str, str, str | None], Edge]) -> list[Ed
     return out
 
 
-def _in_scope(subject: Subject, scope: frozenset[str]) -> bool:
-    return isinstance(subject, Pod) and subject.namespace in scope
+def _in_scope(subject: Subject, scope: frozenset[str] | None) -> bool:
+    return isinstance(subject, Pod) and (scope is None or subject.namespace in scope)
 
 
 def _annotations(objects: Sequence[Mapping[str, Any]]) -> dict[str, tuple[str, str]]:
