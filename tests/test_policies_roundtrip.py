@@ -258,3 +258,52 @@ def test_mutations_of_random_matrices_are_detected(seed: int) -> None:
         if outcome not in (None, "unchanged"):
             failures.append(f"{what}: {outcome}")
     assert not failures, "\n".join(failures)
+
+
+EDGE_DOC: dict[str, Any] = {
+    "apiVersion": "flow-auditor/v1alpha1",
+    "kind": "CommunicationMatrix",
+    "metadata": {"name": "edge"},
+    "scope": {"namespaces": ["web"]},
+    "components": {
+        "frontend": {"namespace": "web", "labels": {"app": "frontend"}},
+        "backend": {"namespace": "web", "labels": {"app": "backend"}},
+        "s3": {"fqdns": ["*.s3.amazonaws.com"]},
+        "dns": {"namespace": "kube-system", "labels": {"k8s-app": "kube-dns"}},
+    },
+    "allow": [
+        {"from": "frontend", "to": "backend", "ports": [9000, "ICMP"]},
+        {"from": "backend", "to": "s3", "ports": [443]},
+        {"from": "backend", "to": "dns", "ports": ["53/UDP"]},
+    ],
+}
+
+
+def test_an_edge_is_announced_only_when_every_port_of_it_is() -> None:
+    matrix = compile_doc(EDGE_DOC)
+    objects = generate(matrix, "kubernetes")
+    result = diff(objects, matrix)
+    # ICMP cannot be written in a NetworkPolicy: announced ("rule 1: ICMP cannot be expressed…").
+    assert [
+        (e.kind, e.source, e.destination, str(e.ports)) for e in result.edges if e.destination == "backend"
+    ] == [("expected_denied", "frontend", "backend", "ICMPv4, ICMPv6")]
+    assert all(e.announced for e in result.edges)
+    # Break 9000 as well: the edge now has a port no note announces.
+    backend = next(o for o in objects if o["metadata"]["name"] == "edge-backend")
+    backend["spec"]["ingress"] = []
+    edge = next(e for e in diff(objects, matrix).edges if e.destination == "backend")
+    assert (str(edge.ports), edge.announced) == ("9000/TCP, ICMPv4, ICMPv6", None)
+
+
+def test_a_single_label_fqdn_pattern_is_narrower_than_a_matrix_wildcard() -> None:
+    # In the matrix "*.s3.amazonaws.com" matches names at any depth; in Cilium "*" never crosses a dot, so
+    # a policy with matchPattern "*.s3.amazonaws.com" misses a.probe.s3.amazonaws.com.
+    matrix = compile_doc(EDGE_DOC)
+    objects = generate(matrix, "cilium")
+    backend = next(o for o in objects if o["metadata"]["name"] == "edge-backend")
+    for rule in backend["spec"]["egress"]:
+        for sel in rule.get("toFQDNs", []):
+            sel["matchPattern"] = sel["matchPattern"].replace("**.", "*.")
+    assert diff(generate(matrix, "cilium"), matrix).edges == []
+    edges = [(e.kind, e.source, e.destination, str(e.ports)) for e in diff(objects, matrix).edges]
+    assert edges == [("expected_denied", "backend", "s3", "443/TCP")]

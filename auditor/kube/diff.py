@@ -33,7 +33,7 @@ from auditor.kube.checks import object_ref
 from auditor.kube.cluster import Cluster, compile_cluster
 from auditor.kube.model import ALL, Decision, Node, Pod, PortSet, Subject
 from auditor.kube.probes import Probe, expected_ports, probes
-from auditor.matrix import Matrix, Rule
+from auditor.matrix import Matrix, Rule, parse_port
 from auditor.model import ICMP_PROTOCOLS
 
 Kind = Literal["unexpected_allowed", "expected_denied"]
@@ -234,36 +234,49 @@ def grant_ref(obj: Mapping[str, Any]) -> str:
 
 
 def _announced(edge: Edge, notes_by_ref: Mapping[str, tuple[str, str]], matrix: Matrix) -> str | None:
-    """The ``policies generate`` note that announced this difference, if any.
+    """The ``policies generate`` note that announced this difference, if notes announce all its ports.
 
     Candidates are the notes of the allowing policies and of the generated policies of either end. A note
-    on a matrix rule (``rule N: …``) announces the difference when rule N has the edge's source as a
-    source or its destination as a destination, and (unexpected) its ports meet the edge's ports or
-    (expected but denied) the edge breaks rule N. A note on a component (``name: …``) announces a
-    difference at that component whose direction it states (wider: unexpected; otherwise denied).
+    on a matrix rule (``rule N: …``) announces the ports of rule N (or, when it names a port such as
+    ``ICMP``, that port) on an edge of rule N: rule N has the edge's source as a source or its destination
+    as a destination. A note on a component
+    (``name: …``) announces every port of an edge at that component in the direction it states (wider:
+    unexpected; otherwise denied). An edge with a port no note announces is not announced.
     """
     candidates = [notes_by_ref[p] for p in edge.policies if p in notes_by_ref]
     candidates += [v for v in notes_by_ref.values() if v[0] in (edge.source, edge.destination)]
+    covered, first = PortSet(), None
     for _component, notes in candidates:
         for note in _NOTE_SPLIT.split(notes):
-            m = _RULE_NOTE.match(note)
-            if m is not None:
-                index = int(m.group(1))
-                if not 1 <= index <= len(matrix.rules):
-                    continue
-                rule = matrix.rules[index - 1]
-                if edge.source not in rule.sources and edge.destination not in rule.destinations:
-                    continue
-                if edge.kind == "expected_denied":
-                    if index in edge.rules:
-                        return note
-                elif _rule_ports(rule) & edge.ports:
-                    return note
-            elif note.split(":", 1)[0] in (edge.source, edge.destination) and (
-                (edge.kind == "unexpected_allowed") == ("wider" in note)
-            ):
-                return note
-    return None
+            ports = _announced_ports(note, edge, matrix)
+            if ports:
+                covered, first = covered | ports, first or note
+    return first if first is not None and not (edge.ports - covered) else None
+
+
+def _announced_ports(note: str, edge: Edge, matrix: Matrix) -> PortSet:
+    m = _RULE_NOTE.match(note)
+    if m is None:
+        if note.split(":", 1)[0] in (edge.source, edge.destination) and (
+            (edge.kind == "unexpected_allowed") == ("wider" in note)
+        ):
+            return edge.ports
+        return PortSet()
+    index = int(m.group(1))
+    if not 1 <= index <= len(matrix.rules):
+        return PortSet()
+    rule = matrix.rules[index - 1]
+    if edge.source not in rule.sources and edge.destination not in rule.destinations:
+        return PortSet()
+    ports = _rule_ports(rule)
+    named = note[m.end() :].split(" ", 1)[0]
+    try:
+        spec = parse_port(named, ValueError)
+    except ValueError:
+        pass
+    else:
+        ports = _range_set(spec.protocols, spec.lo, spec.hi)
+    return ports & edge.ports
 
 
 _RULE_NOTE: Final = re.compile(r"^rule (\d+): ")

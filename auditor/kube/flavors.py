@@ -339,22 +339,7 @@ class CiliumRenderer(Renderer):
         notes: list[str],
     ) -> dict[str, Any]:
         if any("toFQDNs" in r for r in egress):
-            selector, described = self.dns
-            egress = [
-                *egress,
-                {
-                    "toEndpoints": [selector],
-                    "toPorts": [
-                        {
-                            "ports": [{"port": "53", "protocol": "UDP"}, {"port": "53", "protocol": "TCP"}],
-                            "rules": {"dns": [{"matchPattern": "*"}]},
-                        }
-                    ],
-                },
-            ]
-            add_note(
-                notes, f"DNS proxy rule towards {described} on 53 added: toFQDNs needs to see DNS answers"
-            )
+            egress = [*egress, self.dns_rule(comp, notes)]
         spec = {
             "description": f"flow-auditor matrix {self.matrix.name}: component {comp.name}",
             "endpointSelector": self.endpoint_selector(comp.selector, peer=False),
@@ -444,12 +429,40 @@ class CiliumRenderer(Renderer):
         ]
         return [(key, values) for key, values in groups if values]
 
-    def _dns_target(self) -> tuple[dict[str, Any], str]:
+    def dns_rule(self, comp: Component, notes: list[str]) -> dict[str, Any]:
+        """The DNS proxy rule toFQDNs needs, on the protocols the matrix allows ``comp`` towards its DNS
+        server on 53 (UDP and TCP, noted as wider, when the matrix allows none)."""
+        selector, described, target = self.dns
+        protocols = [
+            proto
+            for proto in (Protocol.UDP, Protocol.TCP)
+            if target is not None and self.matrix.rule_for(comp.name, target, proto, 53) is not None
+        ]
+        if protocols:
+            add_note(notes, f"DNS proxy rule towards {described} on 53: toFQDNs needs to see DNS answers")
+        else:
+            protocols = [Protocol.UDP, Protocol.TCP]
+            add_note(
+                notes,
+                f"{comp.name}: DNS proxy rule towards {described} on 53/UDP and 53/TCP added, which the "
+                "matrix does not allow: toFQDNs needs to see DNS answers (wider)",
+            )
+        return {
+            "toEndpoints": [selector],
+            "toPorts": [
+                {
+                    "ports": [{"port": "53", "protocol": proto} for proto in protocols],
+                    "rules": {"dns": [{"matchPattern": "*"}]},
+                }
+            ],
+        }
+
+    def _dns_target(self) -> tuple[dict[str, Any], str, str | None]:
         for rule in self.matrix.rules:
             if not any(Protocol.UDP in p.protocols and p.lo <= 53 <= p.hi for p in rule.ports if p.protocols):
                 continue
             for name in rule.destinations:
                 sel = self.by_name[name].selector
                 if address_kind(sel) is None:
-                    return self.endpoint_selector(sel, peer=True), f"{name} (matrix rule {rule.index})"
-        return _DEFAULT_DNS
+                    return self.endpoint_selector(sel, peer=True), f"{name} (matrix rule {rule.index})", name
+        return (*_DEFAULT_DNS, None)
