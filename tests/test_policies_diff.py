@@ -142,6 +142,7 @@ def test_a_hole_inside_an_allowed_range_is_found(tmp_path: Path, capsys: pytest.
     )
     assert edges(doc) == {"expected_denied api -> db 8005/TCP"}
     assert doc["differences"][0]["rules"] == [1]
+    assert doc["differences"][0]["blocked_at"] == ["source egress", "destination ingress"]
 
 
 def test_a_port_far_from_every_named_port_is_found(
@@ -436,6 +437,8 @@ def test_the_broken_airflow_report_names_each_mistake(
     }
     by_edge = {(e["source"], e["destination"]): e for e in doc["differences"]}
     assert by_edge[("scheduler", "postgresql")]["rules"] == [3]
+    # The scheduler lost its egress rule; postgresql still accepts it: blocked at the source only.
+    assert by_edge[("scheduler", "postgresql")]["blocked_at"] == ["source egress"]
     assert by_edge[("prometheus", "postgresql")]["policies"] == ["airflow/airflow-postgresql"]
     assert {(e["noise"], e["source"]) for e in doc["noise"]} == {
         ("a namespace outside the matrix", "ns:flow-auditor-probe"),

@@ -41,6 +41,7 @@ KINDS: Final[tuple[Kind, ...]] = ("unexpected_allowed", "expected_denied")
 NOTES_ANNOTATION: Final = "flow-auditor.io/notes"
 COMPONENT_ANNOTATION: Final = "flow-auditor.io/component"
 _MAX_POLICIES: Final = 20  # policies named per edge
+_BLOCKED_ORDER: Final = ("source egress", "destination ingress")
 
 
 @dataclass
@@ -57,6 +58,7 @@ class Edge:
     noise: str | None = None
     announced: str | None = None
     probes: tuple[str, ...] = ()  # origins of the probe pairs that showed it
+    blocked_at: tuple[str, ...] = ()  # expected_denied: "source egress" and/or "destination ingress"
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -165,6 +167,13 @@ def _add(
         edge.l7_ports = edge.l7_ports | (decision.l7_ports & ports)
     else:
         edge.policies = _merge(edge.policies, _policies_for(decision, ports, deny=True))
+        blocked = [
+            where
+            for proto, lo, _hi in ports.items()
+            for where, side in (("source egress", decision.egress), ("destination ingress", decision.ingress))
+            if not side.allows_port(proto, lo)
+        ]
+        edge.blocked_at = tuple(w for w in _BLOCKED_ORDER if w in {*edge.blocked_at, *blocked})
         edge.rules = tuple(
             sorted(
                 set(edge.rules)

@@ -13,7 +13,8 @@ characters are escaped in the table, Markdown specials in markdown.
 JSON (``version: 1``): ``matrix``, ``result`` (``no_difference``/``differences``), ``summary`` (counts),
 ``inputs`` (files, policies and skipped objects by kind, probes, pairs), ``differences`` and ``noise``
 (edges: ``kind``, ``source``, ``destination``, ``ports`` as ``{protocol, from, to}``, ``ports_text``,
-``rules``, ``policies``, ``l7_restricted_ports``, ``noise``, ``announced``), ``l7_restricted`` (edges),
+``rules``, ``policies``, ``l7_restricted_ports``, ``blocked_at`` (``source egress``/``destination
+ingress``), ``noise``, ``announced``), ``l7_restricted`` (edges),
 ``warnings`` (strings).
 
 Error policy: none.
@@ -58,6 +59,7 @@ def _edge_json(e: Edge) -> dict[str, Any]:
         "rules": list(e.rules),
         "policies": list(e.policies),
         "l7_restricted_ports": _ports_json(e.l7_ports),
+        "blocked_at": list(e.blocked_at),
         "noise": e.noise,
         "announced": e.announced,
     }
@@ -110,6 +112,8 @@ def _why(e: Edge) -> str:
         rules = ", ".join(str(r) for r in e.rules) or "-"
         why = f"breaks matrix rule {rules}"
         why += "; denied by " + ", ".join(e.policies) if e.policies else "; no policy allows it"
+        if e.blocked_at:
+            why += " at the " + " and the ".join(e.blocked_at)
     if e.announced:
         why += f" [announced by generate: {e.announced}]"
     return why
