@@ -538,3 +538,15 @@ def test_a_matrix_without_scope_compares_every_namespace(
         "unexpected_allowed api -> db 1-5431/TCP, 5433-65535/TCP, any/UDP, any/SCTP, ICMPv4, ICMPv6"
         in edges(doc)
     )
+
+
+def test_a_policy_without_namespace_is_evaluated_in_default_with_a_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    policy = netpol("deny", {"podSelector": {}, "policyTypes": ["Ingress"]})
+    del policy["metadata"]["namespace"]
+    doc = as_json(capsys, write(tmp_path, "p.yaml", dump(policy)), "-m", write(tmp_path, "m.yaml", SHOP))
+    assert doc["warnings"] == [
+        "NetworkPolicy default/deny: no metadata.namespace: evaluated in namespace 'default' (render the "
+        "manifests with their namespace to check them where they go)"
+    ]

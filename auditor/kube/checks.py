@@ -109,3 +109,14 @@ def object_ref(obj: dict[str, Any] | Any, default_namespace: str = "default") ->
     if kind in CLUSTERWIDE_KINDS:
         return f"{kind} {name}"
     return f"{kind} {meta.get('namespace') or default_namespace}/{name}"
+
+
+def note_default_namespace(obj: Any, notes: Notes, default_namespace: str = "default") -> None:
+    """A namespaced policy without ``metadata.namespace`` lands where it is applied: say which one is
+    assumed (a GitOps tree often leaves the namespace to kustomize or the deploying tool)."""
+    meta = obj.get("metadata")
+    if not (isinstance(meta, dict) and meta.get("namespace")):
+        notes.add(
+            f"{object_ref(obj, default_namespace)}: no metadata.namespace: evaluated in namespace "
+            f"{default_namespace!r} (render the manifests with their namespace to check them where they go)"
+        )

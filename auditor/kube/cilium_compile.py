@@ -16,7 +16,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-from auditor.kube.checks import Checker, PolicyError, object_ref
+from auditor.kube.checks import Checker, PolicyError, note_default_namespace, object_ref
 from auditor.kube.cilium import (
     API_VERSION,
     ENTITIES,
@@ -88,6 +88,8 @@ def compile_cilium(
         name = str(meta.get("name") or "")
         clusterwide = kind == "CiliumClusterwideNetworkPolicy"
         namespace = None if clusterwide else str(meta.get("namespace") or "default")
+        if not clusterwide:
+            note_default_namespace(obj, notes)
         ref = object_ref(obj)
         if not name:
             raise PolicyError(ref, "metadata.name", "required field is missing")

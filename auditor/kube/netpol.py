@@ -54,7 +54,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from auditor.kube.checks import Checker, PolicyError, object_ref
+from auditor.kube.checks import Checker, PolicyError, note_default_namespace, object_ref
 from auditor.kube.model import (
     ALL,
     NAMESPACE_NAME_LABEL,
@@ -295,6 +295,7 @@ def compile_policies(
         meta = meta if isinstance(meta, dict) else {}
         name = str(meta.get("name") or "")
         namespace = str(meta.get("namespace") or default_namespace)
+        note_default_namespace(obj, notes, default_namespace)
         ref = object_ref(obj, default_namespace)
         if not name:
             raise PolicyError(ref, "metadata.name", "required field is missing")
