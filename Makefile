@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # Tools installed by scripts/install-test-deps.sh (kubectl) come first on PATH.
 export PATH := $(CURDIR)/.tools/bin:$(PATH)
 
-.PHONY: run test bench lint typecheck proto monitoring clean system-deps
+.PHONY: run test bench soak lint typecheck proto monitoring clean system-deps screenshots
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,16 @@ typecheck: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/run.py
 	$(PY) bench/live.py
+
+## screenshots: the README's picture of the HTML report (docs/images/report.png), in headless Chromium
+screenshots: $(STAMP) system-deps
+	$(PY) scripts/screenshots.py
+
+## soak: the daemon for SOAK_MINUTES (default 3) against the demo server under churn, scrapes, SIGHUP
+## storms, reloads, server restarts and clock steps; checks threads, exact counts, RSS and series
+SOAK_MINUTES ?= 3
+soak: $(STAMP)
+	$(PY) bench/soak.py --minutes $(SOAK_MINUTES)
 
 ## monitoring: regenerate the alert rules and the Grafana dashboard from monitoring/
 monitoring: $(STAMP)

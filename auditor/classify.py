@@ -6,7 +6,12 @@ either an outcome name (``reply``, ``provisional``, ``ignored``, ``out_of_scope`
 rule and whether this event opened a new connection (5-tuple and class not seen within the dedup window).
 
 Pure: no I/O. State is bounded: the per-identity resolution cache, the rule cache and the dedup table all
-have caps, so memory does not grow with the length of the stream.
+have caps, so memory does not grow with the length of the stream. The resolution and rule caches are
+bounded by bytes as well as entries (an endpoint carries all its pod's labels, tens of KB are possible):
+each entry is charged an estimate of its size (:func:`_resolved_cost`), and a cache whose budget
+(:data:`IDENTITY_CACHE_BYTES`, :data:`ANON_CACHE_BYTES`, :data:`RULE_CACHE_BYTES`) would be exceeded is
+emptied and refills. The dedup table holds fixed-size entries (an int hash and a float), so its cap in
+entries is a cap in bytes.
 
 Per-flow cost is kept small by resolving endpoints once per Cilium identity (the label part of every
 selector), verified against the endpoint's labels on each hit so that a reused identity number cannot
@@ -41,6 +46,14 @@ IGNORED: Final = "ignored"
 OUT_OF_SCOPE: Final = "out_of_scope"
 INVALID: Final = "invalid"
 OUTCOMES: Final = (JUDGED, REPLY, PROVISIONAL, IGNORED, OUT_OF_SCOPE, INVALID)
+OUTCOME_TERMS: Final = (
+    # One line per term, for the reports.
+    "judged: events that proved a connection delivered or dropped",
+    "reply: replies: never a connection of their own (a forwarded reply proves its connection delivered)",
+    "provisional: events seen leaving the source towards a pod: delivery not proven by them alone",
+    "ignored: events that prove nothing (no direction, L7 records, other event kinds)",
+    "out of scope: neither end in the matrix's namespaces; invalid: lines that could not be decoded",
+)
 
 _CODE_OUTCOME: Final = {j.REPLY: REPLY, j.IGNORED: IGNORED, j.PROVISIONAL: PROVISIONAL}
 _CLASS: Final = {
@@ -53,6 +66,11 @@ _CLASS: Final = {
 DEFAULT_DEDUP_WINDOW: Final = 30.0
 _MAX_DEDUP_ENTRIES: Final = 250_000
 _MAX_CACHE_ENTRIES: Final = 50_000
+IDENTITY_CACHE_BYTES: Final = 48 * 1024 * 1024
+ANON_CACHE_BYTES: Final = 16 * 1024 * 1024
+RULE_CACHE_BYTES: Final = 8 * 1024 * 1024
+_ENTRY_OVERHEAD: Final = 400  # dict slot, key, struct and tuple headers of one cache entry
+_STRING_OVERHEAD: Final = 60  # header of one str object plus its tuple slot
 
 Edge = tuple[str, str, int | None, str, str]
 """(source, destination, port, protocol, class); port is None for ICMP."""
@@ -259,6 +277,16 @@ class Auditor:
         self._ids: dict[int, _Resolved] = {}
         self._anon: dict[tuple[str, tuple[str, ...], tuple[object, ...]], _Resolved] = {}
         self._rules: dict[tuple[str, str, str, int], int] = {}
+        self._charged = {"identity": 0, "anon": 0, "rule": 0}
+
+    def cache_info(self) -> dict[str, int]:
+        """Entries and charged bytes of the resolution and rule caches."""
+        return {
+            "identity_entries": len(self._ids),
+            "anon_entries": len(self._anon),
+            "rule_entries": len(self._rules),
+            **{f"{name}_bytes": n for name, n in self._charged.items()},
+        }
 
     # -- per flow -----------------------------------------------------------------------------------
     def process(self, flow: Flow) -> Judgement | str:
@@ -334,17 +362,26 @@ class Auditor:
                 or (self._use_workloads and r.workloads != ep.workloads)
             ):
                 r = self._resolve(ep)
-                if len(self._ids) >= _MAX_CACHE_ENTRIES:
+                cost = _resolved_cost(r)
+                if (
+                    len(self._ids) >= _MAX_CACHE_ENTRIES
+                    or self._charged["identity"] + cost > IDENTITY_CACHE_BYTES
+                ):
                     self._ids.clear()
+                    self._charged["identity"] = 0
                 self._ids[ident] = r
+                self._charged["identity"] += cost
         else:
             anon_key = (ep.namespace, ep.labels, ep.workloads if self._use_workloads else ())
             r = self._anon.get(anon_key)
             if r is None:
                 r = self._resolve(ep)
-                if len(self._anon) >= _MAX_CACHE_ENTRIES:
+                cost = 2 * _resolved_cost(r)  # the key holds the labels too (shared, charged anyway)
+                if len(self._anon) >= _MAX_CACHE_ENTRIES or self._charged["anon"] + cost > ANON_CACHE_BYTES:
                     self._anon.clear()
+                    self._charged["anon"] = 0
                 self._anon[anon_key] = r
+                self._charged["anon"] += cost
         if r.direct is not None:
             return r.direct
         return pick(r.candidates, r.fallback, ip, names)
@@ -361,8 +398,17 @@ class Auditor:
 
     def _rule(self, key: tuple[str, str, str, int]) -> int:
         rule = self.matrix.rule_for(*key)
-        if len(self._rules) >= _MAX_CACHE_ENTRIES:
+        cost = _ENTRY_OVERHEAD + len(key[0]) + len(key[1])
+        if len(self._rules) >= _MAX_CACHE_ENTRIES or self._charged["rule"] + cost > RULE_CACHE_BYTES:
             self._rules.clear()
+            self._charged["rule"] = 0
         index = rule.index if rule is not None else 0
         self._rules[key] = index
+        self._charged["rule"] += cost
         return index
+
+
+def _resolved_cost(r: _Resolved) -> int:
+    """Estimated bytes of one resolution cache entry (labels dominate; they may be tens of KB)."""
+    strings = sum(len(label) for label in r.labels) + len(r.namespace) + len(r.fallback)
+    return _ENTRY_OVERHEAD + strings + _STRING_OVERHEAD * (len(r.labels) + len(r.workloads) + 2)

@@ -16,6 +16,7 @@ Every option has an environment variable twin, ``FLOW_AUDITOR_<OPTION>`` (``--ma
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import shutil
 import sys
@@ -492,7 +493,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
     for name in args.files:
         if name != "-" and not Path(name).is_file():
             raise UsageError(f"{name}: no such file")
-    sink = ReportSink(matrix, max_edges=args.max_edges)
+    inputs = {
+        "files": list(args.files),
+        "matrix_file": args.matrix,
+        "matrix_sha256": hashlib.sha256(Path(args.matrix).read_bytes()).hexdigest(),
+    }
+    sink = ReportSink(matrix, max_edges=args.max_edges, inputs=inputs)
     pipeline = Pipeline(Auditor(matrix, args.dedup_window), [sink])
     show_progress = not args.no_progress and sys.stderr.isatty()
     try:

@@ -21,19 +21,20 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType
 from typing import Any, Final
 
 import structlog
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import choose_encoder
 
-from auditor.classify import DEFAULT_DEDUP_WINDOW, VIOLATIONS, Auditor, Judgement, Unproven
+from auditor import web
+from auditor.classify import DEFAULT_DEDUP_WINDOW, Auditor
+from auditor.http_server import HttpServer, Request, Response, Route, probe_route, registry_route
 from auditor.matrix import Matrix, MatrixError, load_matrix
-from auditor.model import LostEvents, NodeStatus
 from auditor.pipeline import Pipeline, Sink
+from auditor.sinks.live import LiveSink
+from auditor.sinks.log import LogSink, drop_empty
 from auditor.sinks.metrics import MetricsSink
 from auditor.sources.hubble import HubbleConfig, HubbleSource, StreamEvents
 
@@ -70,76 +71,6 @@ def parse_listen_address(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-class ViolationLogSink:
-    """The daemon's log of what it sees: one line per new violation edge, then at most one per edge per
-    interval (with a count); lost events and node status changes; undecodable events, sampled."""
-
-    def __init__(
-        self, interval: float, clock: Callable[[], float] = time.monotonic, max_edges: int = 10_000
-    ) -> None:
-        self.interval = interval
-        self.clock = clock
-        self.max_edges = max_edges
-        self._last: dict[tuple[Any, ...], tuple[float, int]] = {}
-        self.invalid = 0
-
-    def on_judgement(self, j: Judgement) -> None:
-        if not j.new_connection or j.edge[4] not in VIOLATIONS:
-            return
-        now = self.clock()
-        last = self._last.get(j.edge)
-        if last is not None and now - last[0] < self.interval:
-            self._last[j.edge] = (last[0], last[1] + 1)
-            return
-        if len(self._last) >= self.max_edges:
-            self._last.clear()
-        suppressed = last[1] if last is not None else 0
-        self._last[j.edge] = (now, 0)
-        source, destination, port, protocol, cls = j.edge
-        flow = j.flow
-        log.warning(
-            "violation",
-            **{"class": cls},
-            source=source,
-            destination=destination,
-            port=port,
-            protocol=protocol,
-            verdict=j.verdict,
-            drop_reason=flow.drop_reason or None,
-            source_pod=j.source.pod or j.source_ip,
-            destination_pod=j.destination.pod or j.destination_ip,
-            node=flow.node_name,
-            rule=j.rule or None,
-            new_edge=last is None,
-            connections_since_last_log=suppressed,
-        )
-
-    def on_outcome(self, outcome: str) -> None:
-        pass
-
-    def on_unproven(self, connection: Unproven) -> None:
-        pass
-
-    def on_lost(self, record: LostEvents) -> None:
-        log.warning(
-            "lost events", source=record.source, count=record.num_events, node=record.node_name or None
-        )
-
-    def on_node_status(self, record: NodeStatus) -> None:
-        log.info(
-            "hubble node status",
-            state=record.state,
-            nodes=list(record.node_names),
-            message=record.message or None,
-        )
-
-    def on_invalid(self, where: str, reason: str) -> None:
-        """The first undecodable message with a sample, then every 1000th (never one line per event)."""
-        self.invalid += 1
-        if self.invalid == 1 or self.invalid % 1000 == 0:
-            log.warning("undecodable event skipped", where=where, reason=reason, total=self.invalid)
-
-
 class Daemon:
     """Owns the threads; :meth:`start`, then :meth:`wait` or :meth:`stop`."""
 
@@ -147,9 +78,13 @@ class Daemon:
         self.config = config
         self.matrix = load_matrix(config.matrix)  # MatrixError at start: the CLI exits 2
         self._matrix_digest = _digest(Path(config.matrix))
+        self._in_use_digest = self._matrix_digest
         self.registry = registry or CollectorRegistry()
         self.metrics = MetricsSink(self.matrix, self.registry)
-        sinks: list[Sink] = [self.metrics, ViolationLogSink(config.violation_log_interval)]
+        self.log_sink = LogSink(config.violation_log_interval)
+        self.live = LiveSink(self.matrix)
+        self.live.matrix_loaded(self._matrix_digest, True)
+        sinks: list[Sink] = [self.metrics, self.log_sink, self.live]
         self.kube_events: Any = None
         if config.kube_events:
             from auditor.sinks.kube_events import KubeConfigError, KubeEventsSink
@@ -172,13 +107,15 @@ class Daemon:
         self._terminate = threading.Event()
         self._reload_now = threading.Event()
         self._threads: list[threading.Thread] = []
-        self.http: ThreadingHTTPServer | None = None
+        self.http: HttpServer | None = None
         self._down_logged = False
 
     # -- stream health → metrics and logs -------------------------------------------------------------
     def _stream_events(self) -> StreamEvents:
         def connected() -> None:
             self.metrics.set_hubble_up(True)
+            self.live.stream_state(True)
+            self.log_sink.stream_up()
             self._down_logged = False
             log.info(
                 "connected to hubble", server=self.config.hubble.server, reconnects=self.source.reconnects
@@ -186,6 +123,8 @@ class Daemon:
 
         def disconnected(reason: str) -> None:
             self.metrics.set_hubble_up(False)
+            self.live.stream_state(False, reason)
+            self.log_sink.stream_down(reason)
             if self.stopped.is_set():
                 return
             if not self._down_logged:
@@ -194,12 +133,15 @@ class Daemon:
 
         def reconnecting(delay: float) -> None:
             self.metrics.inc_reconnects()
+            if not self.stopped.is_set():
+                self.log_sink.stream_retry(delay)
 
         return StreamEvents(connected, disconnected, reconnecting, self.metrics.set_last_flow_timestamp)
 
     # -- lifecycle ------------------------------------------------------------------------------------
     def start(self) -> None:
         self._start_http()
+        self.log_sink.start()
         self._spawn("stream", self.source.run)
         self._spawn("reload", self._reload_loop)
         log.info(
@@ -221,6 +163,7 @@ class Daemon:
         self.stopped.set()
         self._reload_now.set()
         self.source.stop()
+        self.log_sink.stop()
         if self.http is not None:
             self.http.shutdown()
             self.http.server_close()
@@ -278,6 +221,7 @@ class Daemon:
             matrix = load_matrix(path)
         except MatrixError as e:
             self.metrics.matrix_reloaded(False)
+            self.live.matrix_loaded(self._in_use_digest, False, str(e))
             log.error(
                 "matrix reload failed, keeping the previous matrix", error=str(e), matrix=self.matrix.name
             )
@@ -286,6 +230,8 @@ class Daemon:
         self.matrix = matrix
         self.pipeline.set_matrix(matrix)
         self.metrics.matrix_reloaded(True)
+        self._in_use_digest = digest
+        self.live.matrix_loaded(digest, True)
         log.info(
             "matrix reloaded", matrix=matrix.name, rules=len(matrix.rules), components=len(matrix.components)
         )
@@ -303,40 +249,25 @@ class Daemon:
 
     def _start_http(self) -> None:
         host, port = parse_listen_address(self.config.listen_address)
-        daemon = self
-
-        class Handler(BaseHTTPRequestHandler):
-            server_version = "flow-auditor"
-
-            def do_GET(self) -> None:
-                path = self.path.split("?", 1)[0]
-                if path == "/metrics":
-                    encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
-                    self._send(200, encoder(daemon.registry), content_type)
-                elif path == "/healthz":
-                    self._send(200, b"ok\n", "text/plain; charset=utf-8")
-                elif path == "/readyz":
-                    ok, why = daemon.ready()
-                    self._send(200 if ok else 503, f"{why}\n".encode(), "text/plain; charset=utf-8")
-                elif path == "/":
-                    body = b"flow-auditor: /metrics /healthz /readyz\n"
-                    self._send(200, body, "text/plain; charset=utf-8")
-                else:
-                    self._send(404, b"not found\n", "text/plain; charset=utf-8")
-
-            def _send(self, code: int, body: bytes, content_type: str) -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass  # scrapes and probes are not worth a log line each
-
-        self.http = ThreadingHTTPServer((host, port), Handler)
-        self.http.daemon_threads = True
+        routes = {
+            "/metrics": registry_route(self.registry),
+            "/healthz": probe_route(lambda: (True, "ok")),
+            "/readyz": probe_route(self.ready),
+            **{path: _page_route(path, self.live.snapshot) for path in web.PATHS},
+        }
+        self.http = HttpServer(host, port, routes)
         self._spawn("http", self.http.serve_forever)
+
+
+def _page_route(path: str, snapshot: Callable[[], dict[str, Any]]) -> Route:
+    """A route of the live page (``auditor.web``): static files inline, the JSON on a worker."""
+
+    def handler(request: Request) -> Response:
+        page = web.route(path, snapshot)
+        assert page is not None
+        return Response(page.status, page.body, page.content_type, page.headers)
+
+    return Route(handler, inline=path != web.API_PATH)
 
 
 def _digest(path: Path) -> str:
@@ -358,6 +289,7 @@ def configure_logging(fmt: str = "json", level: str = "info") -> None:
     )
     structlog.configure(
         processors=[
+            drop_empty,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             renderer,

@@ -5,8 +5,14 @@ Stage: decode, protobuf edge (the live ``observer.Observer/GetFlows`` stream). I
 ``auditor.model`` records: ``Flow``, ``LostEvents``, ``NodeStatus``, or ``OtherRecord`` for anything else.
 
 This is the per-flow hot path: every field is read once, straight from the message (no ``json_format``,
-no dictionaries in between). Endpoints repeat across flows, so each distinct one is decoded once (LRU
+no dictionaries in between). Endpoints repeat across flows, so each distinct one is decoded once (a cache
 keyed by its serialized bytes) and shared; absent endpoints are ``EMPTY_ENDPOINT``.
+
+Memory: the endpoint cache is bounded by bytes, not entries (an endpoint is whatever labels the pod has:
+tens of KB are possible, and 16,384 entries of 33 KB once took the process past 1.8 GB). Each entry is
+charged :data:`ENDPOINT_COST_FACTOR` times its wire size plus :data:`ENDPOINT_OVERHEAD` (the key, the
+decoded strings, the tuples); when :data:`ENDPOINT_CACHE_BYTES` would be exceeded the cache is emptied and
+refills with what is current (one cheap step on a rare path, instead of LRU bookkeeping on every hit).
 
 Mapping notes:
 
@@ -29,7 +35,6 @@ bytes into messages (and counting ``DecodeError``) is the source's job.
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Final
 
 from google.protobuf.unknown_fields import UnknownFieldSet
@@ -67,8 +72,10 @@ UNKNOWN_NODE_STATE: Final = "UNKNOWN_NODE_STATE"
 OTHER_PAYLOAD_KINDS: Final[dict[int, str]] = {4: "agent_event", 5: "debug_event"}
 UNKNOWN_PAYLOAD: Final = "unknown"
 
-# Distinct endpoints remembered by the decoder (a few kB each at most).
-ENDPOINT_CACHE_SIZE: Final = 16384
+ENDPOINT_CACHE_BYTES: Final = 64 * 1024 * 1024
+"""Memory charged to the decoder's endpoint cache before it is emptied."""
+ENDPOINT_COST_FACTOR: Final = 3  # measured: key bytes + decoded label strings ≈ 2.9 x the wire size
+ENDPOINT_OVERHEAD: Final = 1024
 
 
 Response = observer_pb2.GetFlowsResponse | live_pb2.GetFlowsResponse
@@ -118,11 +125,55 @@ def endpoint_from_pb(msg: flow_pb2.Endpoint) -> Endpoint:
     )
 
 
-@lru_cache(maxsize=ENDPOINT_CACHE_SIZE)
-def _endpoint_from_wire(data: bytes) -> Endpoint:
-    # A cluster has far fewer endpoints than flows: decoding each distinct one once (keyed by its
-    # exact bytes, so a hit is always right) saves most of the per-flow cost and shares the objects.
-    return endpoint_from_pb(flow_pb2.Endpoint.FromString(data))
+class EndpointCache:
+    """Decoded endpoints by their exact wire bytes (a hit is always right), bounded by charged bytes.
+
+    A cluster has far fewer endpoints than flows: decoding each distinct one once saves most of the
+    per-flow cost and shares the objects. Hits are a plain ``dict.get`` (see :func:`_endpoint`).
+    """
+
+    def __init__(self, budget: int = ENDPOINT_CACHE_BYTES) -> None:
+        self.budget = budget
+        self.entries: dict[bytes, Endpoint] = {}
+        self.charged = 0
+        self.misses = 0
+        self.resets = 0
+
+    def decode(self, data: bytes) -> Endpoint:
+        """The miss path: decode, and remember unless the endpoint alone exceeds the budget."""
+        endpoint = endpoint_from_pb(flow_pb2.Endpoint.FromString(data))
+        self.misses += 1
+        cost = ENDPOINT_COST_FACTOR * len(data) + ENDPOINT_OVERHEAD
+        if self.charged + cost > self.budget:
+            self.clear()
+            self.resets += 1
+            if cost > self.budget:
+                return endpoint
+        self.entries[data] = endpoint
+        self.charged += cost
+        return endpoint
+
+    def clear(self) -> None:
+        self.entries.clear()  # the same dict: the module's bound ``get`` stays valid
+        self.charged = 0
+
+    def info(self) -> dict[str, int]:
+        return {
+            "entries": len(self.entries),
+            "charged_bytes": self.charged,
+            "budget_bytes": self.budget,
+            "misses": self.misses,
+            "resets": self.resets,
+        }
+
+
+ENDPOINTS: Final = EndpointCache()
+_cached_endpoint = ENDPOINTS.entries.get
+
+
+def endpoint_cache_info() -> dict[str, int]:
+    """Entries, charged bytes, budget, misses and resets of the decoder's endpoint cache."""
+    return ENDPOINTS.info()
 
 
 def drop_reason_name(code: int) -> str:
@@ -194,7 +245,10 @@ def _endpoint(msg: flow_pb2.Endpoint | bytes) -> Endpoint:
     """Decoded endpoints are shared, found again by their exact wire bytes (the live schema delivers the
     bytes unparsed; a full ``flow.Endpoint`` message is serialized first)."""
     data = msg if type(msg) is bytes else msg.SerializeToString()  # type: ignore[union-attr]
-    return _endpoint_from_wire(data) if data else EMPTY_ENDPOINT
+    if not data:
+        return EMPTY_ENDPOINT
+    endpoint = _cached_endpoint(data)
+    return endpoint if endpoint is not None else ENDPOINTS.decode(data)
 
 
 def _tcp_flags(flags: flow_pb2.TCPFlags) -> int:
@@ -223,6 +277,7 @@ __all__ = [
     "LOST_EVENT_SOURCE_NAMES",
     "NODE_STATE_NAMES",
     "drop_reason_name",
+    "endpoint_cache_info",
     "endpoint_from_pb",
     "flow_from_pb",
     "lost_events_from_pb",

@@ -450,6 +450,7 @@ class _Compiler:
         names = {c.name for c in components}
         rules = self.rules(top["allow"], names)
         scope = self.scope(top.get("scope"), components)
+        check_expansion(self.file, rules)
         by_pair: dict[tuple[str, str], list[Rule]] = {}
         for rule in rules:
             for s in rule.sources:
@@ -705,6 +706,27 @@ def parse_port(text: str, fail: Callable[[str], Exception]) -> PortRange:
     if hi < lo:
         raise fail(f"empty port range {text!r}")
     return PortRange(frozenset({_PROTOCOLS[proto_text]}), lo, hi)
+
+
+MAX_RULE_EXPANSION: Final = 10_000
+"""Most (rule, source, destination) combinations a matrix may expand to: each is a lookup entry and a
+``flow_auditor_rule_last_seen_timestamp_seconds`` series (YAML aliases make a few KB expand to millions)."""
+
+
+def check_expansion(file: str, rules: Sequence[Rule], limit: int = MAX_RULE_EXPANSION) -> None:
+    """Refuse a matrix whose rules expand to more than ``limit`` combinations, naming the largest rule."""
+    sizes = [len(r.sources) * len(r.destinations) for r in rules]
+    total = sum(sizes)
+    if total > limit:
+        big = rules[max(range(len(rules)), key=sizes.__getitem__)]
+        raise MatrixError(
+            file,
+            big.line,
+            f"allow[{big.index - 1}]",
+            f"the rules expand to {total:,} (rule, from, to) combinations, more than the limit of {limit:,} "
+            f"(this rule alone: {len(big.sources)} x {len(big.destinations)}); each one is a metric series, "
+            "so list fewer components per rule or group workloads into broader components",
+        )
 
 
 def describe(matrix: Matrix) -> str:

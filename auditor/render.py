@@ -12,7 +12,6 @@ Error policy: none (pure formatting of a validated structure).
 
 from __future__ import annotations
 
-import html
 import io
 import json
 from typing import Any, Final
@@ -21,7 +20,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from auditor.classify import CLASSES, VIOLATIONS
+from auditor.classify import CLASSES, OUTCOME_TERMS, VIOLATIONS
+from auditor.render_html import render_html
 
 FORMATS: Final = ("table", "json", "markdown", "html")
 _TITLES: Final = {
@@ -44,7 +44,7 @@ def render(report: dict[str, Any], fmt: str, *, color: bool = False, width: int 
     if fmt == "markdown":
         return _markdown(report)
     if fmt == "html":
-        return _html(report)
+        return render_html(report)
     return _table(report, color=color, width=width)
 
 
@@ -86,13 +86,6 @@ def _examples(edge: dict[str, Any]) -> str:
     return "; ".join(f"{e['source_pod']} → {e['destination_pod']}" for e in edge["examples"])
 
 
-TERMS: Final = (
-    "judged: events that proved a connection delivered or dropped",
-    "reply: replies: never a connection of their own (a forwarded reply proves its connection delivered)",
-    "provisional: events seen leaving the source towards a pod: delivery not proven by them alone",
-    "ignored: events that prove nothing (no direction, L7 records, other event kinds)",
-    "out of scope: neither end in the matrix's namespaces; invalid: lines that could not be decoded",
-)
 _PROVISIONAL_COLUMNS: Final = ("source", "destination", "port", "connections", "examples")
 
 
@@ -170,7 +163,7 @@ def _table(report: dict[str, Any], *, color: bool, width: int) -> str:
         )
     for s in report.get("invalid_samples", []):
         line(f"invalid: {s['file']}:{s['line']}: {s['error']}", "yellow")
-    for text in TERMS:
+    for text in OUTCOME_TERMS:
         line(text, "dim")
     return buf.getvalue()
 
@@ -238,64 +231,5 @@ def _markdown(report: dict[str, Any]) -> str:
             f"- {_md_cell(s['file'])}:{s['line']}: {_md_cell(s['error'])}" for s in report["invalid_samples"]
         ]
     out += ["", "## Terms", ""]
-    out += [f"- {t}" for t in TERMS]
+    out += [f"- {t}" for t in OUTCOME_TERMS]
     return "\n".join(out) + "\n"
-
-
-def _html(report: dict[str, Any]) -> str:
-    esc = html.escape
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>flow-auditor report: {esc(report['matrix'])}</title>",
-        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:1.5em}"
-        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}th{background:#f3f3f3}"
-        ".expected_dropped h2,.unexpected_allowed h2{color:#b00020}</style></head><body>",
-        f"<h1>flow-auditor report: {esc(report['matrix'])}</h1>",
-    ]
-    parts += [f"<p>{esc(line)}</p>" for line in _summary_lines(report)]
-    for cls, edges in _sections(report):
-        if not edges:
-            continue
-        parts.append(
-            f'<section class="{cls}"><h2>{esc(_TITLES[cls])}</h2><table><tr>'
-            + "".join(f"<th>{h}</th>" for h in _COLUMNS)
-            + "</tr>"
-        )
-        for e in edges:
-            parts.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in _cells(e)) + "</tr>")
-        parts.append("</table></section>")
-    hints = _hint_lines(report)
-    if hints:
-        parts.append("<h2>Hints</h2><ul>" + "".join(f"<li>{esc(h)}</li>" for h in hints) + "</ul>")
-    if report.get("provisional"):
-        parts.append(
-            f'<section class="provisional"><h2>{esc(_PROVISIONAL_TITLE)}</h2><table><tr>'
-            + "".join(f"<th>{h}</th>" for h in _PROVISIONAL_COLUMNS)
-            + "</tr>"
-        )
-        for p in report["provisional"]:
-            parts.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in _provisional_cells(p)) + "</tr>")
-        parts.append("</table></section>")
-    if report["unused_rules"]:
-        parts.append(
-            "<h2>Unused rules</h2><ul>"
-            + "".join(
-                f"<li>rule {r['rule']}: {esc(_join(r['from']))} → {esc(_join(r['to']))} "
-                f"({esc(', '.join(r['ports']))})</li>"
-                for r in report["unused_rules"]
-            )
-            + "</ul>"
-        )
-    if report.get("invalid_samples"):
-        parts.append(
-            "<h2>Invalid lines</h2><ul>"
-            + "".join(
-                f"<li><code>{esc(s['file'])}:{s['line']}</code>: {esc(s['error'])}</li>"
-                for s in report["invalid_samples"]
-            )
-            + "</ul>"
-        )
-    parts.append("<h2>Terms</h2><ul>" + "".join(f"<li>{esc(t)}</li>" for t in TERMS) + "</ul>")
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"

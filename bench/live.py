@@ -11,7 +11,7 @@ take turns (a slow spell of the machine hits them alike). The 1-minute load aver
                direction, observation point, event type, is_reply, time); no classification, no metrics.
   * pipeline — the daemon's own ``HubbleSource._consume`` over the same bytes: ``FromString`` →
                ``decode_pb.record_from_response`` → ``Pipeline.feed`` under ``pipeline.lock`` → ``Auditor``
-               (``examples/airflow/matrix.yaml``) → the daemon's sinks (``MetricsSink``, ``ViolationLogSink``
+               (``examples/airflow/matrix.yaml``) → the daemon's sinks (``MetricsSink``, ``LogSink``
                with logging configured to discard, the invalid-log sink). Built by ``auditor.daemon.Daemon``.
   * stages   — the same bytes through growing prefixes of the path (parse; + decode; + ``Auditor.process``;
                + ``Pipeline.feed`` under the lock), whose differences (median over runs) give µs/event per
@@ -84,12 +84,13 @@ from google.protobuf.message import Message
 from auditor import decode_pb
 from auditor._proto.observer import observer_pb2
 from auditor.classify import OUTCOMES, Auditor
-from auditor.daemon import Daemon, DaemonConfig, ViolationLogSink, configure_logging
+from auditor.daemon import Daemon, DaemonConfig, configure_logging
 from auditor.decode_pb import record_from_response
 from auditor.demo.server import DEFAULT_CAPACITY, FlowLog, HubbleServer, response_from_event
 from auditor.matrix import load_matrix
 from auditor.model import Flow
 from auditor.scenario import synthetic_events
+from auditor.sinks.log import LogSink
 from auditor.sources.hubble import GET_FLOWS, Backoff, HubbleConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -420,13 +421,18 @@ def counted(daemon: Daemon) -> int:
 
 def reset_decoder_caches() -> None:
     """Empty the decoder's endpoint cache (module state), so that every run starts cold alike."""
-    decode_pb._endpoint_from_wire.cache_clear()
+    decode_pb.ENDPOINTS.clear()
+    decode_pb.ENDPOINTS.misses = 0
 
 
 def decoder_cache_sizes() -> dict[str, int]:
-    """Size of the decoder's endpoint cache and its hits and misses since the last reset."""
-    info = decode_pb._endpoint_from_wire.cache_info()
-    return {"endpoint_lru": info.currsize, "endpoint_lru_hits": info.hits, "endpoint_lru_misses": info.misses}
+    """Size of the decoder's endpoint cache (entries, charged bytes) and its misses since the last reset."""
+    info = decode_pb.endpoint_cache_info()
+    return {
+        "endpoint_cache": info["entries"],
+        "endpoint_cache_bytes": info["charged_bytes"],
+        "endpoint_cache_misses": info["misses"],
+    }
 
 
 def rss_mb() -> float:
@@ -943,7 +949,7 @@ def shifted_stream(path: Path, base: int, total: int) -> Iterator[bytes]:
 
 def structure_sizes(daemon: Daemon) -> dict[str, int]:
     auditor, metrics = daemon.pipeline.auditor, daemon.metrics
-    violations = next(s for s in daemon.pipeline.sinks if isinstance(s, ViolationLogSink))
+    violations = next(s for s in daemon.pipeline.sinks if isinstance(s, LogSink))
     return {
         "dedup_entries": len(auditor.dedup),
         "dedup_order": len(auditor.dedup._order),

@@ -366,8 +366,9 @@ def _matrix_reloads() -> timeseries.Panel:
         timeseries.Panel()
         .title("Matrix reloads and label overflow")
         .description(
-            "Matrix reload attempts by result (an error keeps the previous matrix) and label values folded "
-            "into 'other' because a cardinality cap was reached."
+            "Matrix reload attempts by result (an error keeps the previous matrix), label values folded "
+            "into 'other' because a cardinality cap was reached, and events aggregated into the 'other' "
+            "edge because a metric family reached its series cap."
         )
         .with_target(
             _range_target(
@@ -381,6 +382,13 @@ def _matrix_reloads() -> timeseries.Panel:
                 _increase_by("label", "flow_auditor_label_overflow_total"),
                 "overflow {{label}}",
                 "B",
+            )
+        )
+        .with_target(
+            _range_target(
+                _increase_by("metric", "flow_auditor_series_overflow_total"),
+                "series cap {{metric}}",
+                "C",
             )
         )
         .draw_style(cm.GraphDrawStyle.BARS)

@@ -222,6 +222,7 @@ def _health_alerts(timing: Timing) -> list[Alert]:
     flows = _sel("flow_auditor_flows_total")
     lost = _sel("flow_auditor_hubble_lost_events_total")
     reload_errors = _sel("flow_auditor_matrix_reloads_total", 'result="error"')
+    series_overflow = _sel("flow_auditor_series_overflow_total")
     up = f"up{{{JOB_SELECTOR}}}"
     target = "{{ $labels.instance }} (job {{ $labels.job }})"
     stream_down, no_flows, losing = timing.hold("5m"), timing.hold("15m"), timing.hold("15m")
@@ -270,6 +271,18 @@ def _health_alerts(timing: Timing) -> list[Alert]:
             f"flow-auditor {target} failed to reload the communication matrix {_COUNT_TEXT} time(s) in the "
             f"last {timing.window}; it keeps judging with the previous matrix (its log names the file, "
             "line and key).",
+        ),
+        Alert(
+            "FlowAuditorSeriesOverflow",
+            HEALTH_GROUP,
+            "warning",
+            timing.hold("0m"),
+            f"sum by ({SCOPE_LABELS}, instance, metric) (increase({series_overflow}[{timing.window}])) > 0",
+            "flow-auditor hit its series cap: some edges are only counted in an aggregated 'other' series.",
+            f"flow-auditor {target} aggregated {_COUNT_TEXT} event(s) of {{{{ $labels.metric }}}} into the "
+            f"'other' series of their class in the last {timing.window}: the metric family reached its "
+            "series cap, so the edges beyond it cannot be told apart (the violation alerts still fire, on "
+            "the 'other' edge).",
         ),
         Alert(
             "FlowAuditorDown",

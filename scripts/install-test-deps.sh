@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # Installs the real tools the test suite runs against, on a fresh Debian 12 machine:
 #   - prometheus, promtool and prometheus-alertmanager (Debian packages, bookworm),
-#   - kubectl 1.32.3 (kustomize v5.5) from Debian trixie, unpacked into .tools/ (no system change).
+#   - kubectl 1.32.3 (kustomize v5.5) from Debian trixie, unpacked into .tools/ (no system change),
+#   - chromium (Debian package, bookworm) for the tests that look at pages as a person does.
 # Idempotent: a stamp file skips the work once everything is present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TOOLS="$PWD/.tools"
-STAMP="$TOOLS/.deps-v1"
+STAMP="$TOOLS/.deps-v2"
 KUBECTL_VERSION="1.32.3+ds-2"
 
 have_all() {
   command -v promtool >/dev/null && command -v prometheus >/dev/null \
-    && command -v prometheus-alertmanager >/dev/null && [ -x "$TOOLS/bin/kubectl" ]
+    && command -v prometheus-alertmanager >/dev/null && [ -x "$TOOLS/bin/kubectl" ] \
+    && command -v chromium >/dev/null
 }
 
 if [ -f "$STAMP" ] && have_all; then
@@ -21,11 +23,12 @@ fi
 SUDO=""
 if [ "$(id -u)" != "0" ]; then SUDO="sudo"; fi
 
-if ! command -v promtool >/dev/null || ! command -v prometheus-alertmanager >/dev/null; then
-  echo "install-test-deps: installing prometheus and prometheus-alertmanager (Debian)"
+if ! command -v promtool >/dev/null || ! command -v prometheus-alertmanager >/dev/null \
+    || ! command -v chromium >/dev/null; then
+  echo "install-test-deps: installing prometheus, prometheus-alertmanager and chromium (Debian)"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
-    prometheus prometheus-alertmanager >/dev/null
+    prometheus prometheus-alertmanager chromium fonts-dejavu-core >/dev/null
 fi
 
 if [ ! -x "$TOOLS/bin/kubectl" ]; then
@@ -51,4 +54,5 @@ fi
 "$TOOLS/bin/kubectl" version --client >/dev/null
 mkdir -p "$TOOLS"
 touch "$STAMP"
-echo "install-test-deps: ready ($(promtool --version 2>&1 | head -1); kubectl $("$TOOLS/bin/kubectl" version --client 2>/dev/null | head -1))"
+chromium --version >/dev/null
+echo "install-test-deps: ready ($(promtool --version 2>&1 | head -1); kubectl $("$TOOLS/bin/kubectl" version --client 2>/dev/null | head -1); $(chromium --version 2>/dev/null))"

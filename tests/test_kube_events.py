@@ -27,6 +27,8 @@ from auditor.classify import EXPECTED_DROPPED, UNEXPECTED_ALLOWED, Auditor, Judg
 from auditor.matrix import load_matrix
 from auditor.model import Endpoint, EventType, Verdict
 from auditor.sinks.kube_events import (
+    MAX_MESSAGE,
+    MAX_NAME,
     KubeConfigError,
     KubeEventsSink,
     api_client_from_environment,
@@ -567,3 +569,24 @@ def test_missing_kubeconfig_outside_a_cluster_is_a_config_error(
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     with pytest.raises(KubeConfigError, match=r"kubeconfig .*nope"):
         api_client_from_environment(str(tmp_path / "nope"))
+
+
+def test_aggregation_state_is_bounded_in_bytes_with_huge_pod_names(server: EventsServer) -> None:
+    """Pod names come from cluster data: a 10 KB name must not make a 10 KB key (entries x bytes bound)."""
+    huge = [
+        {
+            **DEBUG_TO_REDIS,
+            "source_port": 40000 + i,
+            "destination": pod("airflow", f"{'r' * 10_000}-{i}", 4000 + i),
+        }
+        for i in range(50)
+    ]
+    sink = make_sink(server.url, max_events=20)
+    for j in judgements(*huge):
+        sink.on_judgement(j)
+    assert sink.close(10)
+    assert len(sink._events) <= 20
+    for (namespace, pod_name, _edge), agg in sink._events.items():
+        assert len(namespace) <= MAX_NAME and len(pod_name) <= MAX_NAME
+        assert len(agg.spec.pod) <= MAX_NAME and len(agg.spec.name) <= MAX_NAME
+        assert len(agg.spec.message) <= MAX_MESSAGE

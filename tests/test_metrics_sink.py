@@ -32,7 +32,7 @@ from auditor.classify import (
 from auditor.matrix import Matrix, load_matrix, parse_matrix
 from auditor.model import EventType, LostEvents, NodeStatus, Verdict
 from auditor.pipeline import Pipeline
-from auditor.sinks.metrics import MetricsSink
+from auditor.sinks.metrics import DEFAULT_MAX_NAMESPACES, DEFAULT_MAX_SERIES, MetricsSink
 from auditor.sinks.report import ReportSink
 from auditor.sources.files import FlowFile
 
@@ -55,6 +55,7 @@ METRIC_NAMES = {
     "flow_auditor_matrix_rules",
     "flow_auditor_matrix_reloads",
     "flow_auditor_label_overflow",
+    "flow_auditor_series_overflow",
     "flow_auditor_build_info",
 }
 
@@ -347,6 +348,73 @@ def test_overflow_counts_every_judged_event_of_a_folded_edge() -> None:
     assert rig.value("flow_auditor_label_overflow_total", label="port") == 2
 
 
+# -- series caps per metric family --------------------------------------------------------------------
+
+
+TEAMS = [f"team-{i}" for i in range(DEFAULT_MAX_NAMESPACES)]
+WIDE = parse_matrix(
+    MATRIX_TEXT.replace("namespaces: [airflow]", f"namespaces: [airflow, {', '.join(TEAMS)}]"), "wide.yaml"
+)
+
+
+def namespace_pods(n: int) -> list[object]:
+    return [pod(team, "shell", 20000 + i, "run=shell") for i, team in enumerate(TEAMS[:n])]
+
+
+def series_overflow(rig: Rig, metric: str) -> float | None:
+    return rig.value("flow_auditor_series_overflow_total", metric=metric)
+
+
+def test_crafted_flows_within_the_label_caps_cannot_exceed_the_series_cap() -> None:
+    """Before: 50 x 50 namespaces x 5 ports within the label caps made 12,500 series per edge family."""
+    rig = Rig(WIDE)
+    pods = namespace_pods(DEFAULT_MAX_NAMESPACES)
+    sent = 0
+    for port in range(7001, 7006):
+        for src in pods:
+            for dst in pods:
+                rig.connect(source=src, destination=dst, destination_port=port)
+                sent += 1
+    assert rig.value("flow_auditor_label_overflow_total", label="source") == 0  # within the label caps
+    edges = rig.samples("flow_auditor_edge_last_seen_timestamp_seconds")
+    connections = rig.samples("flow_auditor_connections_total")
+    assert DEFAULT_MAX_SERIES <= len(edges) <= DEFAULT_MAX_SERIES + 4
+    assert DEFAULT_MAX_SERIES <= len(connections) <= DEFAULT_MAX_SERIES + 4
+    assert sum(s.value for s in connections) == sent  # nothing lost: the rest is in the 'other' edge
+    beyond = sent - DEFAULT_MAX_SERIES
+    assert rig.connections("other", "other", "other", "other", UNEXPECTED_ALLOWED) == beyond
+    assert series_overflow(rig, "flow_auditor_connections_total") == beyond
+    assert series_overflow(rig, "flow_auditor_edge_last_seen_timestamp_seconds") == beyond
+
+
+def test_series_cap_counts_verdict_and_reason_pairs_per_family() -> None:
+    rig = Rig(WIDE, max_series=3)
+    shells = namespace_pods(2)
+    dropped = {"verdict": Verdict.DROPPED, "event_type": EventType.DROP, "drop_reason": "POLICY_DENIED"}
+    audit = {"verdict": Verdict.AUDIT, "event_type": EventType.POLICY_VERDICT}
+    for overrides in (dropped, audit):
+        for src in shells:
+            rig.connect(source=src, destination=REDIS, destination_port=6379, **overrides)  # type: ignore[arg-type]
+    # Both edges fit; of the four (edge, verdict) and (edge, reason) pairs, the fourth overflows into
+    # the 'other' edge of its class, which now exists too.
+    assert len(rig.samples("flow_auditor_edge_last_seen_timestamp_seconds")) == 3
+    own = [s for s in rig.samples("flow_auditor_connections_total") if s.labels["source"] != "other"]
+    assert len(own) == 3
+    assert rig.connections("other", "other", "other", "other", UNEXPECTED_DROPPED) == 1
+    assert series_overflow(rig, "flow_auditor_connections_total") == 1
+    assert series_overflow(rig, "flow_auditor_dropped_connections_total") == 1
+    assert series_overflow(rig, "flow_auditor_edge_last_seen_timestamp_seconds") == 0
+    # A new edge beyond the cap: each judged event counts as overflow, the 'other' edge's last seen moves.
+    rig.connect(source=shells[0], destination=REDIS, destination_port=6380)  # the third edge fits
+    rig.connect(source=shells[0], destination=REDIS, destination_port=6381, time=1_900_000_000.0)
+    rig.connect(source=shells[0], destination=REDIS, destination_port=6381, time=1_900_000_000.0)
+    edges = rig.samples("flow_auditor_edge_last_seen_timestamp_seconds")
+    assert len(edges) == 5  # 3 + the 'other' edges of both classes
+    assert series_overflow(rig, "flow_auditor_edge_last_seen_timestamp_seconds") == 2
+    other = edge_labels("other", "other", None, "other", UNEXPECTED_ALLOWED) | {"port": "other"}
+    assert rig.value("flow_auditor_edge_last_seen_timestamp_seconds", **other) == 1_900_000_000.0
+
+
 def test_unknown_verdict_is_folded_into_other() -> None:
     rig = Rig()
     edge = ("worker", "postgresql", 5432, "TCP", EXPECTED_ALLOWED)
@@ -583,3 +651,24 @@ def test_promtool_finds_nothing_in_a_scrape_of_the_example() -> None:
 
 def test_promtool_finds_nothing_in_a_scrape_before_any_event() -> None:
     assert promtool_check_metrics(scrape(Rig())) == (0, "", "")
+
+
+def test_provisional_series_are_capped_per_family() -> None:
+    from auditor.classify import Unproven
+
+    rig = Rig(max_series=5)
+    for i in range(20):
+        rig.metrics.on_unproven(Unproven(flow(), "worker", "postgresql", 30000 + i, "TCP"))
+    text = scrape(rig)
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    samples = [
+        s for s in families["flow_auditor_provisional_connections"].samples if s.name.endswith("_total")
+    ]
+    assert len(samples) <= 6  # five series, then one "other"
+    assert sum(s.value for s in samples) == 20
+    overflow = {
+        s.labels["metric"]: s.value
+        for s in families["flow_auditor_series_overflow"].samples
+        if s.name.endswith("_total")
+    }
+    assert overflow["flow_auditor_provisional_connections_total"] > 0

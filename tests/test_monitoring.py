@@ -52,6 +52,7 @@ DAEMON_METRICS = {
     "flow_auditor_matrix_rules",
     "flow_auditor_matrix_reloads_total",
     "flow_auditor_label_overflow_total",
+    "flow_auditor_series_overflow_total",
     "flow_auditor_build_info",
 }
 SEVERITIES = {"critical", "warning", "info"}
@@ -348,6 +349,7 @@ def test_dashboard_has_the_required_panels(board: dict[str, Any]) -> None:
     assert "time() - max(flow_auditor_last_flow_timestamp_seconds" in exprs["Last flow age"]
     assert "by (outcome)" in exprs["Classification throughput by outcome"]
     assert "flow_auditor_matrix_reloads_total" in exprs["Matrix reloads and label overflow"]
+    assert "flow_auditor_series_overflow_total" in exprs["Matrix reloads and label overflow"]
 
 
 def test_matrix_panel_ranks_every_class_once() -> None:

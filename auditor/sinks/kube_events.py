@@ -19,7 +19,9 @@ neither end is a pod are skipped and counted. Event names are deterministic:
 
 Threading: :meth:`KubeEventsSink.on_judgement` runs on the pipeline thread, aggregates under a lock and
 only enqueues; API calls run on one background worker thread fed by a bounded queue. Aggregation state is
-bounded (least recently used edges are forgotten first).
+bounded (least recently used edges are forgotten first) in entries and so in bytes: an entry's strings are
+capped (namespace and pod at :data:`MAX_NAME`, the message at :data:`MAX_MESSAGE`; the edge holds component,
+entity and namespace names), about 3 KB at most, so ``max_events`` (10,000) entries stay under 30 MB.
 
 Error policy: never blocks or raises into the pipeline. A full queue drops the update and counts it
 (``dropped``); API errors (403, 5xx, connection refused, timeouts, …) are logged as one structlog line
@@ -290,7 +292,7 @@ class KubeEventsSink:
         if pod is None:
             self.skipped += 1
             return
-        key = (pod.namespace, pod.pod_name, judgement.edge)
+        key = (pod.namespace[:MAX_NAME], pod.pod_name[:MAX_NAME], judgement.edge)
         now = self._clock()
         with self._lock:
             if self._closed:
@@ -347,9 +349,9 @@ class KubeEventsSink:
     def _start(self, key: _Key, judgement: Judgement, pod: Endpoint, reason: str, now: float) -> None:
         flow = judgement.flow
         spec = _Spec(
-            namespace=pod.namespace,
+            namespace=key[0],
             name=event_name(pod.pod_name, judgement.edge, self.instance),
-            pod=pod.pod_name,
+            pod=key[1],
             reason=reason,
             message=describe(judgement),
             first=flow.time,

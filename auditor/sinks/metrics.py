@@ -25,6 +25,16 @@ rule of the matrix, a rule's port range (``30000-32767``), ``""`` for ICMP, or o
 ``flow_auditor_label_overflow_total{label}``: once per judged event for source, destination and port, once per
 new connection for verdict and reason. Admitted namespaces and ports stay admitted (also across reloads).
 
+Bounded series (per metric family, whatever the label caps allow): the label caps alone still allow
+sources x destinations x ports x classes x verdicts combinations (crafted flows within them made 296,027
+series and a 47 MB scrape). So each edge family holds at most ``max_series`` series
+(:data:`DEFAULT_MAX_SERIES`): ``edge_last_seen`` counts edges, ``connections`` (edge, verdict) pairs,
+``dropped_connections`` (edge, reason) pairs. An edge or pair beyond the cap is aggregated into the series
+of its class whose source, destination, port and protocol are all ``other`` (at most 4 such edges, so a
+family never exceeds its cap by more than a few dozen series), and each judged event or new connection that
+lands there counts in ``flow_auditor_series_overflow_total{metric}``. ``rule_last_seen`` has one series per
+(rule, source, destination) of the matrix, which :mod:`auditor.matrix` bounds at load time.
+
 Error policy: never raises on a record. Unknown lost-event sources are counted under
 ``UNKNOWN_LOST_EVENT_SOURCE``; a judgement whose rule index is not in the current matrix (a matrix swapped in
 the auditor but not here) updates no rule series. Counters survive matrix reloads; only caches are rebuilt.
@@ -58,11 +68,20 @@ UNKNOWN_LOST_EVENT_SOURCE: Final = LOST_EVENT_SOURCES[0]
 NODE_STATES: Final = ("NODE_CONNECTED", "NODE_UNAVAILABLE", "NODE_ERROR")
 NODE_GONE: Final = "NODE_GONE"
 RELOAD_RESULTS: Final = ("success", "error")
+SERIES_FAMILIES: Final = {
+    "edge_last_seen": PREFIX + "edge_last_seen_timestamp_seconds",
+    "connections": PREFIX + "connections_total",
+    "dropped_connections": PREFIX + "dropped_connections_total",
+    "provisional_connections": PREFIX + "provisional_connections_total",
+}
+"""Capped edge families: key → the ``metric`` label value of ``flow_auditor_series_overflow_total``."""
 OVERFLOW_LABELS: Final = ("source", "destination", "port", "verdict", "reason")
 
 DEFAULT_MAX_NAMESPACES: Final = 50
 DEFAULT_MAX_OTHER_PORTS: Final = 20
 MAX_DROP_REASONS: Final = 64
+DEFAULT_MAX_SERIES: Final = 10_000
+"""Series per edge metric family (a 10,000-series family is about 1.5 MB of exposition text)."""
 """Distinct drop reasons kept as label values (Hubble's DropReason enum has fewer than 200 names)."""
 
 _DROPPED_CLASSES: Final = frozenset({EXPECTED_DROPPED, UNEXPECTED_DROPPED})
@@ -80,9 +99,10 @@ RuleKey = tuple[int, str, str]
 class _Series:
     """Everything exposed for one edge, keyed by its bounded label values. Survives matrix reloads."""
 
-    __slots__ = ("labels", "last_seen", "reasons", "verdicts")
+    __slots__ = ("aggregate", "labels", "last_seen", "reasons", "verdicts")
 
-    def __init__(self, labels: Labels, last_seen: float) -> None:
+    def __init__(self, labels: Labels, last_seen: float, aggregate: bool = False) -> None:
+        self.aggregate = aggregate  # the 'other' series of a class, where edges beyond the cap go
         self.labels = labels
         self.last_seen = last_seen
         self.verdicts: dict[str, int] = {}  # new connections by verdict label
@@ -101,7 +121,7 @@ class _RuleSeen:
 class _Slot:
     """Cached mapping of one judged edge (as the auditor names it) to its series. Rebuilt on reload."""
 
-    __slots__ = ("dropped", "overflow", "rule", "rule_seen", "series")
+    __slots__ = ("dropped", "overflow", "rule", "rule_seen", "series", "series_overflow")
 
     def __init__(
         self,
@@ -110,8 +130,10 @@ class _Slot:
         rule_seen: _RuleSeen | None,
         overflow: tuple[str, ...],
         dropped: bool,
+        series_overflow: bool,
     ) -> None:
         self.series = series
+        self.series_overflow = series_overflow
         self.rule = rule
         self.rule_seen = rule_seen
         self.overflow = overflow
@@ -128,7 +150,9 @@ class MetricsSink:
         *,
         max_namespaces: int = DEFAULT_MAX_NAMESPACES,
         max_other_ports: int = DEFAULT_MAX_OTHER_PORTS,
+        max_series: int = DEFAULT_MAX_SERIES,
     ) -> None:
+        self.max_series = max_series
         self.max_namespaces = max_namespaces
         self.max_other_ports = max_other_ports
         # Counters and gauges (plain values; the collector reads them at scrape time).
@@ -140,6 +164,9 @@ class MetricsSink:
         self._nodes: dict[str, str] = {}
         self._reloads: dict[str, int] = dict.fromkeys(RELOAD_RESULTS, 0)
         self._overflow: dict[str, int] = dict.fromkeys(OVERFLOW_LABELS, 0)
+        self._series_overflow: dict[str, int] = dict.fromkeys(SERIES_FAMILIES, 0)
+        self._other_series: dict[str, _Series] = {}  # by class: where edges beyond the cap go
+        self._pairs = {"connections": 0, "dropped_connections": 0}  # (edge, verdict|reason) series
         self._reconnects = 0
         self._hubble_up = False
         self.last_flow_timestamp = 0.0
@@ -224,19 +251,53 @@ class MetricsSink:
         if slot.overflow:
             for label in slot.overflow:
                 self._overflow[label] += 1
+        if slot.series_overflow:
+            self._series_overflow["edge_last_seen"] += 1
         if judgement.new_connection:
             verdict = judgement.verdict
             if verdict not in _VERDICT_LABELS:
                 verdict = OTHER
                 self._overflow["verdict"] += 1
+            if series.aggregate:  # an edge beyond the cap: its connections are overflow too
+                self._series_overflow["connections"] += 1
+                if slot.dropped:
+                    self._series_overflow["dropped_connections"] += 1
             counts = series.verdicts
-            counts[verdict] = counts.get(verdict, 0) + 1
+            if verdict in counts:
+                counts[verdict] += 1
+            else:
+                self._new_pair(series, "connections", verdict)
             if slot.dropped:
                 reason = judgement.flow.drop_reason or verdict
                 if reason not in self._reasons:
                     reason = self._admit_reason(reason)
                 reasons = series.reasons
-                reasons[reason] = reasons.get(reason, 0) + 1
+                if reason in reasons:
+                    reasons[reason] += 1
+                else:
+                    self._new_pair(series, "dropped_connections", reason)
+
+    def _new_pair(self, series: _Series, family: str, key: str) -> None:
+        """First count of an (edge, verdict|reason) series, or of the overflow series past the cap."""
+        if self._pairs[family] >= self.max_series and not series.aggregate:
+            self._series_overflow[family] += 1
+            series = self._overflow_series(series.labels[4], series.last_seen)
+        counts = series.verdicts if family == "connections" else series.reasons
+        if key not in counts:
+            counts[key] = 0
+            if not series.aggregate:
+                self._pairs[family] += 1
+        counts[key] += 1
+
+    def _overflow_series(self, cls: str, t: float) -> _Series:
+        series = self._other_series.get(cls)
+        if series is None:
+            series = _Series((OTHER, OTHER, OTHER, OTHER, cls), t, aggregate=True)
+            self._other_series[cls] = series
+            self._series[series.labels] = series
+        elif t > series.last_seen:
+            series.last_seen = t
+        return series
 
     def on_unproven(self, connection: Unproven) -> None:
         """Count a connection that only provisional evidence was seen for, on bounded labels."""
@@ -249,7 +310,11 @@ class MetricsSink:
         )
         for label in overflow:
             self._overflow[label] += 1
-        self._provisional[labels] = self._provisional.get(labels, 0) + 1
+        provisional = self._provisional
+        if labels not in provisional and len(provisional) >= self.max_series:
+            self._series_overflow["provisional_connections"] += 1
+            labels = (OTHER, OTHER, OTHER, OTHER)
+        provisional[labels] = provisional.get(labels, 0) + 1
 
     def on_lost(self, record: LostEvents) -> None:
         source = record.source if record.source in self._lost else UNKNOWN_LOST_EVENT_SOURCE
@@ -281,11 +346,18 @@ class MetricsSink:
             cls,
         )
         series = self._series.get(labels)
+        beyond = False
         if series is None:
-            series = _Series(labels, judgement.flow.time)
-            self._series[labels] = series
+            if len(self._series) - len(self._other_series) >= self.max_series:
+                beyond = True
+                series = self._overflow_series(cls, judgement.flow.time)
+            else:
+                series = _Series(labels, judgement.flow.time)
+                self._series[labels] = series
         rule = judgement.rule
-        slot = _Slot(series, rule, self._rule_seen(rule, edge), tuple(overflow), cls in _DROPPED_CLASSES)
+        slot = _Slot(
+            series, rule, self._rule_seen(rule, edge), tuple(overflow), cls in _DROPPED_CLASSES, beyond
+        )
         if len(self._slots) >= _MAX_EDGE_CACHE:
             self._slots.clear()
         self._slots[edge] = slot
@@ -361,6 +433,8 @@ class MetricsSink:
             f["reloads"].add_metric((result,), n)
         for label, n in self._overflow.copy().items():
             f["overflow"].add_metric((label,), n)
+        for family, n in self._series_overflow.copy().items():
+            f["series_overflow"].add_metric((SERIES_FAMILIES[family],), n)
         f["build_info"].add_metric((auditor.__version__,), 1.0)
         yield from f.values()
 
@@ -424,6 +498,12 @@ def _families() -> dict[str, CounterMetricFamily | GaugeMetricFamily]:
             PREFIX + "label_overflow",
             "Label values replaced by 'other' because their cap was reached.",
             labels=("label",),
+        ),
+        "series_overflow": c(
+            PREFIX + "series_overflow",
+            "Judged events (edge_last_seen) or new connections aggregated into the 'other' series of their "
+            "class because the metric family reached its series cap.",
+            labels=("metric",),
         ),
         "build_info": g(PREFIX + "build_info", "Always 1; the version of flow-auditor.", labels=("version",)),
     }

@@ -71,9 +71,12 @@ class ProvisionalStats:
 class ReportSink:
     """Aggregates everything a replay report needs."""
 
-    def __init__(self, matrix: Matrix, max_edges: int = DEFAULT_MAX_EDGES) -> None:
+    def __init__(
+        self, matrix: Matrix, max_edges: int = DEFAULT_MAX_EDGES, inputs: dict[str, Any] | None = None
+    ) -> None:
         self.matrix = matrix
         self.max_edges = max_edges
+        self.inputs = inputs  # what the report was made from (files, matrix file and digest), if known
         self.outcomes: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
         self.classes: dict[str, int] = dict.fromkeys(CLASSES, 0)
         self.edges: dict[Edge, EdgeStats] = {}
@@ -158,6 +161,8 @@ class ReportSink:
         provisional_ports = {(d, port, proto) for (_, d, port, proto) in self.provisional}
         return {
             "matrix": self.matrix.name,
+            "inputs": self.inputs,
+            "components": [c.name for c in self.matrix.components],
             "flows": {"received": self.received, **self.outcomes},
             "classes": dict(self.classes),
             "edges": [

@@ -1,0 +1,111 @@
+"""Caches and tables are bounded by bytes, not only entries: huge, ever new endpoints cannot grow memory.
+
+An endpoint carries every label of its pod (tens of KB are possible, and cluster data is attacker-controlled):
+24,000 flows with 33 KB endpoints once took the process from 56 MB to 1.9 GB. The figures for the whole
+path are measured by ``bench/memory.py``; these tests pin each cache's bound and that its charge is not an
+underestimate.
+"""
+
+from __future__ import annotations
+
+import gc
+import tracemalloc
+from pathlib import Path
+
+import pytest
+from factory import REDIS, flow, pod
+
+from auditor import classify, decode_pb
+from auditor._proto.flow import flow_pb2
+from auditor.classify import Auditor
+from auditor.matrix import load_matrix
+from auditor.model import Endpoint
+
+MATRIX = load_matrix(Path(__file__).parent.parent / "examples" / "airflow" / "matrix.yaml")
+KB = 1024
+BUDGET = 1024 * KB
+
+
+def huge_labels(i: int, size: int = 20 * KB) -> tuple[str, ...]:
+    return tuple(f"k8s:example.com/label-{j:04d}={i:012d}{'x' * 24}" for j in range(size // 64))
+
+
+def huge_endpoint(i: int, identity: int) -> Endpoint:
+    base = pod("airflow", f"shell-{i}", identity, "run=shell")
+    return Endpoint(
+        identity=identity,
+        namespace="airflow",
+        labels=tuple(sorted(base.labels + huge_labels(i))),
+        pod_name=base.pod_name,
+    )
+
+
+def retained(resolved: dict[object, classify._Resolved]) -> int:
+    return sum(len(label) for r in resolved.values() for label in r.labels)
+
+
+@pytest.mark.parametrize("identities", [True, False], ids=["by identity", "anonymous"])
+def test_resolution_caches_hold_no_more_label_bytes_than_their_budget(
+    monkeypatch: pytest.MonkeyPatch, identities: bool
+) -> None:
+    """Before: 50,000 entries whatever their size (200 endpoints of 20 KB were all kept, 4 MB)."""
+    monkeypatch.setattr(classify, "IDENTITY_CACHE_BYTES", BUDGET, raising=False)
+    monkeypatch.setattr(classify, "ANON_CACHE_BYTES", BUDGET, raising=False)
+    auditor = Auditor(MATRIX)
+    for i in range(200):
+        source = huge_endpoint(i, 60_000 + i if identities else 0)
+        auditor.process(flow(source=source, destination=REDIS, destination_port=6379, source_port=20_000 + i))
+    cache = auditor._ids if identities else auditor._anon
+    assert 0 < retained(cache) <= BUDGET  # type: ignore[arg-type]
+    assert len(cache) < 200
+
+
+def wire_endpoint(i: int, size: int = 30 * KB) -> bytes:
+    ep = flow_pb2.Endpoint(identity=70_000 + i, namespace="airflow", pod_name=f"shell-{i}")
+    ep.labels.extend(huge_labels(i, size))
+    return ep.SerializeToString()
+
+
+def test_decoder_endpoint_cache_is_bounded_by_charged_bytes() -> None:
+    cache = decode_pb.EndpointCache(budget=BUDGET)
+    for i in range(100):  # 3 MB of wire bytes
+        data = wire_endpoint(i)
+        assert cache.decode(data).pod_name == f"shell-{i}"
+        assert cache.charged <= BUDGET
+    assert 0 < len(cache.entries) < 100 and cache.resets >= 1
+    assert sum(len(k) for k in cache.entries) * decode_pb.ENDPOINT_COST_FACTOR <= BUDGET
+    alone = wire_endpoint(1000, size=2 * BUDGET)  # larger than the whole budget: decoded, not kept
+    assert cache.decode(alone).pod_name == "shell-1000"
+    assert alone not in cache.entries
+
+
+def test_decoder_endpoint_charge_is_not_an_underestimate() -> None:
+    """The charge (3 x wire + overhead) covers what an entry really keeps: key, strings, tuple, struct."""
+    blobs = [wire_endpoint(i) for i in range(40)]
+    cache = decode_pb.EndpointCache(budget=1 << 40)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for data in blobs:
+            cache.decode(data)
+        gc.collect()
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    keys = sum(len(b) for b in blobs)  # the keys existed before (the test holds them): add them back
+    assert cache.charged >= kept + keys
+
+
+def test_the_live_decoder_uses_the_bounded_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(decode_pb.ENDPOINTS, "budget", BUDGET)
+    decode_pb.ENDPOINTS.clear()
+    try:
+        for i in range(60):
+            msg = flow_pb2.Flow()
+            msg.source.ParseFromString(wire_endpoint(i))
+            assert decode_pb.flow_from_pb(msg).source.pod_name == f"shell-{i}"
+        assert decode_pb.endpoint_cache_info()["charged_bytes"] <= BUDGET
+        assert sum(len(k) for k in decode_pb.ENDPOINTS.entries) <= BUDGET
+    finally:
+        decode_pb.ENDPOINTS.clear()
