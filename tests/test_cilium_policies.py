@@ -187,6 +187,13 @@ INGRESS_PEERS: list[tuple[str, dict[str, Any], Subject, bool]] = [
     ),
     ("an empty rule allows nothing", {}, WEB, False),
     ("a rule with only toPorts: every peer", {"toPorts": [{"ports": [{"port": "5432"}]}]}, WORLD, True),
+    ("an empty toPorts list is no L4 part (every port)", {"fromEndpoints": [{}], "toPorts": []}, WEB, True),
+    (
+        "an empty fromEndpoints list is no L3 part",
+        {"fromEndpoints": [], "toPorts": [{"ports": [{"port": "5432"}]}]},
+        WORLD,
+        True,
+    ),
 ]
 
 

@@ -33,7 +33,7 @@ from auditor.kube.cilium import (
     Requirement,
     Rule,
 )
-from auditor.kube.model import Notes, PortSet, label_key_problem, label_value_problem
+from auditor.kube.model import Network, Notes, PortSet, label_key_problem, label_value_problem
 
 _OPERATORS: Final = frozenset({"In", "NotIn", "Exists", "DoesNotExist"})
 _ICMP_ECHO: Final = {("IPv4", 8): "ICMPv4", ("IPv6", 128): "ICMPv6"}
@@ -191,31 +191,8 @@ class _Compiler(Checker):
                 self.sequence(r.get(f"{direction}Endpoints"), f"{key}.{direction}Endpoints")
             )
         )
-        entities: set[str] = set()
-        for i, e in enumerate(self.sequence(r.get(f"{direction}Entities"), f"{key}.{direction}Entities")):
-            if e not in ENTITIES:
-                raise self.err(
-                    f"{key}.{direction}Entities[{i}]",
-                    f"unknown entity {e!r} (expected one of: {', '.join(sorted(ENTITIES))})",
-                )
-            entities.add(e)
-        cidrs = [
-            self.cidr_with_excepts(c, None, f"{key}.{direction}CIDR[{i}]")
-            for i, c in enumerate(self.sequence(r.get(f"{direction}CIDR"), f"{key}.{direction}CIDR"))
-        ]
-        for i, item in enumerate(self.sequence(r.get(f"{direction}CIDRSet"), f"{key}.{direction}CIDRSet")):
-            k = f"{key}.{direction}CIDRSet[{i}]"
-            s = self.mapping(item, k, frozenset({"cidr", "except", "cidrGroupRef", "cidrGroupSelector"}))
-            if "cidr" in s:
-                cidrs.append(self.cidr_with_excepts(s["cidr"], s.get("except"), k))
-            elif s:
-                self.warn(
-                    k,
-                    "cidrGroupRef/cidrGroupSelector depend on the cluster and are not evaluated: "
-                    "match nothing here",
-                )
-            else:
-                raise self.err(k, "cidr, cidrGroupRef or cidrGroupSelector is required")
+        entities = self.entities(r.get(f"{direction}Entities"), f"{key}.{direction}Entities")
+        cidrs = self.cidrs(r, key, direction)
         fqdns = (
             tuple(
                 self.fqdn(f, f"{key}.toFQDNs[{i}]")
@@ -231,18 +208,51 @@ class _Compiler(Checker):
             for i, p in enumerate(self.sequence(r.get("toPorts"), f"{key}.toPorts"))
         )
         icmps = self.icmps(r.get("icmps"), f"{key}.icmps")
-        has_l4 = ("toPorts" in r and r["toPorts"] is not None) or ("icmps" in r and r["icmps"] is not None)
+        has_l4 = bool(r.get("toPorts") or r.get("icmps"))  # an empty list is no L4 part, as omitted
         has_l3 = bool(present)
         return Rule(
             endpoints=endpoints,
-            entities=frozenset(entities),
-            cidrs=tuple(cidrs),
+            entities=entities,
+            cidrs=cidrs,
             fqdns=fqdns,
             any_peer=not has_l3 and has_l4,
             to_ports=to_ports,
             icmps=icmps,
             has_l4=has_l4,
         )
+
+    def entities(self, value: Any, key: str) -> frozenset[str]:
+        out: set[str] = set()
+        for i, e in enumerate(self.sequence(value, key)):
+            if e not in ENTITIES:
+                raise self.err(
+                    f"{key}[{i}]", f"unknown entity {e!r} (expected one of: {', '.join(sorted(ENTITIES))})"
+                )
+            out.add(e)
+        return frozenset(out)
+
+    def cidrs(
+        self, r: dict[str, Any], key: str, direction: str
+    ) -> tuple[tuple[Network, tuple[Network, ...]], ...]:
+        """``<direction>CIDR`` and ``<direction>CIDRSet`` (with ``except``) of one rule."""
+        out = [
+            self.cidr_with_excepts(c, None, f"{key}.{direction}CIDR[{i}]")
+            for i, c in enumerate(self.sequence(r.get(f"{direction}CIDR"), f"{key}.{direction}CIDR"))
+        ]
+        for i, item in enumerate(self.sequence(r.get(f"{direction}CIDRSet"), f"{key}.{direction}CIDRSet")):
+            k = f"{key}.{direction}CIDRSet[{i}]"
+            s = self.mapping(item, k, frozenset({"cidr", "except", "cidrGroupRef", "cidrGroupSelector"}))
+            if "cidr" in s:
+                out.append(self.cidr_with_excepts(s["cidr"], s.get("except"), k))
+            elif s:
+                self.warn(
+                    k,
+                    "cidrGroupRef/cidrGroupSelector depend on the cluster and are not evaluated: "
+                    "match nothing here",
+                )
+            else:
+                raise self.err(k, "cidr, cidrGroupRef or cidrGroupSelector is required")
+        return tuple(out)
 
     def port_rule(self, value: Any, key: str, direction: str, deny: bool, *, fqdns_or_ip: bool) -> PortRule:
         allowed = frozenset({"ports"}) if deny else _PORT_RULE_KEYS
