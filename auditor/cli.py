@@ -230,12 +230,28 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--output", "-o", help="write to a file instead of stdout")
     gen.set_defaults(func=cmd_policies_generate)
     pdiff = psub.add_parser(
-        "diff", help="what deployed NetworkPolicies allow vs. what the matrix intends (static)"
+        "diff",
+        help="what deployed NetworkPolicies and Cilium policies allow vs. what the matrix intends (static)",
     )
     pdiff.add_argument(
-        "files", nargs="+", metavar="FILE", help="policy YAML (kubectl get netpol -A -o yaml), or -"
+        "files",
+        nargs="+",
+        metavar="PATH",
+        help="policy manifests: YAML/JSON files (multi-document, kubectl -o yaml lists), directories "
+        "(searched for *.yaml, *.yml, *.json; other kinds skipped and counted), or - for stdin",
     )
     pdiff.add_argument("--matrix", "-m", default=_env("matrix"), required=_env("matrix") is None)
+    pdiff.add_argument(
+        "--format",
+        "-f",
+        choices=("table", "json", "markdown"),
+        default="table",
+        help="report format (default: table); exit 0 no difference, 1 differences, 2 invalid input",
+    )
+    pdiff.add_argument("--output", "-o", help="write the report to a file instead of stdout")
+    pdiff.add_argument(
+        "--strict", action="store_true", help="reject unknown fields in policies (default: warn and ignore)"
+    )
     pdiff.set_defaults(func=cmd_policies_diff)
 
     matrix = sub.add_parser("matrix", help="communication matrix tools")
@@ -442,26 +458,29 @@ def cmd_policies_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_policies_diff(args: argparse.Namespace) -> int:
-    from auditor.kube.netpol import PolicyError, load_documents
-    from auditor.kube.policies import diff, format_differences
+    from auditor.kube.checks import PolicyError
+    from auditor.kube.diff import diff
+    from auditor.kube.diff_render import inputs_line, render_diff
+    from auditor.kube.manifests import ManifestError, read_manifests
 
     matrix = _load(args.matrix)
-    documents: list[dict[str, Any]] = []
-    for name in args.files:
-        try:
-            text = sys.stdin.read() if name == "-" else Path(name).read_text(encoding="utf-8")
-        except OSError as e:
-            raise UsageError(f"{name}: cannot read: {e.strerror or e}") from None
-        try:
-            documents.extend(load_documents(text))
-        except (ValueError, PolicyError) as e:
-            raise UsageError(f"{name}: {e}") from None
     try:
-        differences = diff(documents, matrix)
-    except (ValueError, PolicyError) as e:
+        manifests, files = read_manifests(args.files)
+    except ManifestError as e:
         raise UsageError(str(e)) from None
-    sys.stdout.write(format_differences(differences))
-    return EXIT_VIOLATION if differences else EXIT_OK
+    try:
+        result = diff([m.obj for m in manifests], matrix, strict=args.strict)
+    except PolicyError as e:
+        origin = next((m.origin for m in manifests if m.ref == e.policy), None)
+        raise UsageError(f"{origin}: {e}" if origin else str(e)) from None
+    text = render_diff(result, matrix.name, args.format, files=files)
+    if args.format == "table":
+        print(inputs_line(result, matrix.name, files), file=sys.stderr)
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return EXIT_VIOLATION if result.edges else EXIT_OK
 
 
 def cmd_replay(args: argparse.Namespace) -> int:

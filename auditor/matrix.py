@@ -73,6 +73,7 @@ _ICMP_SPELLINGS: Final[dict[str, tuple[str, ...]]] = {
 }
 _PORT_RE: Final = re.compile(r"^(?P<lo>\d+)(?:-(?P<hi>\d+))?(?:/(?P<proto>[A-Za-z0-9]+))?$")
 _NAME_RE: Final = re.compile(r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$")
+_PORT_NAME_RE: Final = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
 class MatrixError(ValueError):
@@ -155,6 +156,9 @@ class Selector:
         ...,
     ] = ()
     fqdns: tuple[str, ...] = ()
+    # Named container ports of the component's pods (name, protocol, port): only ``policies diff`` uses
+    # them, to resolve a policy's named port; they never take part in matching.
+    container_ports: tuple[tuple[str, str, int], ...] = ()
 
     @property
     def has_address_part(self) -> bool:
@@ -365,6 +369,7 @@ _SELECTOR_KEYS: Final = {
     "entities",
     "cidrs",
     "fqdns",
+    "containerPorts",
     "description",
 }
 _RULE_KEYS: Final = {"from", "to", "ports", "description"}
@@ -483,7 +488,7 @@ class _Compiler:
 
     def selector(self, node: yaml.Node, key: str) -> Selector:
         f = self.mapping(node, key, _SELECTOR_KEYS)
-        if not (f.keys() - {"description"}):
+        if not (f.keys() - {"description", "containerPorts"}):
             raise self.err(node, key, "empty selector (it would match every endpoint)")
         if "namespace" in f and "namespaces" in f:
             raise self.err(f["namespaces"], f"{key}.namespaces", "use either namespace or namespaces")
@@ -516,6 +521,11 @@ class _Compiler:
             entities=self.entities(f["entities"], f"{key}.entities") if "entities" in f else None,
             cidrs=self.cidrs(f["cidrs"], f"{key}.cidrs") if "cidrs" in f else (),
             fqdns=self.fqdns(f["fqdns"], f"{key}.fqdns") if "fqdns" in f else (),
+            container_ports=(
+                self.container_ports(f["containerPorts"], f"{key}.containerPorts")
+                if "containerPorts" in f
+                else ()
+            ),
         )
 
     def expressions(self, node: yaml.Node, key: str) -> tuple[LabelRequirement, ...]:
@@ -599,6 +609,26 @@ class _Compiler:
             return ipaddress.ip_network(text, strict=True)
         except ValueError as e:
             raise self.err(node, key, f"invalid CIDR {text!r}: {e}") from None
+
+    def container_ports(self, node: yaml.Node, key: str) -> tuple[tuple[str, str, int], ...]:
+        """``{http: 8080, dns: "53/UDP"}``: a port name (IANA service name syntax) to one port."""
+        out = []
+        for name, value in self.string_map(node, key).items():
+            where = self.mapping(node, key)[name]
+            if not _PORT_NAME_RE.match(name) or len(name) > 15:
+                raise self.err(where, f"{key}.{name}", f"invalid port name {name!r} (1-15 of a-z, 0-9, '-')")
+            field_key = f"{key}.{name}"
+
+            def fail(problem: str, where: yaml.Node = where, field_key: str = field_key) -> MatrixError:
+                return self.err(where, field_key, problem)
+
+            port = parse_port(value, fail)
+            if len(port.protocols) != 1 or port.protocols & ICMP_PROTOCOLS or port.lo != port.hi:
+                raise self.err(
+                    where, f"{key}.{name}", f'expected one port, as 8080 or "53/UDP", not {value!r}'
+                )
+            out.append((name, next(iter(port.protocols)), port.lo))
+        return tuple(out)
 
     def fqdns(self, node: yaml.Node, key: str) -> tuple[str, ...]:
         out = []

@@ -10,8 +10,9 @@ says whether the connection is allowed and which policies decided each side.
 Semantics (Kubernetes API reference, NetworkPolicy):
 
 - A pod is *isolated* for ingress (egress) when at least one policy of its namespace selects it with
-  ``Ingress`` (``Egress``) in ``policyTypes``. Without ``policyTypes`` a policy has ``Ingress``, and
-  ``Egress`` too when its ``egress`` list is not empty.
+  ``Ingress`` (``Egress``) in ``policyTypes``. Without ``policyTypes`` (omitted, ``null`` or ``[]``: the API
+  server defaults all three alike) a policy has ``Ingress``, and ``Egress`` too when its ``egress`` list
+  is not empty.
 - A connection is allowed iff its source side allows it (the source is not isolated for egress, or a
   policy selecting it has an egress rule matching the destination and port) **and** its destination side
   allows it (the same with ingress). Policies only add allowances; there is no deny rule.
@@ -27,80 +28,71 @@ Semantics (Kubernetes API reference, NetworkPolicy):
   adds it to the namespace labels.
 - Whether an ``ipBlock`` matches *pod* addresses is left to the network plugin by the specification
   (Cilium's implementation does not; some plugins do). A :class:`Pod` without ``ip`` models the former;
-  give it an ``ip`` to model the latter.
+  give it an ``ip`` to model the latter. Cilium's reserved identities (:class:`Node`, :class:`Reserved`)
+  are not matched by ``ipBlock`` either (Cilium's default CIDR matching covers addresses outside the
+  cluster). An :class:`External` known only by DNS name is matched by a ``/0`` block without ``except``;
+  any narrower block cannot be decided statically and is reported as a warning.
 - Traffic between a pod and the node it runs on is always allowed (specification); :class:`Node` is that
   node. Two :class:`Pod` values are always two different pods (a pod talking to itself is not modelled).
+- A named port is resolved on the destination pod (:attr:`Pod.named_ports`); where it cannot be, the
+  rule matches no port and a warning names the policy and the port. A named port in an egress rule towards
+  an ``ipBlock`` can never be resolved and is rejected.
 
-Error policy: a malformed policy raises :class:`PolicyError` naming the policy and the field (unknown
-fields included, so a misspelt key does not silently widen or narrow anything). Objects that are not
-``networking.k8s.io/v1`` NetworkPolicies (``CiliumNetworkPolicy``, anything else) are not evaluated and
-are listed in :attr:`PolicySet.skipped`.
+Output: per side a :class:`~auditor.kube.model.Side` whose grants carry port sets, so one evaluation
+answers every port at once.
+
+Error policy: a malformed policy raises :class:`~auditor.kube.checks.PolicyError` naming the policy and the
+field (invalid label keys and values included); unknown fields are errors under ``strict`` and warnings
+otherwise. Objects that are not ``networking.k8s.io/v1`` NetworkPolicies are left to the caller
+(:mod:`auditor.kube.cluster` sorts objects by kind).
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Final
 
-import yaml
-
+from auditor.kube.checks import Checker, PolicyError, note_default_namespace, object_ref
+from auditor.kube.model import (
+    ALL,
+    NAMESPACE_NAME_LABEL,
+    NONE,
+    Decision,
+    External,
+    Grant,
+    Network,
+    Node,
+    Notes,
+    Pod,
+    PortSet,
+    Reserved,
+    Side,
+    Subject,
+)
 from auditor.matrix import LabelRequirement
 
-NAMESPACE_NAME_LABEL: Final = "kubernetes.io/metadata.name"
+__all__ = [
+    "NAMESPACE_NAME_LABEL",
+    "Decision",
+    "External",
+    "Node",
+    "Pod",
+    "PolicyError",
+    "PolicySet",
+    "Reserved",
+    "Side",
+    "Subject",
+    "compile_policies",
+]
+
 API_VERSION: Final = "networking.k8s.io/v1"
 KIND: Final = "NetworkPolicy"
 PORT_PROTOCOLS: Final = frozenset({"TCP", "UDP", "SCTP"})
 _OPERATORS: Final = frozenset({"In", "NotIn", "Exists", "DoesNotExist"})
 _SPEC_KEYS: Final = frozenset({"podSelector", "policyTypes", "ingress", "egress"})
 _PEER_KEYS: Final = frozenset({"podSelector", "namespaceSelector", "ipBlock"})
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-class PolicyError(ValueError):
-    """A NetworkPolicy that cannot be evaluated: ``namespace/name: field: problem``."""
-
-    def __init__(self, policy: str, key: str, problem: str) -> None:
-        self.policy, self.key, self.problem = policy, key, problem
-        super().__init__(f"{policy}: {key}: {problem}" if key else f"{policy}: {problem}")
-
-
-# --------------------------------------------------------------------------------------------------
-# The ends of a connection
-
-
-@dataclass(frozen=True, slots=True)
-class Pod:
-    """A pod: its namespace, labels, the labels of its namespace and (optionally) its address."""
-
-    namespace: str
-    labels: dict[str, str] = field(default_factory=dict)
-    namespace_labels: dict[str, str] = field(default_factory=dict)
-    ip: str | None = None
-    named_ports: dict[str, tuple[str, int]] = field(default_factory=dict)  # name -> (protocol, port)
-
-    def all_namespace_labels(self) -> dict[str, str]:
-        """The namespace's labels, with the ``kubernetes.io/metadata.name`` label the API server sets."""
-        return {**self.namespace_labels, NAMESPACE_NAME_LABEL: self.namespace}
-
-
-@dataclass(frozen=True, slots=True)
-class External:
-    """An address outside the cluster (only ``ipBlock`` peers can match it)."""
-
-    ip: str
-
-
-@dataclass(frozen=True, slots=True)
-class Node:
-    """The node the other end runs on: traffic between a pod and its node is always allowed."""
-
-    name: str = "node"
-
-
-Subject = Pod | External | Node
 
 
 # --------------------------------------------------------------------------------------------------
@@ -122,11 +114,28 @@ class IPBlock:
     cidr: Network
     excepts: tuple[Network, ...] = ()
 
-    def matches(self, ip: str | None) -> bool:
-        if not ip:
-            return False
+    def matches(self, subject: Subject, notes: Notes, ref: str) -> bool:
+        return cidr_matches(self.cidr, self.excepts, subject, notes, ref)
+
+
+def cidr_matches(
+    cidr: Network, excepts: tuple[Network, ...], subject: Subject, notes: Notes, ref: str
+) -> bool:
+    """Whether an address block covers ``subject``: a pod with an address, an external address, or (for
+    an external known only by name) a ``/0`` block without excepts; other name cases are undecidable."""
+    ip = subject.ip if isinstance(subject, Pod | External) else None
+    if ip:
         addr = ipaddress.ip_address(ip)
-        return addr in self.cidr and not any(addr in ex for ex in self.excepts)
+        return addr in cidr and not any(addr in ex for ex in excepts)
+    if isinstance(subject, External) and subject.names:
+        if cidr.prefixlen == 0 and not excepts:
+            return True
+        notes.add(
+            f"{ref}: whether {', '.join(subject.names)} resolves into {cidr}"
+            f"{' (except ' + ', '.join(map(str, excepts)) + ')' if excepts else ''} cannot be decided "
+            "statically: counted as not matching"
+        )
+    return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,9 +146,9 @@ class PeerSpec:
     namespace_selector: LabelSelector | None = None
     ip_block: IPBlock | None = None
 
-    def matches(self, subject: Subject, policy_namespace: str) -> bool:
+    def matches(self, subject: Subject, policy_namespace: str, notes: Notes, ref: str) -> bool:
         if self.ip_block is not None:
-            return isinstance(subject, Pod | External) and self.ip_block.matches(subject.ip)
+            return self.ip_block.matches(subject, notes, ref)
         if not isinstance(subject, Pod):
             return False
         if self.namespace_selector is None:
@@ -158,15 +167,29 @@ class PortSpec:
     port: int | str | None = None
     end_port: int | None = None
 
-    def matches(self, protocol: str, port: int, destination: Subject) -> bool:
-        if protocol != self.protocol:
-            return False
+    def ports(self, destination: Subject, notes: Notes, ref: str) -> PortSet:
         if self.port is None:
-            return True
+            return PortSet.single(self.protocol, 1, 65535)
         if isinstance(self.port, str):
-            named = destination.named_ports.get(self.port) if isinstance(destination, Pod) else None
-            return named == (protocol, port)
-        return self.port <= port <= (self.end_port if self.end_port is not None else self.port)
+            return resolve_named_port(self.port, self.protocol, destination, notes, ref)
+        return PortSet.single(self.protocol, self.port, self.end_port)
+
+
+def resolve_named_port(
+    name: str, protocol: str | None, destination: Subject, notes: Notes, ref: str
+) -> PortSet:
+    """The port a named port stands for on ``destination`` (``protocol`` ``None``: any transport)."""
+    named = destination.named_ports.get(name) if isinstance(destination, Pod) else None
+    if named is None:
+        what = "the destination" if not isinstance(destination, Pod) else f"pods in {destination.namespace}"
+        notes.add(
+            f"{ref}: named port {name!r} cannot be resolved on {what} (declare it with containerPorts in "
+            "the matrix): it matches no port there"
+        )
+        return NONE
+    if protocol is not None and named[0] != protocol:
+        return NONE
+    return PortSet.single(named[0], named[1])
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,12 +199,14 @@ class PolicyRule:
     peers: tuple[PeerSpec, ...] = ()
     ports: tuple[PortSpec, ...] = ()
 
-    def matches(
-        self, peer: Subject, policy_namespace: str, protocol: str, port: int, destination: Subject
-    ) -> bool:
-        if self.peers and not any(p.matches(peer, policy_namespace) for p in self.peers):
-            return False
-        return not self.ports or any(p.matches(protocol, port, destination) for p in self.ports)
+    def grant(
+        self, peer: Subject, policy_namespace: str, destination: Subject, notes: Notes, ref: str
+    ) -> PortSet:
+        if self.peers and not any(p.matches(peer, policy_namespace, notes, ref) for p in self.peers):
+            return NONE
+        if not self.ports:
+            return ALL
+        return PortSet.union(p.ports(destination, notes, ref) for p in self.ports)
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,164 +227,97 @@ class NetworkPolicy:
 # --------------------------------------------------------------------------------------------------
 # Decisions
 
-
-@dataclass(frozen=True, slots=True)
-class Side:
-    """One side of a connection: is the pod isolated in that direction, which policies let it through."""
-
-    isolated: bool
-    allowed_by: tuple[str, ...] = ()
-    reason: str = ""
-
-    @property
-    def allowed(self) -> bool:
-        return not self.isolated or bool(self.allowed_by)
+_NOT_A_POD: Final = Side(False, (), (), "not a pod: no NetworkPolicy applies")
+_NODE_LOCAL: Final = Side(False, (), (), "traffic between a pod and its node is always allowed")
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
-    egress: Side  # at the source
-    ingress: Side  # at the destination
-
-    @property
-    def allowed(self) -> bool:
-        return self.egress.allowed and self.ingress.allowed
-
-
-_NOT_A_POD: Final = Side(False, (), "not a pod: no NetworkPolicy applies")
-_NODE_LOCAL: Final = Side(False, (), "traffic between a pod and its node is always allowed")
-
-
-@dataclass(frozen=True)
 class PolicySet:
     """Compiled NetworkPolicies, indexed by namespace. Build with :func:`compile_policies`."""
 
-    policies: tuple[NetworkPolicy, ...]
-    skipped: tuple[str, ...] = ()
-    _by_namespace: dict[str, tuple[NetworkPolicy, ...]] = field(default_factory=dict, repr=False)
+    def __init__(self, policies: tuple[NetworkPolicy, ...], notes: Notes | None = None) -> None:
+        self.policies = policies
+        self.notes = notes if notes is not None else Notes()
+        self._by_namespace: dict[str, list[NetworkPolicy]] = {}
+        for pol in policies:
+            self._by_namespace.setdefault(pol.namespace, []).append(pol)
 
-    def __post_init__(self) -> None:
-        index: dict[str, list[NetworkPolicy]] = {}
-        for pol in self.policies:
-            index.setdefault(pol.namespace, []).append(pol)
-        self._by_namespace.update({ns: tuple(pols) for ns, pols in index.items()})
-
-    def evaluate(self, source: Subject, destination: Subject, protocol: str, port: int) -> Decision:
-        """Both sides of a connection from ``source`` to ``destination`` on ``protocol``/``port``.
-
-        ``protocol`` is ``TCP``, ``UDP``, ``SCTP`` or anything else (``ICMPv4``…), which only rules
-        without ``ports`` allow; ``port`` is the destination port (ignored for protocols without ports).
-        """
+    def evaluate(self, source: Subject, destination: Subject) -> Decision:
+        """Both sides of a connection from ``source`` to ``destination``, for every port at once."""
         if isinstance(source, Node) or isinstance(destination, Node):
             return Decision(_NODE_LOCAL, _NODE_LOCAL)
         return Decision(
-            self._side(source, destination, protocol, port, destination, egress=True),
-            self._side(destination, source, protocol, port, destination, egress=False),
+            self.side(source, destination, destination, egress=True),
+            self.side(destination, source, destination, egress=False),
         )
 
     def allows(self, source: Subject, destination: Subject, protocol: str, port: int) -> bool:
-        return self.evaluate(source, destination, protocol, port).allowed
+        """``protocol`` is TCP/UDP/SCTP, or ICMPv4/ICMPv6 (an echo request; ``port`` ignored)."""
+        return self.evaluate(source, destination).allows(protocol, 0 if "ICMP" in protocol else port)
 
-    def _side(
-        self, pod: Subject, peer: Subject, protocol: str, port: int, destination: Subject, *, egress: bool
-    ) -> Side:
+    def side(self, pod: Subject, peer: Subject, destination: Subject, *, egress: bool) -> Side:
         if not isinstance(pod, Pod):
             return _NOT_A_POD
         isolated = False
-        allowed_by: list[str] = []
+        grants: list[Grant] = []
         for pol in self._by_namespace.get(pod.namespace, ()):
             if not (pol.isolates_egress if egress else pol.isolates_ingress):
                 continue
             if not pol.pod_selector.matches(pod.labels):
                 continue
             isolated = True
-            rules = pol.egress if egress else pol.ingress
-            if any(r.matches(peer, pol.namespace, protocol, port, destination) for r in rules):
-                allowed_by.append(pol.ref)
-        return Side(isolated, tuple(allowed_by))
+            for rule in pol.egress if egress else pol.ingress:
+                ports = rule.grant(peer, pol.namespace, destination, self.notes, f"NetworkPolicy {pol.ref}")
+                if ports:
+                    grants.append(Grant(pol.ref, ports))
+        return Side(isolated, tuple(grants))
 
 
 # --------------------------------------------------------------------------------------------------
-# Loading and compiling
+# Compiling
 
 
-def load_documents(text: str) -> list[dict[str, Any]]:
-    """Objects of a (multi-document) YAML stream; ``kind: List``/``*List`` objects are flattened.
-
-    Raises :class:`ValueError` on invalid YAML or a document that is not a mapping.
-    """
-    try:
-        docs = list(yaml.safe_load_all(text))
-    except yaml.YAMLError as e:
-        raise ValueError(f"invalid YAML: {e}") from None
-    out: list[dict[str, Any]] = []
-    for i, doc in enumerate(docs):
-        if doc is None:
-            continue
-        if not isinstance(doc, dict):
-            raise ValueError(f"document {i + 1}: expected a Kubernetes object (a mapping)")
-        if str(doc.get("kind", "")).endswith("List") and isinstance(doc.get("items"), list):
-            out.extend(item for item in doc["items"] if isinstance(item, dict))
-        else:
-            out.append(doc)
-    return out
-
-
-def compile_policies(objects: Iterable[Mapping[str, Any]], default_namespace: str = "default") -> PolicySet:
-    """Compile the NetworkPolicies among ``objects`` (others are skipped). Raises :class:`PolicyError`."""
+def compile_policies(
+    objects: list[Mapping[str, Any]] | tuple[Mapping[str, Any], ...],
+    default_namespace: str = "default",
+    *,
+    strict: bool = False,
+    notes: Notes | None = None,
+) -> PolicySet:
+    """Compile the NetworkPolicies among ``objects`` (other kinds are ignored). Raises
+    :class:`PolicyError`, also for two policies of one name in one namespace."""
+    notes = notes if notes is not None else Notes()
     policies: list[NetworkPolicy] = []
-    skipped: list[str] = []
+    seen: set[tuple[str, str]] = set()
     for obj in objects:
-        meta = obj.get("metadata")
-        if not isinstance(meta, dict):
-            meta = {}
-        name = str(meta.get("name", "<unnamed>"))
-        namespace = str(meta.get("namespace") or default_namespace)
         if obj.get("apiVersion") != API_VERSION or obj.get("kind") != KIND:
-            skipped.append(f"{obj.get('kind', '<no kind>')} {namespace}/{name}")
             continue
-        policies.append(_Compiler(f"{namespace}/{name}").policy(name, namespace, obj.get("spec")))
-    return PolicySet(tuple(policies), tuple(skipped))
+        meta = obj.get("metadata")
+        meta = meta if isinstance(meta, dict) else {}
+        name = str(meta.get("name") or "")
+        namespace = str(meta.get("namespace") or default_namespace)
+        note_default_namespace(obj, notes, default_namespace)
+        ref = object_ref(obj, default_namespace)
+        if not name:
+            raise PolicyError(ref, "metadata.name", "required field is missing")
+        if (namespace, name) in seen:
+            raise PolicyError(ref, "metadata.name", "duplicate policy name in this namespace")
+        seen.add((namespace, name))
+        policies.append(_Compiler(ref, strict=strict, notes=notes).policy(name, namespace, obj.get("spec")))
+    return PolicySet(tuple(policies), notes)
 
 
-class _Compiler:
+class _Compiler(Checker):
     """Validates and compiles one policy; every error names the policy and the field."""
-
-    def __init__(self, ref: str) -> None:
-        self.ref = ref
-
-    def err(self, key: str, problem: str) -> PolicyError:
-        return PolicyError(self.ref, key, problem)
-
-    def mapping(self, value: Any, key: str, allowed: frozenset[str]) -> dict[str, Any]:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            raise self.err(key, "expected a mapping")
-        unknown = sorted(str(k) for k in value if k not in allowed)
-        if unknown:
-            raise self.err(
-                key, f"unknown field {unknown[0]!r} (expected one of: {', '.join(sorted(allowed))})"
-            )
-        return value
-
-    def sequence(self, value: Any, key: str) -> list[Any]:
-        if value is None:
-            return []
-        if not isinstance(value, list):
-            raise self.err(key, "expected a list")
-        return value
 
     def policy(self, name: str, namespace: str, spec_value: Any) -> NetworkPolicy:
         spec = self.mapping(spec_value, "spec", _SPEC_KEYS)
         ingress = self.sequence(spec.get("ingress"), "spec.ingress")
         egress = self.sequence(spec.get("egress"), "spec.egress")
-        if "policyTypes" in spec:
-            types = self.sequence(spec["policyTypes"], "spec.policyTypes")
-            for t in types:
-                if t not in ("Ingress", "Egress"):
-                    raise self.err("spec.policyTypes", f"unknown policy type {t!r} (Ingress or Egress)")
-        else:
+        types = self.sequence(spec.get("policyTypes"), "spec.policyTypes")
+        for t in types:
+            if t not in ("Ingress", "Egress"):
+                raise self.err("spec.policyTypes", f"unknown policy type {t!r} (Ingress or Egress)")
+        if not types:  # omitted, null and [] alike: the API server defaults them the same way
             types = ["Ingress", *(["Egress"] if egress else [])]
         return NetworkPolicy(
             name=name,
@@ -373,12 +331,22 @@ class _Compiler:
 
     def rule(self, value: Any, key: str, peers_key: str) -> PolicyRule:
         r = self.mapping(value, key, frozenset({peers_key, "ports"}))
-        peers = self.sequence(r.get(peers_key), f"{key}.{peers_key}")
-        ports = self.sequence(r.get("ports"), f"{key}.ports")
-        return PolicyRule(
-            peers=tuple(self.peer(p, f"{key}.{peers_key}[{i}]") for i, p in enumerate(peers)),
-            ports=tuple(self.port(p, f"{key}.ports[{i}]") for i, p in enumerate(ports)),
+        peers = tuple(
+            self.peer(p, f"{key}.{peers_key}[{i}]")
+            for i, p in enumerate(self.sequence(r.get(peers_key), f"{key}.{peers_key}"))
         )
+        ports = tuple(
+            self.port(p, f"{key}.ports[{i}]")
+            for i, p in enumerate(self.sequence(r.get("ports"), f"{key}.ports"))
+        )
+        if peers_key == "to" and any(p.ip_block for p in peers):
+            for i, p in enumerate(ports):
+                if isinstance(p.port, str):
+                    raise self.err(
+                        f"{key}.ports[{i}].port",
+                        f"named port {p.port!r} towards an ipBlock: a name can only be resolved on a pod",
+                    )
+        return PolicyRule(peers, ports)
 
     def peer(self, value: Any, key: str) -> PeerSpec:
         p = self.mapping(value, key, _PEER_KEYS)
@@ -387,7 +355,11 @@ class _Compiler:
         if "ipBlock" in p:
             if len(p) > 1:
                 raise self.err(key, "ipBlock cannot be combined with podSelector or namespaceSelector")
-            return PeerSpec(ip_block=self.ip_block(p["ipBlock"], f"{key}.ipBlock"))
+            b = self.mapping(p["ipBlock"], f"{key}.ipBlock", frozenset({"cidr", "except"}))
+            if "cidr" not in b:
+                raise self.err(f"{key}.ipBlock.cidr", "required field is missing")
+            cidr, excepts = self.cidr_with_excepts(b["cidr"], b.get("except"), f"{key}.ipBlock")
+            return PeerSpec(ip_block=IPBlock(cidr, excepts))
         return PeerSpec(
             pod_selector=self.selector(p["podSelector"], f"{key}.podSelector")
             if "podSelector" in p
@@ -399,28 +371,9 @@ class _Compiler:
             ),
         )
 
-    def ip_block(self, value: Any, key: str) -> IPBlock:
-        b = self.mapping(value, key, frozenset({"cidr", "except"}))
-        if "cidr" not in b:
-            raise self.err(f"{key}.cidr", "required field is missing")
-        cidr = self.network(b["cidr"], f"{key}.cidr")
-        excepts: list[Network] = []
-        for i, text in enumerate(self.sequence(b.get("except"), f"{key}.except")):
-            ex = self.network(text, f"{key}.except[{i}]")
-            if ex.version != cidr.version or not ex.subnet_of(cidr):  # type: ignore[arg-type]
-                raise self.err(f"{key}.except[{i}]", f"{ex} is not inside {cidr}")
-            excepts.append(ex)
-        return IPBlock(cidr, tuple(excepts))
-
-    def network(self, value: Any, key: str) -> Network:
-        try:
-            return ipaddress.ip_network(str(value), strict=False)
-        except ValueError as e:
-            raise self.err(key, f"invalid CIDR {value!r}: {e}") from None
-
     def port(self, value: Any, key: str) -> PortSpec:
         p = self.mapping(value, key, frozenset({"protocol", "port", "endPort"}))
-        protocol = p.get("protocol", "TCP")
+        protocol = p.get("protocol") or "TCP"
         if protocol not in PORT_PROTOCOLS:
             raise self.err(f"{key}.protocol", f"unknown protocol {protocol!r} (TCP, UDP or SCTP)")
         port = p.get("port")
@@ -439,18 +392,22 @@ class _Compiler:
         return PortSpec(protocol, port, end)
 
     def selector(self, value: Any, key: str) -> LabelSelector:
+        return LabelSelector(tuple(self.requirements(value, key)))
+
+    def requirements(self, value: Any, key: str) -> list[LabelRequirement]:
         s = self.mapping(value, key, frozenset({"matchLabels", "matchExpressions"}))
         reqs: list[LabelRequirement] = []
         labels = s.get("matchLabels") or {}
         if not isinstance(labels, dict):
             raise self.err(f"{key}.matchLabels", "expected a mapping of strings")
         for k, v in labels.items():
-            if not isinstance(v, str):
-                raise self.err(f"{key}.matchLabels.{k}", "label values must be strings")
-            reqs.append(LabelRequirement(str(k), "In", frozenset({v})))
+            label = self.label_key(k, f"{key}.matchLabels")
+            reqs.append(
+                LabelRequirement(label, "In", frozenset({self.label_value(v, f"{key}.matchLabels.{k}")}))
+            )
         for i, e in enumerate(self.sequence(s.get("matchExpressions"), f"{key}.matchExpressions")):
             reqs.append(self.requirement(e, f"{key}.matchExpressions[{i}]"))
-        return LabelSelector(tuple(reqs))
+        return reqs
 
     def requirement(self, value: Any, key: str) -> LabelRequirement:
         e = self.mapping(value, key, frozenset({"key", "operator", "values"}))
@@ -464,4 +421,7 @@ class _Compiler:
             raise self.err(f"{key}.values", f"operator {op} needs values")
         if op in ("Exists", "DoesNotExist") and values:
             raise self.err(f"{key}.values", f"operator {op} takes no values")
-        return LabelRequirement(str(e["key"]), op, frozenset(str(v) for v in values))
+        label = self.label_key(e["key"], f"{key}.key")
+        return LabelRequirement(
+            label, op, frozenset(self.label_value(v, f"{key}.values[{i}]") for i, v in enumerate(values))
+        )

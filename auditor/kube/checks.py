@@ -1,0 +1,122 @@
+"""Validation helpers shared by the NetworkPolicy and Cilium policy compilers.
+
+Stage: offline tooling (compiling policy manifests for ``flow-auditor policies diff``).
+
+Error policy: every problem raises :class:`PolicyError` naming the object (``Kind namespace/name``) and the
+field. Unknown fields are errors under ``strict``; otherwise they are ignored with a warning naming the
+object and field (never silently: a misspelt key could widen or narrow what the policy allows).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from auditor.kube.model import Network, Notes, label_key_problem, label_value_problem
+
+
+class PolicyError(ValueError):
+    """A policy that cannot be evaluated: ``<object>: <field>: <problem>``."""
+
+    def __init__(self, policy: str, key: str, problem: str) -> None:
+        self.policy, self.key, self.problem = policy, key, problem
+        super().__init__(f"{policy}: {key}: {problem}" if key else f"{policy}: {problem}")
+
+
+class Checker:
+    """Typed access to one object's fields; every error names the object and the field."""
+
+    def __init__(self, ref: str, *, strict: bool = False, notes: Notes | None = None) -> None:
+        self.ref = ref
+        self.strict = strict
+        self.notes = notes if notes is not None else Notes()
+
+    def err(self, key: str, problem: str) -> PolicyError:
+        return PolicyError(self.ref, key, problem)
+
+    def warn(self, key: str, problem: str) -> None:
+        self.notes.add(f"{self.ref}: {key}: {problem}" if key else f"{self.ref}: {problem}")
+
+    def mapping(self, value: Any, key: str, allowed: frozenset[str]) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise self.err(key, "expected a mapping")
+        unknown = sorted(str(k) for k in value if k not in allowed)
+        if unknown:
+            problem = f"unknown field {unknown[0]!r} (expected one of: {', '.join(sorted(allowed))})"
+            if self.strict:
+                raise self.err(key, problem)
+            self.warn(key, problem + "; ignored (use --strict to reject)")
+            return {k: v for k, v in value.items() if k in allowed}
+        return value
+
+    def sequence(self, value: Any, key: str) -> list[Any]:
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise self.err(key, "expected a list")
+        return value
+
+    def string(self, value: Any, key: str) -> str:
+        if not isinstance(value, str):
+            raise self.err(key, "expected a string")
+        return value
+
+    def network(self, value: Any, key: str) -> Network:
+        try:
+            return ipaddress.ip_network(str(value), strict=False)
+        except ValueError as e:
+            raise self.err(key, f"invalid CIDR {value!r}: {e}") from None
+
+    def cidr_with_excepts(
+        self, cidr_value: Any, excepts_value: Any, key: str
+    ) -> tuple[Network, tuple[Network, ...]]:
+        cidr = self.network(cidr_value, f"{key}.cidr")
+        excepts: list[Network] = []
+        for i, text in enumerate(self.sequence(excepts_value, f"{key}.except")):
+            ex = self.network(text, f"{key}.except[{i}]")
+            if ex.version != cidr.version or not ex.subnet_of(cidr):  # type: ignore[arg-type]
+                raise self.err(f"{key}.except[{i}]", f"{ex} is not inside {cidr}")
+            excepts.append(ex)
+        return cidr, tuple(excepts)
+
+    def label_key(self, key_text: Any, key: str) -> str:
+        text = self.string(key_text, key)
+        problem = label_key_problem(text)
+        if problem:
+            raise self.err(key, problem)
+        return text
+
+    def label_value(self, value: Any, key: str) -> str:
+        if not isinstance(value, str):
+            raise self.err(key, "label values must be strings")
+        problem = label_value_problem(value)
+        if problem:
+            raise self.err(key, problem)
+        return value
+
+
+CLUSTERWIDE_KINDS = frozenset({"CiliumClusterwideNetworkPolicy"})
+
+
+def object_ref(obj: dict[str, Any] | Any, default_namespace: str = "default") -> str:
+    """How errors and reports name an object: ``Kind namespace/name`` (``Kind name`` when clusterwide)."""
+    kind = str(obj.get("kind") or "<no kind>")
+    meta = obj.get("metadata")
+    meta = meta if isinstance(meta, dict) else {}
+    name = str(meta.get("name") or "<unnamed>")
+    if kind in CLUSTERWIDE_KINDS:
+        return f"{kind} {name}"
+    return f"{kind} {meta.get('namespace') or default_namespace}/{name}"
+
+
+def note_default_namespace(obj: Any, notes: Notes, default_namespace: str = "default") -> None:
+    """A namespaced policy without ``metadata.namespace`` lands where it is applied: say which one is
+    assumed (a GitOps tree often leaves the namespace to kustomize or the deploying tool)."""
+    meta = obj.get("metadata")
+    if not (isinstance(meta, dict) and meta.get("namespace")):
+        notes.add(
+            f"{object_ref(obj, default_namespace)}: no metadata.namespace: evaluated in namespace "
+            f"{default_namespace!r} (render the manifests with their namespace to check them where they go)"
+        )
