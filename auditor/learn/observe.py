@@ -12,8 +12,10 @@ Output: :class:`Observations` — peers (distinct endpoints as the matrix would 
 * ``dropped``: connections ``DROPPED``/``ERROR``, never a rule (listed for review);
 * ``unproven``: connections seen only through provisional evidence (listed for review).
 
-A connection counts once even when it was both audited and delivered (its 5-tuple is deduplicated once
-more across the two classes).
+A connection counts once per edge even when it was both audited and delivered: the ``allowed`` table
+deduplicates (5-tuple, edge) itself, across the two classes. So every edge with evidence has at least one
+connection — also the edge of a reply that names its peer differently from the request (a world reply
+without DNS names), which ``replay`` will judge on that edge too.
 
 Peers are kept per Cilium identity (verified against labels, namespace and workloads, as the classifier
 does), so the per-event cost is a few dict look-ups. World destinations are kept per DNS name set, or per
@@ -184,12 +186,14 @@ class LearnSink:
             obs.first = t
         if t > obs.last:
             obs.last = t
-        if not j.new_connection:
-            return
         if table is obs.allowed:
-            if self._seen.seen(hash((sip, dip, sport, port, protocol)), t):
-                return  # audited and then delivered: one connection
+            # One connection per edge: an audited-then-delivered connection counts once, and a reply that
+            # names its peer differently (a world reply without DNS names) still counts on its own edge.
+            if self._seen.seen(hash((sip, dip, sport, port, protocol, key)), t):
+                return
             stats.audited += audit
+        elif not j.new_connection:
+            return
         elif flow.drop_reason:
             stats.reasons[flow.drop_reason] = stats.reasons.get(flow.drop_reason, 0) + 1
         stats.connections += 1

@@ -33,7 +33,7 @@ from auditor.sources.files import FlowFile
 if TYPE_CHECKING:
     from auditor.sources.hubble import HubbleConfig
 
-PROGRESS_EVERY = 5.0
+PROGRESS_EVERY = 2.0
 
 
 def learning_pipeline(
