@@ -15,9 +15,10 @@ from auditor.learn import naming
 from auditor.learn.build import Options, merge_ports
 from auditor.learn.labels import minimal, pod_labels, stable
 from auditor.learn.run import learn_files, learning_pipeline, text_of
-from auditor.learn.yamltext import comment, flow as yaml_flow, scalar
+from auditor.learn.yamltext import comment, scalar
+from auditor.learn.yamltext import flow as yaml_flow
 from auditor.matrix import parse_matrix
-from auditor.model import Direction, EventType, ObservationPoint, Verdict, Workload
+from auditor.model import Direction, EventType, Workload
 from auditor.scenario import airflow_scenario, write_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -196,8 +197,8 @@ def test_one_component_per_workload_with_stable_labels_and_a_commented_rule() ->
     }
     assert doc["allow"] == [{"from": "web", "to": "db", "ports": ["5432/TCP"]}]
     assert (
-        "# 2 connections, 2027-01-15T08:00:00Z .. 2027-01-15T08:01:01Z, e.g. shop/web-7d9f8c6b5-a1b2c -> shop/db-0"
-        in text
+        "# 2 connections, 2027-01-15T08:00:00Z .. 2027-01-15T08:01:01Z, "
+        "e.g. shop/web-7d9f8c6b5-a1b2c -> shop/db-0" in text
     )
     assert "# Deployment shop/web, 2 pods seen" in text
     parse_matrix(text)
@@ -394,6 +395,3 @@ def test_the_example_file_is_the_scenario(tmp_path: Path) -> None:
     path = tmp_path / "f.jsonl"
     write_jsonl(airflow_scenario().events, path)
     assert path.read_bytes() == FLOWS.read_bytes()
-
-
-_ = (Verdict, ObservationPoint)
