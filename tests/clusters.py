@@ -81,6 +81,7 @@ class Cluster:
     dropped: set[tuple[str, str, int | None, str]] = field(default_factory=set)
     workloads: dict[str, list[Pod]] = field(default_factory=dict)
     ports: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
+    ends: dict[str, Pod | Peer] = field(default_factory=dict)  # one end per truth name
 
 
 def _labels(namespace: str, pod_labels: dict[str, str]) -> tuple[str, ...]:
@@ -362,11 +363,9 @@ def _connection(
         )
     elif mode == "source-only" and not external:
         return  # a UDP request seen only at its source, unanswered: provisional, never a rule
-    c.truth.add((src_owner(src), src_owner(dst), port, proto))
-
-
-def src_owner(end: End) -> str:
-    return end.owner
+    c.truth.add((src.owner, dst.owner, port, proto))
+    c.ends.setdefault(src.owner, src)
+    c.ends.setdefault(dst.owner, dst)
 
 
 def _dropped(c: Cluster, t: int, src: Pod, dst: Pod, port: int, sport: int) -> None:
@@ -387,3 +386,4 @@ def _dropped(c: Cluster, t: int, src: Pod, dst: Pod, port: int, sport: int) -> N
         )
     )
     c.dropped.add((src.owner, dst.owner, port, "TCP"))
+    c.ends.setdefault(src.owner, src)

@@ -395,3 +395,22 @@ def test_the_example_file_is_the_scenario(tmp_path: Path) -> None:
     path = tmp_path / "f.jsonl"
     write_jsonl(airflow_scenario().events, path)
     assert path.read_bytes() == FLOWS.read_bytes()
+
+
+def test_workloads_that_share_their_labels_are_pinned_to_their_workload() -> None:
+    a = pod("shop", "pg-primary-0", 3101, "app=pg", workloads=(Workload("StatefulSet", "pg-primary"),))
+    b = pod("shop", "pg-replica-0", 3102, "app=pg", workloads=(Workload("StatefulSet", "pg-replica"),))
+    text = learned_text(
+        delivered(WEB1, a, 5432, 40001, 1_800_000_000.0), delivered(a, b, 5432, 40002, 1_800_000_001.0)
+    )
+    doc = yaml.safe_load(text)
+    assert doc["components"]["pg-primary"] == {
+        "namespace": "shop",
+        "labels": {"app": "pg"},
+        "workload": {"kind": "StatefulSet", "name": "pg-primary"},
+    }
+    assert doc["components"]["pg-replica"]["workload"] == {"kind": "StatefulSet", "name": "pg-replica"}
+    assert {(r["from"], r["to"]) for r in doc["allow"]} == {
+        ("web", "pg-primary"),
+        ("pg-primary", "pg-replica"),
+    }
