@@ -118,9 +118,15 @@ class Observations:
     unproven: dict[EdgeKey, EdgeStats] = field(default_factory=dict)
     outcomes: dict[str, int] = field(default_factory=dict)
     lost_events: int = 0
-    first: float = float("inf")
-    last: float = float("-inf")
     overflow: dict[str, int] = field(default_factory=lambda: {"peers": 0, "edges": 0})
+
+
+    def time_range(self) -> tuple[float, float]:
+        """Flow time of the first and last final evidence (``inf``, ``-inf`` when there was none)."""
+        tables = (self.allowed, self.dropped, self.unproven)
+        first = min((s.first for table in tables for s in table.values()), default=float("inf"))
+        last = max((s.last for table in tables for s in table.values()), default=float("-inf"))
+        return first, last
 
 
 def entity_of(ep: Endpoint) -> str:
@@ -159,13 +165,13 @@ class LearnSink:
 
     def on_judgement(self, j: Judgement) -> None:
         obs = self.obs
-        outcome = j.outcome
-        obs.outcomes[outcome] = obs.outcomes.get(outcome, 0) + 1
         flow = j.flow
         if j.reply:
+            obs.outcomes["reply"] = obs.outcomes.get("reply", 0) + 1
             src_ep, dst_ep, sip, dip = flow.destination, flow.source, flow.destination_ip, flow.source_ip
             names, sport = flow.source_names, flow.destination_port
         else:
+            obs.outcomes["judged"] = obs.outcomes.get("judged", 0) + 1
             src_ep, dst_ep, sip, dip = flow.source, flow.destination, flow.source_ip, flow.destination_ip
             names, sport = flow.destination_names, flow.source_port
         _, _, port, protocol, cls = j.edge
@@ -175,25 +181,25 @@ class LearnSink:
         dst = self.peer(dst_ep, dip, names, True)
         key = (src.id, dst.id, protocol, port)
         stats = table.get(key)
+        fresh = stats is None
         if stats is None:
             if len(table) >= MAX_EDGES:
                 obs.overflow["edges"] += int(j.new_connection)
                 return
             stats = table[key] = EdgeStats()
         t = flow.time
-        stats.see(t)
-        if t < obs.first:
-            obs.first = t
-        if t > obs.last:
-            obs.last = t
+        if t < stats.first:
+            stats.first = t
+        if t > stats.last:
+            stats.last = t
+        if not (j.new_connection or fresh):
+            return
         if table is obs.allowed:
             # One connection per edge: an audited-then-delivered connection counts once, and a reply that
             # names its peer differently (a world reply without DNS names) still counts on its own edge.
             if self._seen.seen(hash((sip, dip, sport, port, protocol, key)), t):
                 return
             stats.audited += audit
-        elif not j.new_connection:
-            return
         elif flow.drop_reason:
             stats.reasons[flow.drop_reason] = stats.reasons.get(flow.drop_reason, 0) + 1
         stats.connections += 1

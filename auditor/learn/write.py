@@ -68,11 +68,12 @@ def _evidence(st: PortStats) -> str:
 
 def header(learned: Learned) -> str:
     obs = learned.observations
+    first, last = obs.time_range()
     events = sum(obs.outcomes.values())
     counts = ", ".join(f"{k.replace('_', ' ')} {obs.outcomes.get(k, 0)}" for k in _OUTCOMES)
     lines = [
         f"Learned by flow-auditor matrix learn from {events} events ({counts}),",
-        f"flow time {when(obs.first)} .. {when(obs.last)}.",
+        f"flow time {when(first)} .. {when(last)}.",
         "Rules come only from delivered connections and AUDIT verdicts: never replies, never drops.",
         "Review before use: this is what the cluster did, not necessarily what it should do.",
     ]
