@@ -120,7 +120,6 @@ class Observations:
     lost_events: int = 0
     overflow: dict[str, int] = field(default_factory=lambda: {"peers": 0, "edges": 0})
 
-
     def time_range(self) -> tuple[float, float]:
         """Flow time of the first and last final evidence (``inf``, ``-inf`` when there was none)."""
         tables = (self.allowed, self.dropped, self.unproven)
