@@ -414,3 +414,28 @@ def test_workloads_that_share_their_labels_are_pinned_to_their_workload() -> Non
         ("web", "pg-primary"),
         ("pg-primary", "pg-replica"),
     }
+
+
+def test_cli_port_ranges_name_and_namespace(tmp_path: Path) -> None:
+    out = tmp_path / "m.yaml"
+    args = [
+        "matrix",
+        "learn",
+        str(FLOWS),
+        "-o",
+        str(out),
+        "--name",
+        "airflow-learned",
+        "--port-ranges",
+        "-n",
+        "kube-system",
+    ]
+    assert main(args) == 0
+    doc = yaml.safe_load(out.read_text())
+    assert doc["metadata"] == {"name": "airflow-learned"}
+    assert doc["scope"] == {"namespaces": ["kube-system"]}
+    rules = {(r["from"], r["to"]): r["ports"] for r in doc["allow"]}
+    assert rules[("node", "kube-dns")] == ["8080/TCP", "8181/TCP"]  # GAP 1: only contiguous ports merge
+    assert main([*args[:-2], "--port-ranges", "200", "-n", "kube-system"]) == 0
+    rules = {(r["from"], r["to"]): r["ports"] for r in yaml.safe_load(out.read_text())["allow"]}
+    assert rules[("node", "kube-dns")] == ["8080-8181/TCP"]

@@ -15,5 +15,6 @@ Modules, each small and pure except :mod:`auditor.learn.run`:
 * :mod:`~auditor.learn.components` — one candidate component per workload, entity, DNS name or address;
 * :mod:`~auditor.learn.build` — resolution through a compiled matrix, rules, review notes;
 * :mod:`~auditor.learn.write` / :mod:`~auditor.learn.yamltext` — deterministic, commented YAML;
+* :mod:`~auditor.learn.suggest` — the rule that would allow each ``unexpected_allowed`` edge of a report;
 * :mod:`~auditor.learn.run` — I/O: recorded files, or a live Hubble stream for a duration.
 """
