@@ -112,16 +112,56 @@ def port_text(protocol: str, port: int | None) -> str:
     return protocol if port is None else f"{port}/{protocol}"
 
 
+Item = tuple[Peer, Peer, str, int | None, EdgeStats]
+
+
 def build(obs: Observations, options: Options, existing: Matrix | None = None) -> Learned:
     """Components, rules and review notes from ``obs`` (see the module docstring)."""
     scope = options.namespaces
     if scope is None and existing is not None:
         scope = existing.scope_namespaces
-    review: dict[str, list[tuple[Peer, Peer, str, int | None, EdgeStats]]] = {k: [] for k in REVIEW_TITLES}
-    kept: list[tuple[Peer, Peer, str, int | None, EdgeStats]] = []
-    peers = obs.peers
+    kept, review = _select(obs, scope)
+    taken = [c.name for c in existing.components] if existing is not None else []
+    candidates = comps.candidates(_groups_of(kept), taken, obs.peers)
+    matrix = _compile(candidates, existing, options.name)
+    candidates, matrix = _pin_conflicts(candidates, matrix, obs, existing, options.name)
+    resolve = _resolver(matrix)
+    pairs: dict[tuple[str, str], dict[tuple[str, int | None], PortStats]] = {}
+    names = {c.name for c in matrix.components}
+    for src, dst, protocol, port, stats in kept:
+        a, b = resolve(src), resolve(dst)
+        if a not in names or b not in names:
+            review["unnamed"].append((src, dst, protocol, port, stats))
+        elif existing is None or existing.rule_for(a, b, protocol, port or 0) is None:
+            pairs.setdefault((a, b), {}).setdefault((protocol, port), PortStats()).add(stats)
+    rules, below = _rules(pairs, options)
+    used = {r.source for r in rules} | {r.destination for r in rules}
+    learned_components = [c for c in candidates if c.name in used]
+    if existing is not None:
+        scope_list = sorted(scope or ())
+    elif options.namespaces is not None:
+        scope_list = sorted(options.namespaces)
+    else:
+        scope_list = sorted({ns for c in learned_components for ns in c.namespaces})
+    names = {c.name for c in learned_components}
+    if existing is not None:
+        names |= {c.name for c in existing.components}
+    lines = {key: _review_lines(items, resolve, names) for key, items in review.items()}
+    lines["below_min"] = below
+    lines["dropped"] = _review_lines(_items(obs.dropped, obs.peers), resolve, names, reasons=True)
+    lines["unproven"] = _review_lines(_items(obs.unproven, obs.peers), resolve, names)
+    counts = {k: sum(x.stats.connections for x in v) for k, v in lines.items()}
+    for v in lines.values():
+        v.sort(key=lambda x: (-x.stats.connections, x.source, x.destination, x.port))
+    return Learned(options, obs, existing, scope_list, learned_components, rules, lines, counts, matrix)
+
+
+def _select(obs: Observations, scope: frozenset[str] | None) -> tuple[list[Item], dict[str, list[Item]]]:
+    """The ``allowed`` edges rules may come from, and the others by review section."""
+    review: dict[str, list[Item]] = {k: [] for k in REVIEW_TITLES}
+    kept: list[Item] = []
     for (s, d, protocol, port), stats in obs.allowed.items():
-        src, dst = peers[s], peers[d]
+        src, dst = obs.peers[s], obs.peers[d]
         item = (src, dst, protocol, port, stats)
         if src.group.kind == UNKNOWN or dst.group.kind == UNKNOWN or port == 0:
             review["unnamed"].append(item)
@@ -129,51 +169,22 @@ def build(obs: Observations, options: Options, existing: Matrix | None = None) -
             review["scope"].append(item)
         else:
             kept.append(item)
-    taken = [c.name for c in existing.components] if existing is not None else []
-    candidates = comps.candidates(_groups_of(kept), taken, obs.peers)
-    matrix = _compile(candidates, existing, options.name)
-    candidates, matrix = _pin_conflicts(candidates, matrix, obs, existing, options.name)
-    resolve = _resolver(matrix)
+    return kept, review
 
-    pairs: dict[tuple[str, str], dict[tuple[str, int | None], PortStats]] = {}
-    names = {c.name for c in matrix.components}
-    for src, dst, protocol, port, stats in kept:
-        a, b = resolve(src), resolve(dst)
-        if a not in names or b not in names:
-            review["unnamed"].append((src, dst, protocol, port, stats))
-            continue
-        if existing is not None and existing.rule_for(a, b, protocol, port or 0) is not None:
-            continue
-        pairs.setdefault((a, b), {}).setdefault((protocol, port), PortStats()).add(stats)
+
+def _rules(
+    pairs: dict[tuple[str, str], dict[tuple[str, int | None], PortStats]], options: Options
+) -> tuple[list[Rule], list[ReviewLine]]:
+    """One rule per pair with the ports seen at least ``--min-connections`` times; the rest for review."""
     below: list[ReviewLine] = []
     rules: list[Rule] = []
     for (a, b), ports in sorted(pairs.items()):
-        keep = {k: v for k, v in ports.items() if v.connections >= options.min_connections}
-        for (protocol, port), st in sorted(ports.items(), key=lambda kv: port_key(*kv[0])):
-            if (protocol, port) not in keep:
-                below.append(ReviewLine(a, b, port_text(protocol, port), st))
+        ordered = sorted(ports.items(), key=lambda kv: port_key(*kv[0]))
+        keep = {k: v for k, v in ordered if v.connections >= options.min_connections}
+        below += [ReviewLine(a, b, port_text(*k), v) for k, v in ordered if k not in keep]
         if keep:
-            rule = Rule(a, b, dict(sorted(keep.items(), key=lambda kv: port_key(*kv[0]))))
-            rule.ports_text = merge_ports(list(rule.ports), options.port_gap)
-            rules.append(rule)
-    used = {r.source for r in rules} | {r.destination for r in rules}
-    learned_components = [c for c in candidates if c.name in used]
-    if existing is None:
-        named = {ns for c in learned_components for ns in c.namespaces}
-        scope_list = sorted(options.namespaces) if options.namespaces is not None else sorted(named)
-    else:
-        scope_list = sorted(scope or ())
-    names = {c.name for c in learned_components}
-    if existing is not None:
-        names |= {c.name for c in existing.components}
-    lines = {key: _review_lines(items, resolve, names) for key, items in review.items()}
-    lines["below_min"] = below
-    lines["dropped"] = _review_lines(_items(obs.dropped, peers), resolve, names, reasons=True)
-    lines["unproven"] = _review_lines(_items(obs.unproven, peers), resolve, names)
-    counts = {k: sum(x.stats.connections for x in v) for k, v in lines.items()}
-    for v in lines.values():
-        v.sort(key=lambda x: (-x.stats.connections, x.source, x.destination, x.port))
-    return Learned(options, obs, existing, scope_list, learned_components, rules, lines, counts, matrix)
+            rules.append(Rule(a, b, keep, merge_ports(list(keep), options.port_gap)))
+    return rules, below
 
 
 def merge_ports(ports: list[tuple[str, int | None]], gap: int | None) -> list[str]:
@@ -211,7 +222,7 @@ def _in_scope(peer: Peer, scope: frozenset[str] | None) -> bool:
     return g.kind == POD and (scope is None or g.namespace in scope)
 
 
-def _groups_of(kept: Iterable[tuple[Peer, Peer, str, int | None, EdgeStats]]) -> list[Peer]:
+def _groups_of(kept: Iterable[Item]) -> list[Peer]:
     out: dict[int, Peer] = {}
     for src, dst, *_ in kept:
         out.setdefault(src.id, src)
@@ -276,14 +287,12 @@ def _resolver(matrix: Matrix) -> comps.Resolve:
     return resolve
 
 
-def _items(
-    table: dict[EdgeKey, EdgeStats], peers: list[Peer]
-) -> list[tuple[Peer, Peer, str, int | None, EdgeStats]]:
+def _items(table: dict[EdgeKey, EdgeStats], peers: list[Peer]) -> list[Item]:
     return [(peers[s], peers[d], p, n, st) for (s, d, p, n), st in table.items()]
 
 
 def _review_lines(
-    items: list[tuple[Peer, Peer, str, int | None, EdgeStats]],
+    items: list[Item],
     resolve: comps.Resolve,
     names: set[str],
     *,
