@@ -1,8 +1,9 @@
 """``matrix learn --server``: learning from a live Hubble stream (the embedded demo server on loopback).
 
-The learner runs as a real process against a real gRPC server serving the Airflow example: with mTLS for
-a fixed ``--duration``, and without TLS until Ctrl-C (SIGINT), after which it still writes what it learned
-— the same matrix as learning from the recorded file.
+The learner runs as a real process against a real gRPC server serving the Airflow example: over mTLS until
+Ctrl-C (SIGINT, sent once its progress shows every event), after which it still writes what it learned —
+the same matrix as learning from the recorded file; and for a fixed ``--duration``, also when the server
+cannot be reached. Nothing waits on a sleep: the test watches the progress lines, within a deadline.
 """
 
 from __future__ import annotations
@@ -60,53 +61,10 @@ def plain_server(log: FlowLog) -> Iterator[HubbleServer]:
     srv.stop(0)
 
 
-def test_mtls_stream_for_a_duration_then_the_matrix_is_written(
-    tmp_path: Path, log: FlowLog, file_learned: str
-) -> None:
-    pki: TestPki = make_pki(tmp_path / "pki")
-    srv = HubbleServer(log, tls=ServerTls(pki.server_cert, pki.server_key, pki.ca_cert))
-    srv.start()
-    out = tmp_path / "learned.yaml"
-    try:
-        proc = subprocess.run(
-            learn_cmd(
-                "--server",
-                srv.address,
-                "--since",
-                SINCE,
-                "--duration",
-                "3s",
-                "-o",
-                str(out),
-                "--tls-ca-cert-files",
-                str(pki.ca_cert),
-                "--tls-client-cert-file",
-                str(pki.client_cert),
-                "--tls-client-key-file",
-                str(pki.client_key),
-                "--tls-server-name",
-                pki.server_name,
-            ),
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd=ROOT,
-        )
-    finally:
-        srv.stop(0)
-    assert proc.returncode == 0, proc.stderr
-    assert f"learn: connected to {srv.address}" in proc.stderr
-    assert "learn: following" in proc.stderr
-    assert body(out.read_text()) == body(file_learned)
-
-
-def test_ctrl_c_stops_and_still_writes_what_was_learned(
-    tmp_path: Path, plain_server: HubbleServer, file_learned: str
-) -> None:
-    out = tmp_path / "learned.yaml"
-    events = sum(1 for _ in FLOWS.open("rb")) - 1  # every record but the lost-events one is a flow
+def run_until_everything_is_learned(args: list[str], events: int) -> tuple[int, str]:
+    """Start ``matrix learn`` live, wait (bounded) for a progress line counting ``events``, then Ctrl-C."""
     proc = subprocess.Popen(
-        learn_cmd("--server", plain_server.address, "--since", SINCE, "--duration", "10m", "-o", str(out)),
+        learn_cmd(*args),
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         text=True,
@@ -128,6 +86,66 @@ def test_ctrl_c_stops_and_still_writes_what_was_learned(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == 0, rest
-    assert "learn: interrupted; writing what was learned" in rest
+    return proc.returncode, "".join(seen) + rest
+
+
+EVENTS = sum(1 for _ in FLOWS.open("rb")) - 1  # every record but the lost-events one is a flow
+
+
+def test_mtls_stream_then_ctrl_c_writes_the_same_matrix_as_the_recorded_file(
+    tmp_path: Path, log: FlowLog, file_learned: str
+) -> None:
+    pki: TestPki = make_pki(tmp_path / "pki")
+    srv = HubbleServer(log, tls=ServerTls(pki.server_cert, pki.server_key, pki.ca_cert))
+    srv.start()
+    out = tmp_path / "learned.yaml"
+    tls = [
+        "--tls-ca-cert-files", str(pki.ca_cert),
+        "--tls-client-cert-file", str(pki.client_cert),
+        "--tls-client-key-file", str(pki.client_key),
+        "--tls-server-name", pki.server_name,
+    ]  # fmt: skip
+    try:
+        args = ["--server", srv.address, "--since", SINCE, "--duration", "10m", "-o", str(out), *tls]
+        code, stderr = run_until_everything_is_learned(args, EVENTS)
+    finally:
+        srv.stop(0)
+    assert code == 0, stderr
+    assert f"learn: connected to {srv.address}" in stderr
+    assert "learn: interrupted; writing what was learned" in stderr
     assert body(out.read_text()) == body(file_learned)
+
+
+def test_the_duration_ends_learning_and_the_matrix_is_written(
+    tmp_path: Path, plain_server: HubbleServer
+) -> None:
+    out = tmp_path / "learned.yaml"
+    proc = subprocess.run(
+        learn_cmd("--server", plain_server.address, "--since", SINCE, "--duration", "1s", "-o", str(out)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "learn: following" in proc.stderr
+    assert "interrupted" not in proc.stderr
+    assert out.read_text().startswith("# Learned by flow-auditor matrix learn from ")
+
+
+def test_an_unreachable_server_still_ends_with_the_duration(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there once closed
+    out = tmp_path / "learned.yaml"
+    proc = subprocess.run(
+        learn_cmd("--server", f"127.0.0.1:{port}", "--duration", "1s", "--timeout", "500ms", "-o", str(out)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "no rule learned" in proc.stderr
