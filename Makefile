@@ -40,6 +40,7 @@ typecheck: $(STAMP)
 ## bench: throughput and memory benchmarks (flows/s and ratio to a floor measured in the same run)
 bench: $(STAMP)
 	$(PY) bench/run.py
+	$(PY) bench/learn.py
 	$(PY) bench/live.py
 
 ## screenshots: the README's picture of the HTML report (docs/images/report.png), in headless Chromium

@@ -115,10 +115,17 @@ def _provisional_cells(p: dict[str, Any]) -> list[str]:
 
 
 def _hint_lines(report: dict[str, Any]) -> list[str]:
-    return [
+    from auditor.learn.suggest import suggestion_text
+
+    hints = [
         f"hint: {e['source']} → {e['destination']} {_port(e)}: {e['hint']}"
         for e in report["edges"]
         if e.get("hint")
+    ]
+    return hints + [
+        f"to allow {e['source']} → {e['destination']} {_port(e)}: {suggestion_text(e['suggestion'])}"
+        for e in report["edges"]
+        if e.get("suggestion")
     ]
 
 

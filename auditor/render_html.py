@@ -35,6 +35,7 @@ from auditor.classify import (
     UNEXPECTED_DROPPED,
     VIOLATIONS,
 )
+from auditor.learn.suggest import suggestion_text
 
 # Worst first: the class a grid cell shows when a pair has edges of several classes.
 SEVERITY: Final = (EXPECTED_DROPPED, UNEXPECTED_ALLOWED, UNEXPECTED_DROPPED, EXPECTED_ALLOWED)
@@ -294,7 +295,9 @@ def _edge_tables(edges: list[dict[str, Any]], anchors: dict[int, str]) -> list[s
                 + (f" <span class='note'>on {esc(x['node'])}</span>" if x["node"] else "")
                 for x in e["examples"]
             )
-            notes = [n for n in (e.get("hint"), e.get("suggestion")) if n]
+            notes = [e["hint"]] if e.get("hint") else []
+            if e.get("suggestion"):
+                notes.append("to allow it: " + suggestion_text(e["suggestion"]))
             if notes:
                 examples += "".join(f"<br><span class='note'>{esc(n)}</span>" for n in notes)
             out.append(

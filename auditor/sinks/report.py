@@ -5,7 +5,9 @@ Stage: sink. Input: the pipeline's outcomes, judgements and unproven (provisiona
 ``edges``, ``unused_rules``, ``provisional``) plus the documented extensions ``lost_events``,
 ``invalid_samples`` (first few undecodable lines with their file and line number), ``edge_limit`` and a
 ``hint`` per edge (the likely cause where one can be told from the report itself: source NAT between
-nodes for ``remote-node`` peers). Rendering to table/markdown/HTML lives in ``auditor.render``.
+nodes for ``remote-node`` peers) and a ``suggestion`` per ``unexpected_allowed`` edge (the rule, and the
+components, that would allow it: :mod:`auditor.learn.suggest`). Rendering to table/markdown/HTML lives
+in ``auditor.render``.
 
 Memory is bounded whatever the input: a few example pods per edge, and at most ``max_edges`` edges (and as
 many provisional edges); past that, new edges are aggregated per class into one ``other`` edge, totals stay
@@ -24,17 +26,20 @@ from auditor.classify import (
     CLASSES,
     EXPECTED_ALLOWED,
     OUTCOMES,
+    UNEXPECTED_ALLOWED,
     UNEXPECTED_DROPPED,
     VIOLATIONS,
     Edge,
     Judgement,
     Unproven,
 )
+from auditor.learn.suggest import suggestions
 from auditor.matrix import Matrix
 from auditor.model import LostEvents, NodeStatus
 
 MAX_EXAMPLES: Final = 3
 MAX_INVALID_SAMPLES: Final = 10
+MAX_SUGGESTION_SAMPLES: Final = 32  # distinct endpoint pairs per unexpected_allowed edge
 DEFAULT_MAX_EDGES: Final = 10_000
 OTHER: Final = "other"
 REMOTE_NODE: Final = "remote-node"
@@ -84,6 +89,9 @@ class ReportSink:
         self.aggregated = {"edges": 0, "provisional": 0}  # connections folded into `other` edges
         self.lost: dict[str, int] = {}
         self.invalid_samples: list[dict[str, Any]] = []
+        # per unexpected_allowed edge, one judgement per distinct pair of endpoints (for its suggestion)
+        self.violation_samples: dict[Edge, dict[tuple[object, ...], Judgement]] = {}
+        self.samples_full: set[Edge] = set()
 
     # -- Sink ---------------------------------------------------------------------------------------
     def on_outcome(self, outcome: str) -> None:
@@ -108,6 +116,8 @@ class ReportSink:
             stats.first = t
         if t > stats.last:
             stats.last = t
+        if edge[4] == UNEXPECTED_ALLOWED and edge is j.edge:
+            self._sample_violation(edge, j)
         if not j.new_connection:
             return
         self.classes[edge[4]] += 1
@@ -120,6 +130,30 @@ class ReportSink:
                 stats.examples,
                 (j.source.pod or j.source_ip, j.destination.pod or j.destination_ip, flow.node_name),
             )
+
+    def _sample_violation(self, edge: Edge, j: Judgement) -> None:
+        """Keep one judgement per distinct pair of endpoints of a violation edge (for its suggestion)."""
+        if edge in self.samples_full:
+            return
+        samples = self.violation_samples.setdefault(edge, {})
+        src, dst, flow = j.source, j.destination, j.flow
+        names = flow.source_names if j.reply else flow.destination_names
+        address = "" if dst.namespace else j.destination_ip  # world destinations: per address
+        key = (
+            src.namespace,
+            src.labels,
+            src.workloads,
+            dst.namespace,
+            dst.labels,
+            dst.workloads,
+            names,
+            address,
+        )
+        if key not in samples:
+            if len(samples) >= MAX_SUGGESTION_SAMPLES:
+                self.samples_full.add(edge)  # the suggestion covers only part of the edge
+                return
+            samples[key] = j
 
     def on_unproven(self, connection: Unproven) -> None:
         key = connection.key
@@ -158,6 +192,12 @@ class ReportSink:
     def report(self) -> dict[str, Any]:
         """The JSON report (DESIGN §6), deterministic for a given input."""
         used = {stats.rule for stats in self.edges.values() if stats.rule}
+        samples = [list(v.values()) for v in self.violation_samples.values()]
+        suggested = dict(zip(self.violation_samples, suggestions(self.matrix, samples), strict=True))
+        for edge in self.samples_full:
+            suggestion = suggested.get(edge)
+            if suggestion is not None:
+                suggested[edge] = {**suggestion, "partial": True}
         provisional_ports = {(d, port, proto) for (_, d, port, proto) in self.provisional}
         return {
             "matrix": self.matrix.name,
@@ -166,7 +206,7 @@ class ReportSink:
             "flows": {"received": self.received, **self.outcomes},
             "classes": dict(self.classes),
             "edges": [
-                self._edge(edge, stats, _hint(edge, provisional_ports))
+                self._edge(edge, stats, _hint(edge, provisional_ports), suggested.get(edge))
                 for edge, stats in sorted(self.edges.items(), key=_edge_sort)
             ],
             "unused_rules": [
@@ -202,7 +242,9 @@ class ReportSink:
         }
 
     @staticmethod
-    def _edge(edge: Edge, s: EdgeStats, hint: str | None) -> dict[str, Any]:
+    def _edge(
+        edge: Edge, s: EdgeStats, hint: str | None, suggestion: dict[str, Any] | None
+    ) -> dict[str, Any]:
         source, destination, port, protocol, cls = edge
         return {
             "source": source,
@@ -219,6 +261,7 @@ class ReportSink:
             "last_seen": rfc3339(s.last),
             "examples": _examples(s.examples),
             "hint": hint,
+            "suggestion": suggestion,
         }
 
 
