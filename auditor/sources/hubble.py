@@ -40,7 +40,7 @@ from google.protobuf.message import DecodeError as ProtobufDecodeError
 from auditor._proto.flow import flow_pb2
 from auditor._proto.live import live_pb2
 from auditor._proto.observer import observer_pb2
-from auditor.decode_pb import record_from_response
+from auditor.decode_pb import DomainError, record_from_response
 from auditor.model import Flow
 from auditor.pipeline import Pipeline
 
@@ -304,7 +304,7 @@ class HubbleSource:
                 self._received += 1
                 try:
                     record = record_from_response(parse(raw))
-                except ProtobufDecodeError as e:
+                except (ProtobufDecodeError, DomainError) as e:
                     with lock:
                         invalid(f"{self.config.target}#{self._received}", f"undecodable message: {e}")
                     continue
