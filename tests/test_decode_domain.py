@@ -94,6 +94,7 @@ def deep(depth: int, open_: str = '{"a":', close: str = "}") -> bytes:
         (line_with(("flow", "time"), "10000-01-01T00:00:00Z"), "time"),
         (line_with(("flow", "time"), "9999-12-31T23:59:59-01:00"), "time"),
         (line_with(("flow", "time"), "9999-12-31T23:59:59.9999999Z"), "time"),  # rounds to year 10000
+        (line_with(("flow", "time"), "9999-12-31T23:59:59.999999Z"), "time"),  # a float of year 10000
         (line_with(("flow", "time"), "0001-01-01T00:00:00+00:01"), "time"),  # before year 1 in UTC
         (line_with(("time",), "9999-12-31T23:59:59-23:59", {"flow": {"verdict": 1}}), "time"),
         (b'{"lost_events": {"num_events_lost": -1}}', "num_events_lost"),
