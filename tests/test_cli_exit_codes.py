@@ -89,6 +89,7 @@ def test_a_bad_environment_variable_of_another_command_does_not_break_matrix_che
         (("run", "--matrix", str(MATRIX)), {"FLOW_AUDITOR_LOG_LEVEL": "loud"}, ("FLOW_AUDITOR_LOG_LEVEL",)),
         (("demo",), {"FLOW_AUDITOR_SPEED": "nan"}, ("--speed", "FLOW_AUDITOR_SPEED")),
         (("demo", "--speed", "0"), {}, ("--speed",)),
+        (("demo", "--speed", "inf"), {}, ("--speed", "inf")),
     ],
 )
 def test_bad_values_exit_2_with_one_line_naming_the_flag_or_variable(
@@ -190,7 +191,8 @@ def test_replay_accepts_the_same_durations_as_run() -> None:
 
 def test_unwritable_output_exits_2_before_reading_the_input(tmp_path: Path) -> None:
     missing_dir = tmp_path / "missing" / "report.json"
-    assert_usage_error(run_cli(*REPLAY, "-o", str(missing_dir)), "--output", str(missing_dir))
+    proc = run_cli(*REPLAY, "-o", str(missing_dir))
+    assert_usage_error(proc, "--output", str(missing_dir), "no such directory")
     assert_usage_error(run_cli(*REPLAY, "-o", str(tmp_path)), "--output", "is a directory")
     env = {"FLOW_AUDITOR_OUTPUT": str(missing_dir)}
     assert_usage_error(run_cli(*REPLAY, env=env), "FLOW_AUDITOR_OUTPUT")
