@@ -5,12 +5,16 @@ Stage: front end. ``replay`` reads recorded flow files through the one pipeline 
 playing the Airflow scenario; ``matrix check`` validates and prints a compiled matrix; ``policies generate``
 emits the NetworkPolicies that enforce a matrix and ``policies diff`` compares deployed ones with it.
 
-Exit codes: 0 no violation; 1 at least one connection in a ``--fail-on`` class; 2 usage or input error
-(a one-line message on stderr that names the problem: missing file, bad matrix with file:line:key, unknown
-class). Undecodable lines are not input errors: they are counted as ``invalid`` and listed in the report.
+Exit codes — 1 means violations found, nothing else: 0 no violation; 1 at least one connection in a
+``--fail-on`` class (``policies diff``: a difference); 2 usage or input error, one line on stderr naming the
+flag, variable or file (missing file or directory as input, bad matrix with file:line:key, unknown class, bad
+duration, unwritable ``--output``, an input in which no line is a Hubble event); 3 an internal error (a bug:
+the traceback follows). Undecodable lines in an otherwise good input are not input errors: they are counted
+as ``invalid`` and listed in the report.
 
 Every option has an environment variable twin, ``FLOW_AUDITOR_<OPTION>`` (``--matrix`` →
-``FLOW_AUDITOR_MATRIX``); the command line wins.
+``FLOW_AUDITOR_MATRIX``); the command line wins, and a bad value is reported naming the variable
+(``auditor.options``). Durations take Go's syntax (``1h30m``, ``90s``, ``500ms``) everywhere.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import os
 import shutil
 import sys
 import time
+import traceback
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -28,8 +33,19 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from auditor import __version__
 from auditor.classify import CLASSES, DEFAULT_DEDUP_WINDOW, VIOLATIONS, Auditor
 from auditor.matrix import Matrix, MatrixError, describe, load_matrix
+from auditor.options import (
+    choice,
+    duration_seconds,
+    env,
+    env_bool,
+    origin,
+    parse_duration,
+    positive_number,
+    typed,
+)
 from auditor.pipeline import Pipeline
 from auditor.render import FORMATS, render
+from auditor.replay_input import UnjudgeableCheck, feed_file, no_events_reason
 from auditor.sinks.report import DEFAULT_MAX_EDGES, ReportSink
 from auditor.sources.files import FlowFile, SourceError
 
@@ -37,7 +53,7 @@ if TYPE_CHECKING:
     from auditor.daemon import DaemonConfig
     from auditor.sources.hubble import HubbleConfig
 
-EXIT_OK, EXIT_VIOLATION, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_VIOLATION, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 # The Airflow example matrix, shipped in the package for `demo` (a test keeps it equal to examples/airflow/).
 DEMO_MATRIX = Path(__file__).parent / "demo" / "airflow-matrix.yaml"
 _PROGRESS_MIN_BYTES = 8 * 1024 * 1024
@@ -50,12 +66,16 @@ class UsageError(Exception):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"flow-auditor: error: {message}\n")
+        self.exit(EXIT_USAGE, f"flow-auditor: error: {message} (see {self.prog} --help)\n")
 
 
 def _env(option: str, default: Any = None) -> Any:
-    return os.environ.get("FLOW_AUDITOR_" + option.upper().replace("-", "_"), default)
+    return env(option, default)
+
+
+_DURATION = typed(parse_duration)
+# store_true options with environment twins
+_BOOL_OPTIONS = ("tls", "server_side_filter", "kube_events", "node_local")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,28 +98,34 @@ def build_parser() -> argparse.ArgumentParser:
         "--format",
         "-f",
         choices=FORMATS,
+        type=typed(choice(FORMATS)),
         default=_env("format", "table"),
         help="report format (default: table) [FLOW_AUDITOR_FORMAT]",
     )
     replay.add_argument(
         "--fail-on",
+        type=typed(parse_classes),
         default=_env("fail_on", ",".join(VIOLATIONS)),
         help="comma-separated classes that make the exit code 1, or 'none' "
         "(default: expected_dropped,unexpected_allowed) [FLOW_AUDITOR_FAIL_ON]",
     )
     replay.add_argument(
-        "--output", "-o", default=_env("output"), help="write the report to a file instead of stdout"
+        "--output",
+        "-o",
+        default=_env("output"),
+        help="write the report to a file instead of stdout [FLOW_AUDITOR_OUTPUT]",
     )
     replay.add_argument(
         "--dedup-window",
-        type=float,
-        default=float(_env("dedup_window", DEFAULT_DEDUP_WINDOW)),
-        help="seconds within which events of one 5-tuple are one connection (default: 30)",
+        type=_DURATION,
+        default=_env("dedup_window", f"{DEFAULT_DEDUP_WINDOW:g}s"),
+        help="events of one 5-tuple within this window are one connection (default: 30s) "
+        "[FLOW_AUDITOR_DEDUP_WINDOW]",
     )
     replay.add_argument(
         "--max-edges",
-        type=int,
-        default=int(_env("max_edges", DEFAULT_MAX_EDGES)),
+        type=typed(_at_least_one),
+        default=_env("max_edges", str(DEFAULT_MAX_EDGES)),
         metavar="N",
         help="edges kept in detail (default: 10000); beyond, new edges are aggregated per class into "
         "'other' and the report says so; totals stay exact [FLOW_AUDITOR_MAX_EDGES]",
@@ -124,9 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
         required=_env("matrix") is None,
         help="communication matrix YAML, hot-reloaded when it changes [FLOW_AUDITOR_MATRIX]",
     )
-    run.add_argument(
-        "--tls", action="store_true", default=_env_bool("tls"), help="use TLS [FLOW_AUDITOR_TLS]"
-    )
+    run.add_argument("--tls", action="store_true", default=_env("tls"), help="use TLS [FLOW_AUDITOR_TLS]")
     run.add_argument(
         "--tls-ca-cert-files",
         nargs="*",
@@ -154,13 +178,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--timeout",
-        type=parse_duration,
-        default=parse_duration(_env("timeout", "5s")),
+        type=_DURATION,
+        default=_env("timeout", "5s"),
         help="connection timeout (default: 5s) [FLOW_AUDITOR_TIMEOUT]",
     )
     run.add_argument(
         "--since",
-        type=parse_since,
+        type=typed(parse_since),
         default=_env("since"),
         help="on start, also judge flows this far back from Hubble's buffer: a duration (10m) or "
         "RFC 3339 time [FLOW_AUDITOR_SINCE]",
@@ -168,14 +192,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--server-side-filter",
         action="store_true",
-        default=_env_bool("server_side_filter"),
+        default=_env("server_side_filter"),
         help="ask Hubble only for flows from/to the matrix's scope namespaces "
         "[FLOW_AUDITOR_SERVER_SIDE_FILTER]",
     )
     run.add_argument(
         "--node-local",
         action="store_true",
-        default=_env_bool("node_local"),
+        default=_env("node_local", False),
         help="this auditor sees one node only (a DaemonSet reading the node's Hubble socket): delivery "
         "is counted on the destination's side only, never from replies, so that the sum over nodes "
         "counts each connection once [FLOW_AUDITOR_NODE_LOCAL]",
@@ -183,14 +207,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--kube-events",
         action="store_true",
-        default=_env_bool("kube_events"),
+        default=_env("kube_events"),
         help="post Kubernetes Events for violation edges [FLOW_AUDITOR_KUBE_EVENTS]",
     )
     run.add_argument(
         "--kube-events-interval",
-        type=parse_duration,
-        default=parse_duration(_env("kube_events_interval", "5m")),
-        help="at most one Event update per edge per interval (default: 5m)",
+        type=_DURATION,
+        default=_env("kube_events_interval", "5m"),
+        help="at most one Event update per edge per interval (default: 5m) "
+        "[FLOW_AUDITOR_KUBE_EVENTS_INTERVAL]",
     )
     run.set_defaults(func=cmd_run)
 
@@ -200,8 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     _daemon_options(demo, log_format="console")
     demo.add_argument(
         "--speed",
-        type=float,
-        default=float(_env("speed", 10.0)),
+        type=typed(positive_number),
+        default=_env("speed", "10"),
         help="scenario time per wall-clock second (default: 10: a violation every few seconds)",
     )
     demo.set_defaults(func=cmd_demo)
@@ -375,6 +400,7 @@ def cmd_matrix_learn(args: argparse.Namespace) -> int:
 def _daemon_options(p: argparse.ArgumentParser, log_format: str = "json") -> None:
     p.add_argument(
         "--listen-address",
+        type=typed(_listen_address),
         default=_env("listen_address", ":9967"),
         metavar="HOST:PORT",
         help="metrics and health HTTP server (default: :9967) [FLOW_AUDITOR_LISTEN_ADDRESS]",
@@ -382,61 +408,51 @@ def _daemon_options(p: argparse.ArgumentParser, log_format: str = "json") -> Non
     p.add_argument(
         "--log-format",
         choices=("json", "console"),
+        type=typed(choice(("json", "console"))),
         default=_env("log_format", log_format),
         help=f"log format (default: {log_format}) [FLOW_AUDITOR_LOG_FORMAT]",
     )
     p.add_argument(
         "--log-level",
         choices=("debug", "info", "warning", "error"),
+        type=typed(choice(("debug", "info", "warning", "error"))),
         default=_env("log_level", "info"),
         help="[FLOW_AUDITOR_LOG_LEVEL]",
     )
     p.add_argument(
         "--reload-interval",
-        type=parse_duration,
-        default=parse_duration(_env("reload_interval", "5s")),
-        help="how often the matrix file is checked for changes (default: 5s); SIGHUP checks at once",
+        type=_DURATION,
+        default=_env("reload_interval", "5s"),
+        help="how often the matrix file is checked for changes (default: 5s); SIGHUP checks at once "
+        "[FLOW_AUDITOR_RELOAD_INTERVAL]",
     )
     p.add_argument(
         "--dedup-window",
-        type=parse_duration,
-        default=parse_duration(_env("dedup_window", str(DEFAULT_DEDUP_WINDOW))),
-        help="events of one 5-tuple within this window are one connection (default: 30s)",
+        type=_DURATION,
+        default=_env("dedup_window", f"{DEFAULT_DEDUP_WINDOW:g}s"),
+        help="events of one 5-tuple within this window are one connection (default: 30s) "
+        "[FLOW_AUDITOR_DEDUP_WINDOW]",
     )
-
-
-def _env_bool(option: str) -> bool:
-    return str(_env(option, "")).strip().lower() in ("1", "true", "yes", "on")
 
 
 def _env_list(option: str) -> list[str]:
     return [v for v in str(_env(option, "")).replace(",", " ").split() if v]
 
 
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+def _listen_address(text: str) -> str:
+    from auditor.daemon import parse_listen_address
 
-
-def parse_duration(text: str) -> float:
-    """``500ms``, ``5s``, ``10m``, ``1h``, or a number of seconds."""
-    value = str(text).strip()
-    for unit in ("ms", "s", "m", "h"):
-        if value.endswith(unit) and value[: -len(unit)].replace(".", "", 1).isdigit():
-            return float(value[: -len(unit)]) * _UNITS[unit]
     try:
-        seconds = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid duration {text!r} (e.g. 500ms, 5s, 10m, 1h)") from None
-    if seconds < 0:
-        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: negative")
-    return seconds
+        parse_listen_address(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return str(text)
 
 
-def parse_since(text: str | None) -> float | None:
-    """``--since``: a duration back from now, or an RFC 3339 time; seconds since the epoch."""
-    if text is None:
-        return None
+def parse_since(text: str) -> float:
+    """``--since``: a duration back from now (Go syntax, 0 = now), or an RFC 3339 time; epoch seconds."""
     try:
-        return time.time() - parse_duration(text)
+        return time.time() - duration_seconds(text)
     except argparse.ArgumentTypeError:
         pass
     from auditor.decode import DecodeError, parse_time
@@ -445,7 +461,7 @@ def parse_since(text: str | None) -> float | None:
         return parse_time(text)
     except DecodeError:
         raise argparse.ArgumentTypeError(
-            f"invalid --since {text!r} (a duration like 10m or an RFC 3339 time)"
+            f"invalid value {str(text)!r} (a duration like 10m or 1h30m, or an RFC 3339 time)"
         ) from None
 
 
@@ -456,8 +472,8 @@ def parse_classes(text: str) -> frozenset[str]:
     classes = {c.strip() for c in text.split(",") if c.strip()}
     unknown = sorted(classes - set(CLASSES))
     if unknown:
-        raise UsageError(
-            f"--fail-on: unknown class {', '.join(unknown)} (expected {', '.join(CLASSES)} or none)"
+        raise argparse.ArgumentTypeError(
+            f"unknown class {', '.join(unknown)} (expected {', '.join(CLASSES)} or none)"
         )
     return frozenset(classes)
 
@@ -484,12 +500,8 @@ def _hubble_config(args: argparse.Namespace) -> HubbleConfig:
 
 
 def _daemon_config(args: argparse.Namespace, matrix: str, hubble: HubbleConfig) -> DaemonConfig:
-    from auditor.daemon import DaemonConfig, parse_listen_address
+    from auditor.daemon import DaemonConfig
 
-    try:
-        parse_listen_address(args.listen_address)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
     return DaemonConfig(
         matrix=matrix,
         hubble=hubble,
@@ -553,13 +565,14 @@ def cmd_policies_generate(args: argparse.Namespace) -> int:
     from auditor.kube.policies import build, to_yaml
 
     matrix = _load(args.matrix)
+    _check_output(args.output)
     try:
         result = build(matrix, args.flavor, cluster_cidrs=args.cluster_cidr)
     except ValueError as e:
         raise UsageError(str(e)) from None
     text = to_yaml(result.objects)
     if args.output:
-        Path(args.output).write_text(text, encoding="utf-8")
+        _write_output(args.output, text)
     else:
         sys.stdout.write(text)
     for note in result.notes:
@@ -594,15 +607,10 @@ def cmd_policies_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    fail_on = parse_classes(args.fail_on)
-    if args.dedup_window <= 0:
-        raise UsageError("--dedup-window must be a positive number of seconds")
-    if args.max_edges < 1:
-        raise UsageError("--max-edges must be at least 1")
+    fail_on: frozenset[str] = args.fail_on
     matrix = _load(args.matrix)
-    for name in args.files:
-        if name != "-" and not Path(name).is_file():
-            raise UsageError(f"{name}: no such file")
+    _check_inputs(args.files)
+    _check_output(args.output)
     inputs = {
         "files": list(args.files),
         "matrix_file": args.matrix,
@@ -610,6 +618,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     }
     sink = ReportSink(matrix, max_edges=args.max_edges, inputs=inputs)
     pipeline = Pipeline(Auditor(matrix, args.dedup_window), [sink])
+    unjudgeable = UnjudgeableCheck(matrix)
     show_progress = not args.no_progress and sys.stderr.isatty()
     try:
         for name in args.files:
@@ -617,7 +626,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 lines: Iterator[tuple[int, bytes]] = iter(f)
                 if show_progress and f.size >= _PROGRESS_MIN_BYTES:
                     lines = _with_progress(f, lines)
-                pipeline.feed_lines(name, lines)
+                problem = no_events_reason(feed_file(pipeline, name, lines, unjudgeable))
+            if problem:
+                raise UsageError(problem)
     except SourceError as e:
         raise UsageError(str(e)) from None
     pipeline.finish()
@@ -627,10 +638,61 @@ def cmd_replay(args: argparse.Namespace) -> int:
     width = shutil.get_terminal_size((160, 24)).columns
     text = render(report, args.format, color=color, width=max(width, 40))
     if args.output:
-        Path(args.output).write_text(text, encoding="utf-8")
+        _write_output(args.output, text)
     else:
         sys.stdout.write(text)
-    return EXIT_VIOLATION if any(report["classes"][c] for c in fail_on) else EXIT_OK
+    for line in unjudgeable.warning():
+        print(f"flow-auditor: warning: {line}", file=sys.stderr)
+    return exit_code(report["classes"], fail_on)
+
+
+def _at_least_one(text: str) -> int:
+    """A whole number of at least 1 (``--max-edges``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"invalid value {str(text)!r}: expected a whole number ≥ 1")
+    return value
+
+
+def exit_code(classes: dict[str, int], fail_on: frozenset[str]) -> int:
+    """1 when any ``--fail-on`` class has a connection, else 0."""
+    return EXIT_VIOLATION if any(classes[c] for c in fail_on) else EXIT_OK
+
+
+def _check_inputs(names: Sequence[str]) -> None:
+    """Every input exists and is not a directory (pipes and process substitution are fine)."""
+    for name in names:
+        if name == "-":
+            continue
+        path = Path(name)
+        if path.is_dir():
+            raise UsageError(f"{name}: is a directory (give the flow files in it)")
+        if not path.exists():
+            raise UsageError(f"{name}: no such file")
+
+
+def _check_output(path: str | None) -> None:
+    """Refuse an ``--output`` that cannot be written before reading any input."""
+    if path is None:
+        return
+    where = f"{origin('--output', path)} {path}"
+    target = Path(path)
+    if target.is_dir():
+        raise UsageError(f"{where}: is a directory")
+    if not target.parent.is_dir():
+        raise UsageError(f"{where}: no such directory {target.parent}")
+    if not os.access(target if target.exists() else target.parent, os.W_OK):
+        raise UsageError(f"{where}: not writable")
+
+
+def _write_output(path: str, text: str) -> None:
+    try:
+        Path(path).write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise UsageError(f"{origin('--output', path)} {path}: cannot write: {e.strerror or e}") from None
 
 
 def _with_progress(f: FlowFile, lines: Iterator[tuple[int, bytes]]) -> Iterator[tuple[int, bytes]]:
@@ -650,6 +712,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        for dest in _BOOL_OPTIONS:
+            if hasattr(args, dest):
+                setattr(args, dest, env_bool(getattr(args, dest)))
+    except argparse.ArgumentTypeError as e:
+        print(f"flow-auditor: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
         return int(args.func(args))
     except UsageError as e:
         print(f"flow-auditor: error: {e}", file=sys.stderr)
@@ -658,3 +727,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return EXIT_OK
+    except Exception as e:  # a bug: never let it pass for "violations found" (exit 1)
+        traceback.print_exc()
+        print(f"flow-auditor: internal error: {type(e).__name__}: {e}", file=sys.stderr)
+        return EXIT_INTERNAL

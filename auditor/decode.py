@@ -13,8 +13,15 @@ UTC offset, ``is_reply`` absent/true/false and the deprecated ``reply``. Unknown
 The schema below is a *typed* msgspec schema that declares only the fields the auditor reads, in both
 spellings, so decoding skips everything else at C speed.
 
-Error policy: a line that is not JSON, or whose fields have impossible types, raises :class:`DecodeError`
-with a short reason; the caller counts it as ``invalid`` and goes on.
+Values outside their domain are invalid, not edges: the schema bounds ports (0-65535), ICMP types
+(0-255), identities (uint32, in the model's ``Endpoint``), enum numbers (int32), ``drop_reason`` (uint32) and
+``num_events_lost`` (uint64) with msgspec constraints, checked in C while decoding; a timestamp must fall in
+0001-01-01..9999-12-31 UTC (what protobuf's ``Timestamp`` and Python's ``datetime`` hold) after its UTC offset
+is applied; a line nested deeper than the decoder's recursion limit (no real line comes close) is invalid.
+
+Error policy: a line that is not JSON, whose fields have impossible types, or whose values are outside their
+domain raises :class:`DecodeError` with a short reason naming the field (``Expected `int` <= 65535 - at
+`$.flow.l4.TCP.destination_port```); the caller counts it as ``invalid`` and goes on.
 """
 
 from __future__ import annotations
@@ -24,14 +31,16 @@ import operator
 import re
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any, Final, get_args, get_origin
+from typing import Annotated, Any, Final, get_args, get_origin
 
 import msgspec
 
 from auditor.model import (
     DIRECTION_NAMES,
     EMPTY_ENDPOINT,
+    END_TIME,
     FLOW_TYPE_NAMES,
+    MIN_TIME,
     OBSERVATION_POINT_NAMES,
     TCP_ACK,
     TCP_FIN,
@@ -76,7 +85,14 @@ _NODE_STATES: Final = {
     4: "NODE_ERROR",
 }
 
-Enum = str | int
+# Domains of the numbers the auditor reads (protobuf types of flow.proto), checked by msgspec in C.
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+IcmpType = Annotated[int, msgspec.Meta(ge=0, le=255)]
+Uint32 = Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1)]
+NonNegative = Annotated[int, msgspec.Meta(ge=0)]  # uint64: msgspec bounds stop at int64; _lost checks the top
+Int32 = Annotated[int, msgspec.Meta(ge=-(2**31), le=2**31 - 1)]
+Enum = str | Int32
+"""An enum as protojson writes it (its name) or as a number (int32)."""
 
 
 def _enum(value: Enum, table: dict[str, int]) -> int:
@@ -119,13 +135,13 @@ class _Flags(msgspec.Struct, **_STRUCT):
 
 
 class _Ports(msgspec.Struct, **_STRUCT):
-    source_port: int = 0
-    destination_port: int = 0
+    source_port: Port = 0
+    destination_port: Port = 0
     flags: _Flags | None = None
 
 
 class _ICMP(msgspec.Struct, **_STRUCT):
-    type: int = 0
+    type: IcmpType = 0
 
 
 class _L4(msgspec.Struct, **_STRUCT):
@@ -142,13 +158,13 @@ class _IP(msgspec.Struct, **_STRUCT):
 
 
 class _EventType(msgspec.Struct, **_STRUCT):
-    type: int = 0
+    type: Int32 = 0
 
 
 class _Flow(msgspec.Struct, **_STRUCT):
     time: datetime | None = None
     verdict: Enum = 0
-    drop_reason: int = 0
+    drop_reason: Uint32 = 0
     drop_reason_desc: Enum = 0
     IP: _IP | None = None
     l4: _L4 | None = None
@@ -167,7 +183,7 @@ class _Flow(msgspec.Struct, **_STRUCT):
 
 class _Lost(msgspec.Struct, **_STRUCT):
     source: Enum = 0
-    num_events_lost: int | str = 0
+    num_events_lost: NonNegative | str = 0
 
 
 class _NodeStatus(msgspec.Struct, **_STRUCT):
@@ -197,7 +213,7 @@ def _camel_twin(tp: Any, made: dict[type, type]) -> Any:
             made[tp] = msgspec.defstruct(f"Camel{tp.__name__}", fields, rename="camel", frozen=True, gc=False)
         return made[tp]
     args = get_args(tp)
-    if not args:
+    if not args or get_origin(tp) is Annotated:  # a constrained scalar: nothing to rename
         return tp
     mapped = tuple(_camel_twin(a, made) for a in args)
     if get_origin(tp) is tuple:
@@ -227,6 +243,8 @@ def decode_line(line: bytes | str) -> Record:
             raw = _camel_decoder.decode(line)
     except msgspec.DecodeError as e:
         raise DecodeError(_short(e)) from None
+    except RecursionError:
+        raise DecodeError("nested too deeply to be a Hubble event") from None
     if raw.flow is not None:
         return _flow(raw.flow, raw.node_name, raw.time)
     if raw.lost_events is not None:
@@ -240,6 +258,11 @@ def decode_line(line: bytes | str) -> Record:
     if any(getattr(raw, f) for f in _BARE_FLOW_HINTS):
         return _flow(raw, raw.node_name, raw.time)
     return OtherRecord("unknown")
+
+
+def _clip(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _short(e: Exception) -> str:
@@ -308,7 +331,10 @@ def _flow(f: _Flow, envelope_node: str, envelope_time: datetime | None) -> Flow:
 def _timestamp(t: datetime) -> float:
     if t.tzinfo is None:  # RFC 3339 requires an offset; read a bare local time as UTC
         t = t.replace(tzinfo=UTC)
-    return t.timestamp()
+    seconds = t.timestamp()
+    if not MIN_TIME <= seconds < END_TIME:  # 9999-12-31T23:59:59-23:00 is in year 10000 in UTC
+        raise DecodeError(f"time {t.isoformat()} is outside 0001-01-01..9999-12-31 UTC")
+    return seconds
 
 
 def _endpoint(e: Endpoint | None) -> Endpoint:
@@ -330,9 +356,11 @@ def _workloads(workloads: tuple[Workload, ...]) -> tuple[Workload, ...]:
 def _lost(lost: _Lost, node: str) -> LostEvents:
     num = lost.num_events_lost
     try:
-        count = int(num)
+        count = int(num)  # uint64 fields may be strings in protobuf JSON
     except ValueError:
-        raise DecodeError(f"lost_events.num_events_lost is not a number: {num!r}") from None
+        raise DecodeError(f"lost_events.num_events_lost is not a number: {_clip(num)}") from None
+    if not 0 <= count < 2**64:
+        raise DecodeError(f"lost_events.num_events_lost is out of range (uint64): {_clip(num)}")
     src = lost.source
     name = _LOST_SOURCES.get(src, _LOST_SOURCES[0]) if isinstance(src, int) else src
     return LostEvents(name, count, node)

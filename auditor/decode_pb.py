@@ -25,7 +25,11 @@ Mapping notes:
 - ``drop_reason`` is the ``DropReason`` name of ``drop_reason_desc`` (falling back to the deprecated
   numeric ``drop_reason``), ``""`` for none.
 
-Error policy: never raises on a parsed message. Unknown fields were already set aside by protobuf;
+Error policy: a parsed message whose values are outside their domain — a port above 65535 or an ICMP type
+above 255 (both ``uint32`` on the wire), a time outside 0001-01-01..9999-12-31 UTC (protobuf's ``Timestamp``
+range: ``seconds`` = 2**40 is year 36812) or ``nanos`` outside 0..999,999,999 — raises :class:`DomainError`
+naming the field; the live source counts it as ``invalid`` and skips it. Nothing else raises on a parsed
+message. Unknown fields were already set aside by protobuf;
 unknown enum numbers stay plain ints (verdict, direction, observation point, flow type); a drop reason
 unknown to our ``flow.proto`` is kept as its decimal number (``"206"``), as protobuf JSON would print it;
 an unknown lost-event source or node state maps to the proto's ``UNKNOWN_…`` name (they become metric
@@ -82,13 +86,20 @@ Response = observer_pb2.GetFlowsResponse | live_pb2.GetFlowsResponse
 """The full message, or the lean wire-compatible view the live source parses (``proto/live/live.proto``)."""
 
 
+class DomainError(ValueError):
+    """A parsed message with a value outside its domain; the message names the field and the value."""
+
+
 def flow_from_pb(msg: flow_pb2.Flow) -> Flow:
-    """Decode one ``flow.Flow`` message."""
+    """Decode one ``flow.Flow`` message. Raises :class:`DomainError`."""
     return _decode_flow(msg, None)
 
 
 def record_from_response(resp: Response) -> Record:
-    """Decode one ``GetFlowsResponse`` into the record its ``response_types`` case carries."""
+    """Decode one ``GetFlowsResponse`` into the record its ``response_types`` case carries.
+
+    Raises :class:`DomainError` for a flow with a value outside its domain.
+    """
     kind = resp.WhichOneof("response_types")
     if kind == "flow":
         return _decode_flow(resp.flow, resp)
@@ -213,12 +224,18 @@ def _decode_flow(msg: flow_pb2.Flow | live_pb2.Flow, envelope: Response | None) 
         source_port, destination_port = sctp.source_port, sctp.destination_port
     else:
         kind = None  # none, or a newer case (VRRP, IGMP) that has no ports: not judged
+    if (source_port | destination_port) > 65535 or icmp_type > 255:  # uint32 on the wire
+        raise DomainError(_l4_problem(kind, source_port, destination_port, icmp_type))
+    t = seconds + nanos / 1e9 if seconds or nanos else 0.0
+    # model.MIN_TIME <= t < model.END_TIME, as literals (no global lookups per flow; tests pin both edges)
+    if not (-62135596800.0 <= t < 253402300800.0 and 0 <= nanos < 1_000_000_000):
+        raise DomainError(f"time {seconds}s {nanos}ns is outside 0001-01-01..9999-12-31 UTC")
     drop = msg.drop_reason_desc or msg.drop_reason
     source_names = msg.source_names
     destination_names = msg.destination_names
     # Positional arguments in the order of model.Flow's fields: about 4x cheaper than keywords here.
     return Flow(
-        seconds + nanos / 1e9 if seconds or nanos else 0.0,
+        t,
         msg.verdict,
         (DROP_REASON_NAMES.get(drop) or str(drop)) if drop else "",
         _endpoint(msg.source),
@@ -239,6 +256,15 @@ def _decode_flow(msg: flow_pb2.Flow | live_pb2.Flow, envelope: Response | None) 
         tuple(source_names) if source_names else (),
         tuple(destination_names) if destination_names else (),
     )
+
+
+def _l4_problem(kind: str | None, source_port: int, destination_port: int, icmp_type: int) -> str:
+    if icmp_type > 255:
+        return f"l4.{kind}.type {icmp_type} is out of range (0-255)"
+    field, value = (
+        ("source_port", source_port) if source_port > 65535 else ("destination_port", destination_port)
+    )
+    return f"l4.{kind}.{field} {value} is out of range (0-65535)"
 
 
 def _endpoint(msg: flow_pb2.Endpoint | bytes) -> Endpoint:
@@ -276,6 +302,7 @@ __all__ = [
     "DROP_REASON_NAMES",
     "LOST_EVENT_SOURCE_NAMES",
     "NODE_STATE_NAMES",
+    "DomainError",
     "drop_reason_name",
     "endpoint_cache_info",
     "endpoint_from_pb",

@@ -4,9 +4,11 @@ Stage: configuration (runs once per load or reload, never per flow). Input: a YA
 Output: an immutable :class:`Matrix` whose selectors and port sets are compiled for the per-flow path
 (``auditor.classify`` resolves endpoints through it and caches the results).
 
-Error policy: every problem raises :class:`MatrixError`, whose message names the file, the line and the
-offending key (``matrix.yaml:14: components.webserver.labels: expected a mapping of strings``). Nothing is
-guessed: unknown fields, unknown components, bad ports, duplicate names and empty selectors are errors.
+Error policy: every problem raises :class:`MatrixError` and nothing else (a daemon's reload relies on it),
+whose message names the file, the line and the offending key (``matrix.yaml:14: components.webserver.labels:
+expected a mapping of strings``). Nothing is guessed: unknown fields, unknown components, bad ports, duplicate
+names, empty selectors, component names the auditor gives to unmatched peers (entities, ``unknown``,
+``ns:<namespace>``) and YAML nested deeper than :data:`MAX_DEPTH` are errors.
 """
 
 from __future__ import annotations
@@ -71,9 +73,15 @@ _ICMP_SPELLINGS: Final[dict[str, tuple[str, ...]]] = {
     "ICMPV4": (Protocol.ICMPV4,),
     "ICMPV6": (Protocol.ICMPV6,),
 }
-_PORT_RE: Final = re.compile(r"^(?P<lo>\d+)(?:-(?P<hi>\d+))?(?:/(?P<proto>[A-Za-z0-9]+))?$")
+_PORT_RE: Final = re.compile(r"^(?P<lo>[0-9]+)(?:-(?P<hi>[0-9]+))?(?:/(?P<proto>[A-Za-z0-9]+))?$")
 _NAME_RE: Final = re.compile(r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$")
 _PORT_NAME_RE: Final = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# Names the auditor gives to peers that match no component (entities, also as reserved labels spell them,
+# and ``unknown``; ``ns:<namespace>`` cannot pass _NAME_RE): a component named so would capture, or hide
+# behind, that traffic.
+RESERVED_NAMES: Final = ENTITIES | {"world-ipv4", "world-ipv6", "unknown"}
+MAX_DEPTH: Final = 32
+"""Deepest YAML nesting accepted; a real matrix needs 6 (``components.x.cidrs[0].except[0]``)."""
 
 
 class MatrixError(ValueError):
@@ -345,7 +353,9 @@ def load_matrix(path: str | Path) -> Matrix:
 def parse_matrix(text: str, file: str = "<matrix>") -> Matrix:
     """Validate and compile matrix YAML text; ``file`` is used in error messages."""
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=_Loader)
+    except _TooDeep as e:
+        raise MatrixError(file, e.line, "", f"nested deeper than {MAX_DEPTH} levels") from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark else 0
@@ -355,6 +365,26 @@ def parse_matrix(text: str, file: str = "<matrix>") -> Matrix:
     if root is None:
         raise MatrixError(file, 1, "", "empty file")
     return _Compiler(file).compile(root)
+
+
+class _TooDeep(Exception):
+    def __init__(self, line: int) -> None:
+        self.line = line
+
+
+class _Loader(yaml.SafeLoader):
+    """The safe loader, refusing nesting deeper than :data:`MAX_DEPTH` (composing recurses per level)."""
+
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise _TooDeep(self.peek_event().start_mark.line + 1)  # type: ignore[no-untyped-call]
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 _TOP_KEYS: Final = {"apiVersion", "kind", "metadata", "scope", "components", "allow"}
@@ -483,6 +513,13 @@ class _Compiler:
             key = f"components.{comp_name}"
             if not _NAME_RE.match(comp_name) or comp_name.startswith("ns:"):
                 raise self.err(sel_node, key, "component names must be lowercase DNS-style names")
+            if comp_name in RESERVED_NAMES:
+                raise self.err(
+                    sel_node,
+                    key,
+                    f"{comp_name!r} is reserved: the auditor names peers that match no component so "
+                    "(entities, 'unknown', 'ns:<namespace>'); choose another name",
+                )
             out.append(Component(comp_name, self.selector(sel_node, key), sel_node.start_mark.line + 1))
         return out
 
@@ -692,19 +729,23 @@ def parse_port(text: str, fail: Callable[[str], Exception]) -> PortRange:
         return PortRange(frozenset(_ICMP_SPELLINGS[spec.upper()]))
     m = _PORT_RE.match(spec)
     if not m:
-        raise fail(f'invalid port {text!r} (expected 8080, "53/UDP", "30000-32767/TCP", "ICMP" or "any")')
+        raise fail(
+            f'invalid port {_clip(text)} (expected 8080, "53/UDP", "30000-32767/TCP", "ICMP" or "any")'
+        )
     proto_text = (m.group("proto") or "TCP").upper()
     if proto_text not in _PROTOCOLS:
         raise fail(
-            f"unknown protocol {m.group('proto')!r} in {text!r} "
+            f"unknown protocol {_clip(m.group('proto'))} in {_clip(text)} "
             "(expected TCP, UDP or SCTP; ICMP takes no port)"
         )
-    lo = int(m.group("lo"))
-    hi = int(m.group("hi") or lo)
+    lo_text, hi_text = m.group("lo"), m.group("hi") or m.group("lo")
+    if len(lo_text) > 5 or len(hi_text) > 5:  # also keeps int() away from 5,000-digit numbers
+        raise fail(f"port out of range in {_clip(text)} (1-65535)")
+    lo, hi = int(lo_text), int(hi_text)
     if not (1 <= lo <= 65535 and 1 <= hi <= 65535):
-        raise fail(f"port out of range in {text!r} (1-65535)")
+        raise fail(f"port out of range in {_clip(text)} (1-65535)")
     if hi < lo:
-        raise fail(f"empty port range {text!r}")
+        raise fail(f"empty port range {_clip(text)}")
     return PortRange(frozenset({_PROTOCOLS[proto_text]}), lo, hi)
 
 
@@ -727,6 +768,10 @@ def check_expansion(file: str, rules: Sequence[Rule], limit: int = MAX_RULE_EXPA
             f"(this rule alone: {len(big.sources)} x {len(big.destinations)}); each one is a metric series, "
             "so list fewer components per rule or group workloads into broader components",
         )
+
+
+def _clip(text: str) -> str:
+    return repr(text) if len(text) <= 40 else repr(text[:37] + "...")
 
 
 def describe(matrix: Matrix) -> str:

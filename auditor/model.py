@@ -14,7 +14,7 @@ unknown numbers as they are.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Annotated, Final
 
 import msgspec
 
@@ -153,10 +153,11 @@ class Endpoint(msgspec.Struct, frozen=True, gc=False):
     """One end of a flow as Hubble describes it.
 
     ``labels`` are Cilium labels in ``source:key=value`` form (``k8s:app=web``, ``reserved:world``).
-    ``identity`` is the Cilium security identity (0 when Hubble did not know it).
+    ``identity`` is the Cilium security identity (0 when Hubble did not know it); a uint32 on the wire,
+    so the JSON decoder, which decodes straight into this type, rejects other values.
     """
 
-    identity: int = 0
+    identity: Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1)] = 0
     namespace: str = ""
     labels: tuple[str, ...] = ()
     pod_name: str = ""
@@ -186,6 +187,13 @@ def namespace_from_labels(labels: tuple[str, ...]) -> str:
         if label.startswith(_POD_NAMESPACE_LABEL):
             return label[len(_POD_NAMESPACE_LABEL) :]
     return ""
+
+
+# The times a Flow can hold, in seconds since the epoch: 0001-01-01T00:00:00Z (inclusive) to
+# 10000-01-01T00:00:00Z (exclusive) — protobuf's Timestamp range and what ``datetime`` can show. Decoders
+# reject times outside it; the end applies to the float itself (9999-12-31T23:59:59.999999Z rounds to it).
+MIN_TIME: Final = -62135596800.0
+END_TIME: Final = 253402300800.0
 
 
 class Flow(msgspec.Struct, frozen=True, gc=False):

@@ -7,7 +7,7 @@ Replay (issue: core):
   * floor    — read the same file line by line and parse every line with the JSON decoder the replay
                path uses (msgspec, typed schema of the fields judging needs); nothing else.
   * replay   — the whole ``flow-auditor replay`` pipeline in-process: read → decode → judge → classify →
-               report aggregation.
+               report aggregation, through the CLI's own loop (``auditor.replay_input.feed_file``).
   * reference — the same lines through ``orjson.loads`` (a generic fast parser), for context.
   * peak RSS — ``flow-auditor replay`` as a child process on the full file and on a quarter of it: the
                pipeline streams, so the two must be close.
@@ -32,6 +32,7 @@ from auditor.classify import Auditor
 from auditor.decode import _decoder
 from auditor.matrix import load_matrix
 from auditor.pipeline import Pipeline
+from auditor.replay_input import UnjudgeableCheck, feed_file
 from auditor.scenario import synthetic_events
 from auditor.sinks.report import ReportSink
 from auditor.sources.files import FlowFile
@@ -97,8 +98,8 @@ def reference_orjson(path: Path) -> int:
 def replay(path: Path) -> int:
     matrix = load_matrix(MATRIX)
     sink = ReportSink(matrix)
-    with FlowFile(str(path)) as f:
-        Pipeline(Auditor(matrix), [sink]).feed_lines(str(path), f)
+    with FlowFile(str(path)) as f:  # the loop `flow-auditor replay` runs, with its input checks
+        feed_file(Pipeline(Auditor(matrix), [sink]), str(path), f, UnjudgeableCheck(matrix))
     report = sink.report()
     assert report["flows"]["invalid"] == 0, report["invalid_samples"]
     return int(report["flows"]["received"])

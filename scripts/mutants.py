@@ -308,8 +308,8 @@ MUTANTS: list[tuple[str, str, str, str, list[str]]] = [
     (
         "fail-on any → all",
         "auditor/cli.py",
-        'any(report["classes"][c] for c in fail_on)',
-        'all(report["classes"][c] for c in fail_on)',
+        "any(classes[c] for c in fail_on)",
+        "all(classes[c] for c in fail_on)",
         CLI,
     ),
 ]

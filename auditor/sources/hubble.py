@@ -47,7 +47,7 @@ from google.protobuf.message import DecodeError as ProtobufDecodeError
 from auditor._proto.flow import flow_pb2
 from auditor._proto.live import live_pb2
 from auditor._proto.observer import observer_pb2
-from auditor.decode_pb import record_from_response
+from auditor.decode_pb import DomainError, record_from_response
 from auditor.model import Flow
 from auditor.pipeline import Pipeline
 from auditor.sources.resume import DEFAULT_BACKLOG, DEFAULT_TOLERANCE, ResumeState
@@ -360,10 +360,16 @@ class HubbleSource:
                     backoff.reset()  # only a stream that delivers resets the backoff
                     self._healthy()
                 try:
-                    record = record_from_response(parse(raw))
+                    response = parse(raw)
+                    record = record_from_response(response)
                 except ProtobufDecodeError as e:
                     with lock:
                         invalid(f"{self.config.target}#{self._received}", f"undecodable message: {e}")
+                    continue
+                except DomainError as e:  # a well-formed event out of its domain: remembered like any
+                    if admit(_node_of(response), hash(raw), 0.0):  # other, so a re-send counts once
+                        with lock:
+                            invalid(f"{self.config.target}#{self._received}", f"undecodable message: {e}")
                     continue
                 try:
                     if type(record) is Flow and not admit(record.node_name, hash(raw), record.time):
@@ -460,3 +466,10 @@ class HubbleSource:
         except ValueError:  # the channel was closed meanwhile: the stream is over anyway
             return True
         return True
+
+
+def _node_of(response: live_pb2.GetFlowsResponse) -> str:
+    """The node a response came from (the flow's own, else the envelope's)."""
+    if response.HasField("flow") and response.flow.node_name:
+        return str(response.flow.node_name)
+    return str(response.node_name)

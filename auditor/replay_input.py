@@ -1,0 +1,137 @@
+"""Replay input: feeding recorded files into the pipeline, and what the input itself says about them.
+
+Stage: source → decode → pipeline, for ``replay`` (the live source has its own loop). Input: numbered lines
+of one file at a time (``auditor.sources.files``). Output: the records fed to the :class:`Pipeline`, plus
+an :class:`InputSummary` per file and an :class:`UnjudgeableCheck` over all files, from which the CLI
+tells the user two things the report's numbers alone do not:
+
+* **No Hubble event in a file** (:func:`no_events_reason`): an empty file or stdin, blank lines only,
+  ``hubble observe`` default/compact/table output, a YAML file passed by mistake, JSON that is not Hubble's.
+  A line counts as a Hubble event when it decodes to a flow, lost events, node status, or an agent/debug
+  event: a file of lost-event records only is valid input. The CLI makes this an input error (exit 2),
+  judged per file, so that the message can name the file.
+* **Events a field mask left unjudgeable** (:class:`UnjudgeableCheck`): a Hubble exporter or observer
+  field mask that drops ``event_type``, ``traffic_direction`` and ``trace_observation_point`` turns every
+  forwarded event into ``ignored``; judging silently sees nothing. Counted only where it matters: an
+  in-scope ``FORWARDED``/``REDIRECTED`` L3/L4 event, not a reply, that the judge ignores and that lacks
+  ``event_type`` (every datapath event has one) or both ``traffic_direction`` and
+  ``trace_observation_point`` (a trace event has a point, a policy verdict a direction).
+
+The per-line cost over ``Pipeline.feed_lines`` is one type test per record and, for flows, a test of two
+ints; the judge runs a second time only for events that lack those fields.
+
+Error policy: undecodable lines are counted as ``invalid`` (with ``file:line``) and skipped, as in
+``Pipeline.feed_lines``; nothing here raises on input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Final
+
+from auditor import judge
+from auditor.decode import DecodeError, decode_line
+from auditor.matrix import Matrix
+from auditor.model import Flow, FlowType, OtherRecord, Verdict
+from auditor.pipeline import Pipeline
+
+RECORD_HINT: Final = "record flows with `hubble observe -o jsonpb`"
+UNKNOWN_KIND: Final = "unknown"  # the OtherRecord kind of a JSON object that is no Hubble event
+_PASS_VERDICTS: Final = frozenset({Verdict.FORWARDED, Verdict.REDIRECTED})
+_NOT_L3_L4: Final = frozenset({FlowType.L7, FlowType.SOCK})
+MASKABLE_FIELDS: Final = ("event_type", "traffic_direction", "trace_observation_point")
+
+
+@dataclass
+class InputSummary:
+    """What one input file contained."""
+
+    name: str
+    lines: int = 0  # non-blank lines
+    events: int = 0  # lines that decoded to a Hubble event
+    first_error: tuple[int, str] | None = None  # (line, reason) of the first undecodable line
+
+
+@dataclass
+class UnjudgeableCheck:
+    """Counts in-scope forwarded events the judge ignored because fields a field mask removes are missing."""
+
+    matrix: Matrix
+    events: int = 0
+    missing: dict[str, int] = field(default_factory=lambda: dict.fromkeys(MASKABLE_FIELDS, 0))
+
+    def check(self, flow: Flow) -> None:
+        """Look at a flow that lacks ``event_type``, or both direction and observation point."""
+        in_scope = self.matrix.in_scope
+        if (
+            flow.verdict not in _PASS_VERDICTS
+            or not flow.protocol
+            or flow.flow_type in _NOT_L3_L4
+            or not (in_scope(flow.source.namespace) or in_scope(flow.destination.namespace))
+            or judge.judge(flow) != judge.IGNORED
+        ):
+            return
+        self.events += 1
+        missing = self.missing
+        if not flow.event_type:
+            missing["event_type"] += 1
+        if not flow.traffic_direction:
+            missing["traffic_direction"] += 1
+        if not flow.observation_point:
+            missing["trace_observation_point"] += 1
+
+    def warning(self) -> list[str]:
+        """One or two lines for stderr, or none when every event could be judged on its fields."""
+        if not self.events:
+            return []
+        lacking = ", ".join(f"{name} ({count})" for name, count in self.missing.items() if count)
+        return [
+            f"{self.events} forwarded events could not be judged (counted as ignored): they lack {lacking}",
+            "a field mask on the Hubble exporter or observer is the likely cause: keep event_type, "
+            f"traffic_direction and trace_observation_point in it, or {RECORD_HINT}",
+        ]
+
+
+def feed_file(
+    pipeline: Pipeline, name: str, lines: Iterable[tuple[int, bytes]], unjudgeable: UnjudgeableCheck
+) -> InputSummary:
+    """Decode and feed the numbered lines of one input; ``name`` is used in invalid reports."""
+    summary = InputSummary(name)
+    feed, invalid, decode, check = pipeline.feed, pipeline.invalid, decode_line, unjudgeable.check
+    count = events = 0
+    for number, line in lines:
+        count += 1
+        try:
+            record = decode(line)
+        except DecodeError as e:
+            invalid(f"{name}:{number}", str(e))
+            if summary.first_error is None:
+                summary.first_error = (number, str(e))
+            continue
+        if type(record) is Flow:
+            events += 1
+            if not record.event_type or not (record.traffic_direction or record.observation_point):
+                check(record)
+        elif type(record) is not OtherRecord or record.kind != UNKNOWN_KIND:
+            events += 1
+        feed(record)
+    summary.lines, summary.events = count, events
+    return summary
+
+
+def no_events_reason(summary: InputSummary) -> str | None:
+    """The one-line input error for a file without a single Hubble event, or ``None``."""
+    if summary.events:
+        return None
+    where = "standard input" if summary.name == "-" else summary.name
+    if not summary.lines:
+        return f"{where}: no flow records (the input is empty); {RECORD_HINT}"
+    if summary.first_error is not None:
+        line, reason = summary.first_error
+        found = f"line {line}: {reason}"
+    else:
+        found = "JSON, but no flow, lost_events or node_status"
+    if summary.lines == 1:
+        return f"{where}: its only line is not a Hubble event ({found}); {RECORD_HINT}"
+    return f"{where}: none of its {summary.lines} lines is a Hubble event ({found}); {RECORD_HINT}"

@@ -1,0 +1,151 @@
+"""Inputs that cannot be judged are said to be so: events a field mask left without the fields judging needs.
+
+Cilium's exporter documentation (``export.rst``, recorded in ``tests/data/hubble-samples/``) shows lines cut
+by a field mask: no ``event_type``, ``traffic_direction``, ``trace_observation_point``, ``Type`` or
+``is_reply``. Its two recorded lines are drops; the forwarded lines here are built from them and from the
+example capture by removing the same fields (Hubble field semantics, not a recording).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from auditor.classify import Auditor
+from auditor.matrix import load_matrix, parse_matrix
+from auditor.pipeline import Pipeline
+from auditor.replay_input import UnjudgeableCheck, feed_file, no_events_reason
+from auditor.sinks.report import ReportSink
+
+ROOT = Path(__file__).resolve().parent.parent
+FLOWS = ROOT / "examples" / "airflow" / "flows.jsonl"
+MATRIX = ROOT / "examples" / "airflow" / "matrix.yaml"
+SAMPLES = Path(__file__).parent / "data" / "hubble-samples"
+EXPORT_SAMPLE = SAMPLES / "cilium-docs-export-rst.jsonl"
+MASKED_OUT = ("event_type", "traffic_direction", "trace_observation_point", "Type", "is_reply")
+# Scope: every namespace (a matrix whose only component is an entity), so nothing is out of scope.
+ALL_NAMESPACES = (
+    "apiVersion: flow-auditor/v1alpha1\nkind: CommunicationMatrix\nmetadata: {name: all}\n"
+    "components:\n  internet: {entities: [world]}\nallow: []\n"
+)
+
+
+def masked(lines: list[str], drop: tuple[str, ...] = MASKED_OUT) -> str:
+    out = []
+    for line in lines:
+        doc = json.loads(line)
+        for name in drop:
+            doc.get("flow", {}).pop(name, None)
+        out.append(json.dumps(doc) + "\n")
+    return "".join(out)
+
+
+def replay(path: Path, matrix: Path = MATRIX) -> tuple[int, dict[str, Any], list[str]]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("FLOW_AUDITOR_")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "auditor", "replay", str(path), "--matrix", str(matrix), "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env=clean,
+    )
+    return proc.returncode, json.loads(proc.stdout), proc.stderr.splitlines()
+
+
+def test_a_field_masked_capture_is_said_to_be_unjudgeable(tmp_path: Path) -> None:
+    path = tmp_path / "exported.jsonl"
+    path.write_text(masked(FLOWS.read_text().splitlines()))
+    code, report, stderr = replay(path)
+    ignored = report["flows"]["ignored"]
+    assert ignored > 500  # every forwarded event: judging saw nothing it could prove
+    assert len(stderr) == 2, stderr
+    assert stderr[0] == (
+        f"flow-auditor: warning: {ignored} forwarded events could not be judged (counted as ignored): "
+        f"they lack event_type ({ignored}), traffic_direction ({ignored}), "
+        f"trace_observation_point ({ignored})"
+    )
+    assert "field mask" in stderr[1] and "hubble observe -o jsonpb" in stderr[1]
+    assert code == 1  # the drops are still judged: the warning does not change the exit code
+
+
+def test_the_exporter_docs_lines_forwarded_instead_of_dropped_are_unjudgeable(tmp_path: Path) -> None:
+    path = tmp_path / "export.jsonl"
+    lines = EXPORT_SAMPLE.read_text().splitlines()
+    forwarded = [json.loads(line) for line in lines]
+    for doc in forwarded:
+        doc["flow"]["verdict"] = "FORWARDED"
+        doc["flow"].pop("drop_reason_desc")
+    path.write_text("".join(json.dumps(d) + "\n" for d in forwarded))
+    matrix = tmp_path / "all.yaml"
+    matrix.write_text(ALL_NAMESPACES)
+    code, report, stderr = replay(path, matrix)
+    assert report["flows"]["ignored"] == 2 and code == 0
+    assert "2 forwarded events could not be judged" in stderr[0]
+
+
+def test_only_a_missing_direction_on_a_policy_verdict_is_reported_too(tmp_path: Path) -> None:
+    """A mask that keeps event_type but drops traffic_direction (policy verdicts carry no point)."""
+    doc = json.loads(FLOWS.read_text().splitlines()[0])
+    flow = doc["flow"]
+    flow.update({"verdict": "FORWARDED", "event_type": {"type": 5}, "is_reply": False})
+    for name in ("traffic_direction", "trace_observation_point", "drop_reason_desc", "drop_reason"):
+        flow.pop(name, None)
+    path = tmp_path / "verdicts.jsonl"
+    path.write_text(json.dumps(doc) + "\n")
+    _, report, stderr = replay(path)
+    assert report["flows"]["ignored"] == 1
+    assert "lack traffic_direction (1), trace_observation_point (1)" in stderr[0], stderr
+
+
+@pytest.mark.parametrize(
+    "path", [FLOWS, *sorted((SAMPLES / "hubble-otel").glob("*.json"))], ids=lambda p: p.name
+)
+def test_real_and_complete_captures_give_no_warning(tmp_path: Path, path: Path) -> None:
+    matrix = tmp_path / "all.yaml"
+    matrix.write_text(ALL_NAMESPACES)
+    _, report, stderr = replay(path, MATRIX if path == FLOWS else matrix)
+    assert stderr == []
+    assert report["flows"]["invalid"] == 0
+
+
+def test_masked_events_out_of_scope_do_not_matter() -> None:
+    pipeline = Pipeline(Auditor(load_matrix(MATRIX)), [ReportSink(load_matrix(MATRIX))])
+    check = UnjudgeableCheck(load_matrix(MATRIX))
+    lines = masked(EXPORT_SAMPLE.read_text().replace('"DROPPED"', '"FORWARDED"').splitlines())
+    summary = feed_file(pipeline, "x", enumerate(lines.encode().splitlines(), 1), check)
+    assert summary.events == 2 and check.events == 0 and check.warning() == []
+
+
+def test_replies_and_l7_records_are_not_counted() -> None:
+    matrix = parse_matrix(ALL_NAMESPACES)
+    check = UnjudgeableCheck(matrix)
+    sink = ReportSink(matrix)
+    line = json.loads(FLOWS.read_text().splitlines()[0])
+    flow = line["flow"]
+    for name in MASKED_OUT:
+        flow.pop(name, None)
+    flow["verdict"] = "FORWARDED"
+    reply = dict(line, flow=dict(flow, is_reply=True))
+    l7 = dict(line, flow=dict(flow, Type="L7"))
+    counted = dict(line, flow=dict(flow))
+    data = [json.dumps(d).encode() for d in (reply, l7, counted)]
+    feed_file(Pipeline(Auditor(matrix), [sink]), "x", enumerate(data, 1), check)
+    assert check.events == 1, sink.outcomes
+
+
+def test_no_events_reason_names_the_file_and_the_first_error() -> None:
+    from auditor.replay_input import InputSummary
+
+    assert no_events_reason(InputSummary("f", lines=3, events=1)) is None
+    reason = no_events_reason(InputSummary("f", lines=3, events=0, first_error=(2, "bad")))
+    assert (
+        reason == "f: none of its 3 lines is a Hubble event (line 2: bad); "
+        "record flows with `hubble observe -o jsonpb`"
+    )
