@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -179,3 +180,19 @@ def test_styles_apply_under_the_pages_own_policy(browser: Any, tmp_path: Path) -
         "el => getComputedStyle(el).backgroundColor"
     )
     assert colour == "rgb(213, 94, 0)"
+
+
+def test_dark_mode_and_print_follow_the_media(browser: Any, tmp_path: Path, screenshots: Path) -> None:
+    page = open_page(browser, replay("html", FLOWS), tmp_path)
+    light = page.evaluate("getComputedStyle(document.body).backgroundColor")
+    page.emulate_media(color_scheme="dark")
+    dark = page.evaluate("getComputedStyle(document.body).backgroundColor")
+    page.screenshot(path=str(screenshots / "report-dark.png"))
+    assert (light, dark) == ("rgb(255, 255, 255)", "rgb(22, 22, 22)")
+    # the loud classes keep their text labels in dark mode (colour is never the only signal)
+    cell = page.locator('table.grid td[data-class="unexpected_allowed"]').first
+    assert cell.locator(".label").inner_text() == "unexpected, allowed"
+    page.emulate_media(media="print")
+    assert page.locator(".grid-wrap").evaluate("el => getComputedStyle(el).overflow") == "visible"
+    pdf = page.pdf()  # prints without error, more than one page for the whole report
+    assert pdf.startswith(b"%PDF") and len(re.findall(rb"/Type\s*/Page\b(?!s)", pdf)) >= 2
