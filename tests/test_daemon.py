@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -396,13 +397,18 @@ def test_matrix_reload_good_then_bad_keeps_the_good_one(
 
 
 def run_daemon_process(*args: str) -> tuple[subprocess.Popen[str], str]:
+    """The daemon as a process; its log goes to a file (a pipe nobody reads would block it when full),
+    readable with :func:`process_log`."""
     port = free_port()
+    log = tempfile.NamedTemporaryFile(prefix="flow-auditor-", suffix=".log", delete=False)  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-m", "auditor", *args, "--listen-address", f"127.0.0.1:{port}"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stdout=log,
+        stderr=subprocess.STDOUT,
         text=True,
     )
+    log.close()
+    _PROCESS_LOGS[proc.pid] = Path(log.name)
     address = f"127.0.0.1:{port}"
 
     def up() -> bool:
@@ -415,6 +421,13 @@ def run_daemon_process(*args: str) -> tuple[subprocess.Popen[str], str]:
     return proc, address
 
 
+_PROCESS_LOGS: dict[int, Path] = {}
+
+
+def process_log(proc: subprocess.Popen[str]) -> str:
+    return _PROCESS_LOGS[proc.pid].read_text()
+
+
 def test_sigterm_stops_the_daemon_with_exit_0(server: HubbleServer) -> None:
     proc, address = run_daemon_process(
         "run", "--server", server.address, "--matrix", str(MATRIX), "--since", "1h", "--log-format", "json"
@@ -425,11 +438,7 @@ def test_sigterm_stops_the_daemon_with_exit_0(server: HubbleServer) -> None:
         os.kill(proc.pid, signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
         assert time.monotonic() - started < 5
-        logs = (
-            [json.loads(line) for line in proc.stderr.read().splitlines() if line.startswith("{")]
-            if proc.stderr
-            else []
-        )
+        logs = [json.loads(line) for line in process_log(proc).splitlines() if line.startswith("{")]
         events = [entry["event"] for entry in logs]
         assert "connected to hubble" in events and "flow-auditor stopped" in events
         assert len(logs) < 60  # state changes and violation edges, never one line per flow
