@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_daemon import (
+from daemon_helpers import (
     FLOW_EVENTS,
     MATRIX,
     free_port,

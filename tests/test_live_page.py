@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from daemon_helpers import wait_for
 
 from auditor.classify import Auditor
 from auditor.daemon import Daemon, DaemonConfig
@@ -33,15 +33,6 @@ ROOT = Path(__file__).resolve().parent.parent
 FLOWS = ROOT / "examples" / "airflow" / "flows.jsonl"
 MATRIX = ROOT / "examples" / "airflow" / "matrix.yaml"
 WORST_FIRST = ("expected_dropped", "unexpected_allowed", "unexpected_dropped", "expected_allowed")
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def replay_edges(*files: Path) -> dict[tuple[Any, ...], int]:

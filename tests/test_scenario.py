@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from auditor import scenario
+from auditor._proto.observer import observer_pb2
 from auditor.scenario import DEFAULT_START, ExpectedEdge, Scenario, airflow_scenario, synthetic_events
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -150,7 +151,6 @@ def test_replies_are_marked_both_ways(example: Scenario) -> None:
 
 
 def test_every_line_round_trips_through_the_protos(example: Scenario) -> None:
-    observer_pb2 = pytest.importorskip("auditor._proto.observer.observer_pb2")
     from google.protobuf import json_format
 
     lines = EXAMPLE.read_text().splitlines()
@@ -295,7 +295,6 @@ def test_synthetic_events_are_deterministic_and_realistic() -> None:
 
 
 def test_synthetic_events_round_trip_through_the_protos() -> None:
-    observer_pb2 = pytest.importorskip("auditor._proto.observer.observer_pb2")
     from google.protobuf import json_format
 
     for event in synthetic_events(300, distinct_pods=50):

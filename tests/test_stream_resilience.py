@@ -14,7 +14,7 @@ from typing import Any
 
 import grpc
 import pytest
-from test_daemon import MATRIX, free_port, http_status, scrape, value, wait_for
+from daemon_helpers import MATRIX, free_port, http_status, scrape, value, wait_for
 
 from auditor._proto.flow import flow_pb2
 from auditor._proto.observer import observer_pb2
