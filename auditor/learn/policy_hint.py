@@ -263,6 +263,9 @@ def _change_text(change: Mapping[str, Any]) -> str:
     return ", ".join(parts) + f" since earlier delivered connections of {change['component']}"
 
 
+_KINDS: Final = {"kubernetes": "NetworkPolicies", "cilium": "CiliumNetworkPolicies"}
+
+
 def _cause(advice: Mapping[str, Any], verdict: str) -> str:
     """The likely cause, in one sentence, from the evaluation and the label changes."""
     flavors = advice["flavors"]
@@ -273,17 +276,20 @@ def _cause(advice: Mapping[str, Any], verdict: str) -> str:
             f"{changes}: {in_force} that selects by the old labels no longer matches (restore them, or apply "
             "the generated policies)"
         )
-    if any(flavors[k]["admits"] for k in FLAVORS):
+    admitted = [k for k in FLAVORS if flavors[k]["admits"]]
+    refused = [k for k in FLAVORS if k not in admitted]
+    notes = "; ".join(n for k in refused for n in flavors[k]["notes"])
+    if admitted and refused:
+        return (
+            f"{in_force} lacks this allowance while the generated {_KINDS[admitted[0]]} admit these very "
+            f"pods (the generated {_KINDS[refused[0]]} do not" + (f": {notes})" if notes else ")")
+        )
+    if admitted:
         return (
             f"{in_force} lacks this allowance while the generated policies admit these very pods "
             "(`flow-auditor policies diff` shows what differs)"
         )
-    return "the generated policies do not admit it either: " + (
-        "; ".join(n for k in FLAVORS for n in flavors[k]["notes"]) or "see the notes of `policies generate`"
-    )
-
-
-_KINDS: Final = {"kubernetes": "NetworkPolicies", "cilium": "CiliumNetworkPolicies"}
+    return "the generated policies do not admit it either" + (f": {notes}" if notes else "")
 
 
 def advice_text(advice: Mapping[str, Any], matrix_file: str | None = None) -> str:
