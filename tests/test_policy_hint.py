@@ -267,3 +267,27 @@ def test_cluster_text_in_the_cause_is_escaped_in_every_format() -> None:
     assert "<script>x" not in html and "&lt;script&gt;x&lt;/script&gt;|*" in html
     markdown = render(report, "markdown")
     assert "<script>" not in markdown and "\\<script\\>x\\</script\\>\\|\\*" in markdown
+
+
+def test_per_namespace_rendering_equals_policies_generate_on_a_generated_cluster(tmp_path: Path) -> None:
+    """The advisor renders only the ends' namespaces: exactly `policies generate`'s objects there."""
+    from clusters import generate
+
+    from auditor.kube.policies import build
+    from auditor.learn.build import Options
+    from auditor.learn.run import learn_files, text_of
+    from auditor.scenario import write_jsonl
+
+    flows = tmp_path / "flows.jsonl"
+    write_jsonl(generate(3, workloads=80, connections=600).events, flows)
+    path = tmp_path / "learned.yaml"
+    path.write_text(text_of(learn_files([str(flows)], Options())))
+    matrix = load_matrix(path)
+    namespaces = sorted(matrix.scope_namespaces or ())
+    assert len(namespaces) >= 3
+    advisor = PolicyAdvisor(matrix)
+    for flavor in ("kubernetes", "cilium"):
+        objects = build(matrix, flavor).objects
+        for ns in namespaces:
+            mine = advisor.flavor(flavor).namespace(ns).objects
+            assert mine == [o for o in objects if o["metadata"]["namespace"] == ns]

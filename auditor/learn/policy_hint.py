@@ -18,8 +18,9 @@ allows it; the network dropped it, or would under enforcement: ``AUDIT``) and a 
   ones no longer matches), policies in force that differ from the generated ones, or what the generated
   policies cannot express.
 
-Cost: the policies of both flavors are generated and compiled once per matrix, on first use; one advice is
-two static evaluations. Memory: :class:`LabelHistory` keeps the first few label sets (four) per
+Cost: only the objects of the two ends' namespaces are rendered (once per namespace and matrix) and
+compiled (once per pair of namespaces); one advice is two static evaluations.
+Memory: :class:`LabelHistory` keeps the first few label sets (four) per
 (component, namespace), for at most ``max_entries`` keys. Error policy: none raised for a valid matrix and
 judgement; callers on the daemon's pipeline thread guard the call anyway.
 """
@@ -27,24 +28,25 @@ judgement; callers on the daemon's pipeline thread guard the call anyway.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Final
 
 from auditor.classify import Judgement
 from auditor.kube.cluster import Cluster, compile_cluster
 from auditor.kube.flavors import CiliumRenderer, KubernetesRenderer, Renderer
 from auditor.kube.model import NAMESPACE_NAME_LABEL, External, Node, Pod, Reserved, Subject
-from auditor.kube.policies import FLAVORS, Flavor, build
+from auditor.kube.policies import FLAVORS, Flavor, _Names, _placement
 from auditor.learn.labels import VOLATILE_KEYS, VOLATILE_PREFIXES
 from auditor.matrix import Matrix, Rule, endpoint_labels
 from auditor.model import Endpoint
 
-COMPONENT_ANNOTATION: Final = "flow-auditor.io/component"
 NS_LABEL_PREFIX: Final = "io.cilium.k8s.namespace.labels."
 SERVICE_ACCOUNT_KEY: Final = "io.cilium.k8s.policy.serviceaccount"
 MAX_LABEL_CHANGES: Final = 8  # per end and kind (pod labels, namespace labels)
 MAX_TEXT: Final = 120  # characters of a cluster-supplied value in a cause sentence
 DEFAULT_MAX_HISTORY: Final = 10_000
 DEFAULT_PER_KEY: Final = 4
+MAX_CLUSTERS: Final = 256  # compiled pairs of namespaces per flavor
 
 
 # --------------------------------------------------------------------------------------------------
@@ -61,10 +63,18 @@ class LabelHistory:
         self.labels: dict[tuple[str, str], list[tuple[str, ...]]] = {}
 
     def on_delivered(self, j: Judgement) -> None:
-        """Remember both ends of a delivered connection (cheap once known: a lookup and a few compares)."""
-        for name, ep in ((j.edge[0], j.source), (j.edge[1], j.destination)):
-            if ep.namespace:
-                self._add((name, ep.namespace), ep.labels)
+        """Remember both ends of a delivered connection (cheap once known: a lookup and a length check)."""
+        edge, flow = j.edge, j.flow
+        source, destination = (flow.destination, flow.source) if j.reply else (flow.source, flow.destination)
+        labels = self.labels
+        if source.namespace:
+            seen = labels.get((edge[0], source.namespace))
+            if seen is None or (len(seen) < self.per_key and source.labels not in seen):
+                self._add((edge[0], source.namespace), source.labels)
+        if destination.namespace:
+            seen = labels.get((edge[1], destination.namespace))
+            if seen is None or (len(seen) < self.per_key and destination.labels not in seen):
+                self._add((edge[1], destination.namespace), destination.labels)
 
     def _add(self, key: tuple[str, str], labels: tuple[str, ...]) -> None:
         seen = self.labels.get(key)
@@ -163,22 +173,59 @@ def subject(ep: Endpoint, ip: str, names: tuple[str, ...]) -> Subject:
 
 
 class _Flavor:
-    """One flavor's generated policies for a matrix: objects by (component, namespace), the compiled
-    cluster, the renderer (to write one rule's entries) and the notes."""
+    """One flavor's generated policies for a matrix, rendered per namespace on demand: exactly the objects
+    (names included) that ``policies generate`` writes in that namespace, since both come from the same
+    renderer and per-namespace naming; compiled per pair of namespaces (policies are namespaced, so those of
+    the two ends' namespaces decide a connection). Caches are bounded by the scope's namespaces and
+    ``MAX_CLUSTERS``."""
 
     def __init__(self, matrix: Matrix, flavor: Flavor) -> None:
-        generation = build(matrix, flavor)
-        self.notes = generation.notes
-        self.objects: dict[tuple[str, str], dict[str, Any]] = {}
-        for obj in generation.objects:
-            meta = obj["metadata"]
-            component = meta["annotations"].get(COMPONENT_ANNOTATION)
-            if component is not None:
-                self.objects[(component, meta["namespace"])] = obj
-        self.cluster: Cluster = compile_cluster(generation.objects)
+        self.matrix = matrix
+        self.scope = frozenset(matrix.scope_namespaces or ())
         self.renderer: Renderer = (
             KubernetesRenderer(matrix, ()) if flavor == "kubernetes" else CiliumRenderer(matrix)
         )
+        self._namespaces: dict[str, _Namespace] = {}
+        self._clusters: dict[tuple[str, str], Cluster] = {}
+
+    def namespace(self, ns: str) -> _Namespace:
+        if ns not in self.scope:
+            return _EMPTY
+        cached = self._namespaces.get(ns)
+        if cached is None:
+            names = _Names()
+            matrix, renderer = self.matrix, self.renderer
+            out = _Namespace(
+                [renderer.default_deny(names.take(ns, f"{matrix.name}-default-deny"), ns)], {}, []
+            )
+            for comp in matrix.components:
+                if ns in _placement(comp, self.scope):
+                    obj, notes = renderer.component(comp, names.take(ns, f"{matrix.name}-{comp.name}"), ns)
+                    out.objects.append(obj)
+                    out.by_component[comp.name] = obj
+                    out.notes.extend(n for n in notes if n not in out.notes)
+            cached = self._namespaces[ns] = out
+        return cached
+
+    def cluster(self, a: str, b: str) -> Cluster:
+        key = (a, b) if a <= b else (b, a)
+        cluster = self._clusters.get(key)
+        if cluster is None:
+            objects = self.namespace(key[0]).objects + (self.namespace(key[1]).objects if b != a else [])
+            if len(self._clusters) >= MAX_CLUSTERS:
+                self._clusters.clear()
+            cluster = self._clusters[key] = compile_cluster(objects)
+        return cluster
+
+
+@dataclass
+class _Namespace:
+    objects: list[dict[str, Any]]
+    by_component: dict[str, dict[str, Any]]
+    notes: list[str]
+
+
+_EMPTY: Final = _Namespace([], {}, [])
 
 
 class PolicyAdvisor:
@@ -217,10 +264,12 @@ class PolicyAdvisor:
                 )
                 if entry is not None
             ]
+            a, b = j.source.namespace, j.destination.namespace
+            notes = f.namespace(a).notes + [n for n in f.namespace(b).notes if b != a]
             flavors[flavor] = {
-                "admits": f.cluster.allows(src, dst, protocol, 0 if port is None else port),
+                "admits": f.cluster(a, b).allows(src, dst, protocol, 0 if port is None else port),
                 "apply": apply,
-                "notes": [n for n in f.notes if n.startswith(f"rule {rule.index}:")],
+                "notes": list(dict.fromkeys(n for n in notes if n.startswith(f"rule {rule.index}:"))),
             }
         advice = {"rule": rule.index, "flavors": flavors, "label_changes": changes or []}
         advice["cause"] = _cause(advice, j.verdict)
@@ -229,7 +278,7 @@ class PolicyAdvisor:
     def _object(
         self, f: _Flavor, rule: Rule, name: str, ep: Endpoint, *, egress: bool
     ) -> dict[str, Any] | None:
-        obj = f.objects.get((name, ep.namespace)) if ep.namespace else None
+        obj = f.namespace(ep.namespace).by_component.get(name) if ep.namespace else None
         if obj is None:
             return None
         peers = [self._by_name[n] for n in (rule.destinations if egress else rule.sources)]

@@ -126,7 +126,7 @@ class ReportSink:
             stats.last = t
         if edge[4] == UNEXPECTED_ALLOWED and edge is j.edge:
             self._sample_violation(edge, j)
-        if j.new_connection and edge is j.edge:
+        if j.new_connection and edge is j.edge and edge[4] != UNEXPECTED_DROPPED:
             self._sample_policy(edge, j)
         if not j.new_connection:
             return
