@@ -169,6 +169,7 @@ def test_what_a_flavor_cannot_express_is_named(tmp_path: Path) -> None:
     assert advice is not None
     k8s, cilium = advice["flavors"]["kubernetes"], advice["flavors"]["cilium"]
     assert k8s["admits"] is False and cilium["admits"] is True
+    assert k8s["apply"] == []  # the api's NetworkPolicy exists but cannot carry this rule
     assert k8s["notes"] == [
         "rule 1: nodes: entity remote-node cannot be selected by a NetworkPolicy (not allowed)"
     ]
@@ -180,7 +181,11 @@ def test_what_a_flavor_cannot_express_is_named(tmp_path: Path) -> None:
         "pods (the generated NetworkPolicies do not: rule 1: nodes: entity remote-node cannot be selected by "
         "a NetworkPolicy (not allowed))"
     )
-    assert "; the CiliumNetworkPolicies admit these pods, the NetworkPolicies do not; " in advice_text(advice)
+    assert advice_text(advice, "m.yaml").startswith(
+        "matrix rule 1: apply no NetworkPolicies from `flow-auditor policies generate --matrix m.yaml`, or "
+        "CiliumNetworkPolicy app/app-api (ingress) with `--flavor cilium`; the CiliumNetworkPolicies admit "
+        "these pods, the NetworkPolicies do not; likely cause: "
+    )
 
 
 def dropped(source: Endpoint, port: int) -> Any:

@@ -283,6 +283,8 @@ class PolicyAdvisor:
             return None
         peers = [self._by_name[n] for n in (rule.destinations if egress else rule.sources)]
         entries = f.renderer.rules(rule, peers, egress=egress, notes=[])
+        if not entries:
+            return None  # the flavor cannot express the rule here: applying the object would not help
         meta = obj["metadata"]
         return {
             "kind": obj["kind"],
