@@ -296,3 +296,27 @@ def test_per_namespace_rendering_equals_policies_generate_on_a_generated_cluster
         for ns in namespaces:
             mine = advisor.flavor(flavor).namespace(ns).objects
             assert mine == [o for o in objects if o["metadata"]["namespace"] == ns]
+
+
+def test_label_changes_compare_with_connections_delivered_before_the_drop_only() -> None:
+    labelled = pod(
+        "monitoring", "prometheus-0", 3001, *PROM, "io.cilium.k8s.namespace.labels.name=monitoring"
+    )
+    unlabelled = pod("monitoring", "prometheus-0", 3001, *PROM)
+
+    def report_of(first: Any, then: Any) -> dict[str, Any]:
+        sink = ReportSink(MATRIX)
+        auditor = Auditor(MATRIX)
+        for f in (first, then):
+            j = auditor.process(f)
+            assert isinstance(j, Judgement)
+            sink.on_judgement(j)
+        (edge,) = [e for e in sink.report()["edges"] if e["policy_change"]]
+        change: dict[str, Any] = edge["policy_change"]
+        return change
+
+    delivered = flow(source=labelled, destination=WEB, destination_port=8080)
+    after = report_of(dropped(unlabelled, 40001), delivered)
+    assert after["label_changes"] == [] and after["cause"].startswith("a policy in force lacks")
+    before = report_of(delivered, dropped(unlabelled, 40001))
+    assert before["label_changes"][0]["namespace_labels"] == {"name": ["monitoring", None]}
