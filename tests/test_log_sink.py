@@ -396,3 +396,49 @@ def test_the_daemon_hands_its_matrix_and_reloads_to_the_log(tmp_path: Path) -> N
     assert "NetworkPolicy airflow/airflow-v2-postgresql (ingress)" in str(
         dropped_scrape(40003)[0]["policy_change"]
     )
+
+
+def test_the_live_daemon_logs_both_hints_for_the_airflow_stream() -> None:
+    """End to end: the embedded Hubble server streams the Airflow example over loopback gRPC; the
+    daemon's violation lines carry the suggestion and the policy changes (the lost namespace label)."""
+    import time
+
+    from auditor.daemon import Daemon, DaemonConfig
+    from auditor.demo import FlowLog, HubbleServer, load_jsonl
+    from auditor.sources.hubble import HubbleConfig
+
+    flows = FlowLog()
+    flows.extend(load_jsonl(MATRIX_FILE.parent / "flows.jsonl"))
+    server = HubbleServer(flows)
+    server.start()
+    config = DaemonConfig(
+        matrix=str(MATRIX_FILE),
+        hubble=HubbleConfig(server=server.address, since=0.0, timeout=2.0),
+        listen_address="127.0.0.1:0",
+    )
+    try:
+        with capture_logs() as logs:
+            daemon = Daemon(config)
+            daemon.start()
+            try:
+                deadline = time.monotonic() + 20
+
+                def lines() -> dict[tuple[object, object, object], dict[str, object]]:
+                    return {
+                        (e["source"], e["destination"], e["port"]): e
+                        for e in logs
+                        if e["event"] == "violation"
+                    }
+
+                while time.monotonic() < deadline and len(lines()) < 5:
+                    time.sleep(0.05)
+            finally:
+                daemon.stop()
+    finally:
+        server.stop(0)
+    seen = lines()
+    assert seen[("ns:default", "redis", 6379)]["suggestion"] == DEBUG_SUGGESTION
+    scrape = str(seen[("prometheus", "postgresql", 9187)]["policy_change"])
+    assert "apply NetworkPolicy airflow/airflow-postgresql (ingress) from " in scrape
+    assert "namespace monitoring lost label name=monitoring since earlier delivered" in scrape
+    assert "policy under audit lacks" in str(seen[("triggerer", "postgresql", 5432)]["policy_change"])
