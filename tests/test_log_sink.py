@@ -325,9 +325,11 @@ def test_an_expected_dropped_line_names_the_generated_policy_and_the_lost_namesp
     assert [entry["class"] for entry in logs] == ["expected_dropped"]
     text = logs[0]["policy_change"]
     assert text.startswith(
-        "matrix rule 12: apply NetworkPolicy airflow/airflow-postgresql (ingress) from "
+        "matrix rule 12: apply NetworkPolicy airflow/airflow-postgresql (ingress from prometheus on "
+        "9187/TCP) from "
         "`flow-auditor policies generate --matrix matrix.yaml`, or CiliumNetworkPolicy "
-        "airflow/airflow-postgresql (ingress) with `--flavor cilium`; both admit these pods; "
+        "airflow/airflow-postgresql (ingress from prometheus on 9187/TCP) with `--flavor cilium`; both admit "
+        "these pods; "
     )
     assert "likely cause: namespace monitoring lost label name=monitoring since earlier delivered " in text
     assert "suggestion" not in logs[0]
@@ -380,7 +382,9 @@ def test_the_daemon_hands_its_matrix_and_reloads_to_the_log(tmp_path: Path) -> N
     assert debug_to_redis(40000)[0]["suggestion"] == DEBUG_SUGGESTION
     line = dropped_scrape(40001)[0]
     assert f"from `flow-auditor policies generate --matrix {path}`" in str(line["policy_change"])
-    assert "NetworkPolicy airflow/airflow-postgresql (ingress)" in str(line["policy_change"])
+    assert "NetworkPolicy airflow/airflow-postgresql (ingress from prometheus on 9187/TCP)" in str(
+        line["policy_change"]
+    )
     # Reload: another matrix name (so other policy names), and the debug shell is a component.
     path.write_text(
         MATRIX_FILE.read_text()
@@ -393,7 +397,7 @@ def test_the_daemon_hands_its_matrix_and_reloads_to_the_log(tmp_path: Path) -> N
         debug_to_redis(40002)[0]["suggestion"]
         == 'add rule {from: debug-shell, to: redis, ports: ["6379/TCP"]}'
     )
-    assert "NetworkPolicy airflow/airflow-v2-postgresql (ingress)" in str(
+    assert "NetworkPolicy airflow/airflow-v2-postgresql (ingress from prometheus" in str(
         dropped_scrape(40003)[0]["policy_change"]
     )
 
@@ -439,6 +443,8 @@ def test_the_live_daemon_logs_both_hints_for_the_airflow_stream() -> None:
     seen = lines()
     assert seen[("ns:default", "redis", 6379)]["suggestion"] == DEBUG_SUGGESTION
     scrape = str(seen[("prometheus", "postgresql", 9187)]["policy_change"])
-    assert "apply NetworkPolicy airflow/airflow-postgresql (ingress) from " in scrape
+    assert (
+        "apply NetworkPolicy airflow/airflow-postgresql (ingress from prometheus on 9187/TCP) from " in scrape
+    )
     assert "namespace monitoring lost label name=monitoring since earlier delivered" in scrape
     assert "policy under audit lacks" in str(seen[("triggerer", "postgresql", 5432)]["policy_change"])

@@ -183,7 +183,8 @@ def test_what_a_flavor_cannot_express_is_named(tmp_path: Path) -> None:
     )
     assert advice_text(advice, "m.yaml").startswith(
         "matrix rule 1: apply no NetworkPolicies from `flow-auditor policies generate --matrix m.yaml`, or "
-        "CiliumNetworkPolicy app/app-api (ingress) with `--flavor cilium`; the CiliumNetworkPolicies admit "
+        "CiliumNetworkPolicy app/app-api (ingress from nodes on 8080/TCP) with `--flavor cilium`; the "
+        "CiliumNetworkPolicies admit "
         "these pods, the NetworkPolicies do not; likely cause: "
     )
 

@@ -8,7 +8,8 @@ allows it; the network dropped it, or would under enforcement: ``AUDIT``) and a 
 - ``rule``: the matrix rule that allows the edge;
 - ``flavors``: per flavor (``kubernetes``, ``cilium``) the generated objects that implement that rule for
   these two ends — ``kind``, ``namespace``, ``name``, ``direction`` (``egress`` on the source's policy,
-  ``ingress`` on the destination's) and the rule ``entries`` exactly as ``policies generate`` writes them
+  ``ingress`` on the destination's), the rule's ``peers`` and ``ports`` as the matrix names them, and the
+  rule ``entries`` exactly as ``policies generate`` writes them
   — whether the generated policies, evaluated statically (:mod:`auditor.kube.cluster`) for *the observed
   endpoints* (their pod and namespace labels as Hubble reported them), ``admit`` the connection, and the
   generation notes of that rule (what the flavor cannot express);
@@ -291,6 +292,8 @@ class PolicyAdvisor:
             "namespace": meta["namespace"],
             "name": meta["name"],
             "direction": "egress" if egress else "ingress",
+            "peers": list(rule.destinations if egress else rule.sources),
+            "ports": rule.port_strings(),
             "entries": entries,
         }
 
@@ -343,16 +346,21 @@ def _cause(advice: Mapping[str, Any], verdict: str) -> str:
     return "the generated policies do not admit it either" + (f": {notes}" if notes else "")
 
 
+def _object_text(o: Mapping[str, Any]) -> str:
+    """``NetworkPolicy airflow/airflow-postgresql (ingress from prometheus on 9187/TCP)``."""
+    way = "to" if o["direction"] == "egress" else "from"
+    return (
+        f"{o['kind']} {o['namespace']}/{o['name']} ({o['direction']} {way} {','.join(o['peers'])} "
+        f"on {', '.join(o['ports'])})"
+    )
+
+
 def advice_text(advice: Mapping[str, Any], matrix_file: str | None = None) -> str:
     """One line: which generated objects to apply (both flavors), whether they admit the observed pods,
     and the likely cause."""
     flavors = advice["flavors"]
     objects = {
-        k: ", ".join(
-            f"{o['kind']} {o['namespace']}/{o['name']} ({o['direction']})" for o in flavors[k]["apply"]
-        )
-        or f"no {_KINDS[k]}"
-        for k in FLAVORS
+        k: ", ".join(_object_text(o) for o in flavors[k]["apply"]) or f"no {_KINDS[k]}" for k in FLAVORS
     }
     admitted = [k for k in FLAVORS if flavors[k]["admits"]]
     if len(admitted) == len(FLAVORS):
