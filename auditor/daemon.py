@@ -91,7 +91,7 @@ class Daemon:
         self._in_use_digest = self._matrix_digest
         self.registry = registry or CollectorRegistry()
         self.metrics = MetricsSink(self.matrix, self.registry)
-        self.log_sink = LogSink(config.violation_log_interval)
+        self.log_sink = LogSink(config.violation_log_interval, matrix=self.matrix, matrix_file=config.matrix)
         self.live = LiveSink(self.matrix)
         self.live.matrix_loaded(self._matrix_digest, True)
         sinks: list[Sink] = [self.metrics, self.log_sink, self.live]

@@ -115,6 +115,7 @@ def _provisional_cells(p: dict[str, Any]) -> list[str]:
 
 
 def _hint_lines(report: dict[str, Any]) -> list[str]:
+    from auditor.learn.policy_hint import advice_text
     from auditor.learn.suggest import suggestion_text
 
     hints = [
@@ -122,11 +123,26 @@ def _hint_lines(report: dict[str, Any]) -> list[str]:
         for e in report["edges"]
         if e.get("hint")
     ]
-    return hints + [
-        f"to allow {e['source']} → {e['destination']} {_port(e)}: {suggestion_text(e['suggestion'])}"
-        for e in report["edges"]
-        if e.get("suggestion")
-    ]
+    return (
+        hints
+        + [
+            f"to allow {e['source']} → {e['destination']} {_port(e)}: {suggestion_text(e['suggestion'])}"
+            for e in report["edges"]
+            if e.get("suggestion")
+        ]
+        + [
+            f"to let {e['source']} → {e['destination']} {_port(e)} through: "
+            + advice_text(e["policy_change"], _matrix_file(report))
+            for e in report["edges"]
+            if e.get("policy_change")
+        ]
+    )
+
+
+def _matrix_file(report: dict[str, Any]) -> str | None:
+    inputs = report.get("inputs") or {}
+    file = inputs.get("matrix_file")
+    return file if isinstance(file, str) else None
 
 
 _PROVISIONAL_TITLE: Final = (

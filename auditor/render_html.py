@@ -35,6 +35,7 @@ from auditor.classify import (
     UNEXPECTED_DROPPED,
     VIOLATIONS,
 )
+from auditor.learn.policy_hint import advice_text
 from auditor.learn.suggest import suggestion_text
 
 # Worst first: the class a grid cell shows when a pair has edges of several classes.
@@ -130,7 +131,7 @@ def render_html(report: dict[str, Any]) -> str:
         *_header(report),
         *_top_violations(edges, anchors),
         *_grid(report, anchors),
-        *_edge_tables(edges, anchors),
+        *_edge_tables(edges, anchors, (report.get("inputs") or {}).get("matrix_file")),
         *_provisional(report),
         *_unused(report),
         *_invalid(report),
@@ -275,7 +276,9 @@ def _order(components: list[str], names: Iterable[str]) -> list[str]:
     return [c for c in components if c in seen] + sorted(seen - set(components))
 
 
-def _edge_tables(edges: list[dict[str, Any]], anchors: dict[int, str]) -> list[str]:
+def _edge_tables(
+    edges: list[dict[str, Any]], anchors: dict[int, str], matrix_file: str | None = None
+) -> list[str]:
     out: list[str] = []
     head = (
         "<tr><th>source</th><th>destination</th><th>port</th><th>connections</th><th>verdicts</th>"
@@ -298,6 +301,8 @@ def _edge_tables(edges: list[dict[str, Any]], anchors: dict[int, str]) -> list[s
             notes = [e["hint"]] if e.get("hint") else []
             if e.get("suggestion"):
                 notes.append("to allow it: " + suggestion_text(e["suggestion"]))
+            if e.get("policy_change"):
+                notes.append("to let it through: " + advice_text(e["policy_change"], matrix_file))
             if notes:
                 examples += "".join(f"<br><span class='note'>{esc(n)}</span>" for n in notes)
             out.append(

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from factory import DEBUG, REDIS, flow, pod
+from factory import DEBUG, POSTGRES, REDIS, flow, pod
 from structlog.testing import capture_logs
 
 from auditor.classify import Auditor, Judgement
@@ -14,7 +14,8 @@ from auditor.matrix import load_matrix
 from auditor.model import EventType, Verdict
 from auditor.sinks.log import LogSink, drop_empty
 
-MATRIX = load_matrix(Path(__file__).parent.parent / "examples" / "airflow" / "matrix.yaml")
+MATRIX_FILE = Path(__file__).parent.parent / "examples" / "airflow" / "matrix.yaml"
+MATRIX = load_matrix(MATRIX_FILE)
 
 
 class Clock:
@@ -211,3 +212,239 @@ def test_the_daemon_log_format_leaves_empty_fields_out(capsys: pytest.CaptureFix
         "kept": "v",
         "level": "warning",
     }
+
+
+# -- suggestions on violation lines (issue 10 item 3) ------------------------------------------------
+
+PROM_LABELS = ("app.kubernetes.io/name=prometheus",)
+PROMETHEUS = pod("monitoring", "prometheus-0", 3001, *PROM_LABELS)
+# The same pod once its namespace carries a `name` label (what a hand-written policy may select on).
+PROMETHEUS_LABELLED = pod(
+    "monitoring", "prometheus-0", 3002, *PROM_LABELS, "io.cilium.k8s.namespace.labels.name=monitoring"
+)
+WEBSERVER = pod("airflow", "airflow-webserver-1", 1005, "tier=airflow", "component=webserver")
+DEBUG_SUGGESTION = (
+    "add component debug-shell: {namespace: default, labels: {run: debug-shell}}; "
+    'rule {from: debug-shell, to: redis, ports: ["6379/TCP"]}'
+)
+
+
+def judged(auditor: Auditor, **overrides: object) -> Judgement:
+    result = auditor.process(flow(**overrides))
+    assert isinstance(result, Judgement)
+    return result
+
+
+def scrape_dropped(auditor: Auditor, port: int, source: object = PROMETHEUS) -> Judgement:
+    return judged(
+        auditor,
+        source=source,
+        destination=POSTGRES,
+        destination_port=9187,
+        source_port=port,
+        verdict=Verdict.DROPPED,
+        event_type=EventType.DROP,
+        drop_reason="POLICY_DENIED",
+    )
+
+
+def test_an_unexpected_allowed_line_carries_the_rule_that_would_allow_it() -> None:
+    sink = LogSink(interval=300, clock=Clock(), matrix=MATRIX)
+    auditor = Auditor(MATRIX)
+    with capture_logs() as logs:
+        sink.on_judgement(judgement(auditor, 40000))
+    assert logs[0]["suggestion"] == DEBUG_SUGGESTION
+    assert "policy_change" not in logs[0]
+
+
+def test_suggestions_are_computed_only_for_lines_actually_written(monkeypatch: pytest.MonkeyPatch) -> None:
+    import auditor.sinks.log as log_module
+
+    calls: list[int] = []
+    real = log_module.suggestions
+
+    def counting(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(log_module, "suggestions", counting)
+    sink = LogSink(interval=300, clock=Clock(), matrix=MATRIX, rate=0.0, burst=3)
+    auditor = Auditor(MATRIX)
+    with capture_logs() as logs:
+        for j in churn(auditor, 50):  # 50 new edges, 3 lines allowed
+            sink.on_judgement(j)
+    assert len(logs) == 3 and sink.suppressed == 47
+    assert all(entry["suggestion"].startswith("add component shell") for entry in logs)
+    assert len(calls) == 3
+
+
+def test_a_failing_suggestion_becomes_a_field_never_an_exception(monkeypatch: pytest.MonkeyPatch) -> None:
+    import auditor.sinks.log as log_module
+
+    def broken(*args: object, **kwargs: object) -> object:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(log_module, "suggestions", broken)
+    sink = LogSink(interval=300, clock=Clock(), matrix=MATRIX)
+    auditor = Auditor(MATRIX)
+    with capture_logs() as logs:
+        sink.on_judgement(judgement(auditor, 40000))
+    assert logs[0]["event"] == "violation" and logs[0]["suggestion_error"] == "RuntimeError: boom"
+
+
+def test_suggestions_follow_a_matrix_reload_through_the_pipeline(tmp_path: Path) -> None:
+    from auditor.pipeline import Pipeline
+
+    sink = LogSink(interval=0, clock=Clock(), matrix=MATRIX)
+    pipeline = Pipeline(Auditor(MATRIX), [sink])
+    with capture_logs() as logs:
+        pipeline.feed(flow(source=DEBUG, destination=REDIS, destination_port=6379, source_port=40000))
+        # The reloaded matrix names the debug shell (but still allows it nothing): only the rule is missing.
+        text = MATRIX_FILE.read_text().replace(
+            "  kubelet:", "  debug-shell: {namespace: default, labels: {run: debug-shell}}\n  kubelet:"
+        )
+        path = tmp_path / "matrix.yaml"
+        path.write_text(text)
+        pipeline.set_matrix(load_matrix(path))
+        pipeline.feed(flow(source=DEBUG, destination=REDIS, destination_port=6379, source_port=40001))
+    assert [entry["source"] for entry in logs] == ["ns:default", "debug-shell"]
+    assert logs[0]["suggestion"] == DEBUG_SUGGESTION
+    assert logs[1]["suggestion"] == 'add rule {from: debug-shell, to: redis, ports: ["6379/TCP"]}'
+
+
+def test_an_expected_dropped_line_names_the_generated_policy_and_the_lost_namespace_label() -> None:
+    sink = LogSink(interval=300, clock=Clock(), matrix=MATRIX, matrix_file="matrix.yaml")
+    auditor = Auditor(MATRIX)
+    with capture_logs() as logs:
+        # Prometheus scrapes the webserver while its namespace still has the label ...
+        sink.on_judgement(
+            judged(auditor, source=PROMETHEUS_LABELLED, destination=WEBSERVER, destination_port=8080)
+        )
+        # ... then its namespace loses it and the PostgreSQL exporter scrape is dropped.
+        sink.on_judgement(scrape_dropped(auditor, 40001))
+    assert [entry["class"] for entry in logs] == ["expected_dropped"]
+    text = logs[0]["policy_change"]
+    assert text.startswith(
+        "matrix rule 12: apply NetworkPolicy airflow/airflow-postgresql (ingress from prometheus on "
+        "9187/TCP) from "
+        "`flow-auditor policies generate --matrix matrix.yaml`, or CiliumNetworkPolicy "
+        "airflow/airflow-postgresql (ingress from prometheus on 9187/TCP) with `--flavor cilium`; both admit "
+        "these pods; "
+    )
+    assert "likely cause: namespace monitoring lost label name=monitoring since earlier delivered " in text
+    assert "suggestion" not in logs[0]
+
+
+def test_without_label_history_the_cause_is_the_policy_in_force() -> None:
+    sink = LogSink(interval=300, clock=Clock(), matrix=MATRIX)
+    with capture_logs() as logs:
+        sink.on_judgement(scrape_dropped(Auditor(MATRIX), 40001))
+    assert "--matrix MATRIX`" in logs[0]["policy_change"]
+    assert logs[0]["policy_change"].endswith(
+        "likely cause: a policy in force lacks this allowance while the generated policies admit these very "
+        "pods (`flow-auditor policies diff` shows what differs)"
+    )
+
+
+def test_the_daemon_hands_its_matrix_and_reloads_to_the_log(tmp_path: Path) -> None:
+    from auditor.daemon import Daemon, DaemonConfig
+    from auditor.sources.hubble import HubbleConfig
+
+    path = tmp_path / "matrix.yaml"
+    path.write_text(MATRIX_FILE.read_text())
+    config = DaemonConfig(
+        matrix=str(path), hubble=HubbleConfig(server="127.0.0.1:1"), listen_address="127.0.0.1:0"
+    )
+    daemon = Daemon(config)  # not started: its pipeline is fed directly
+
+    def debug_to_redis(port: int) -> list[dict[str, object]]:
+        with capture_logs() as logs:
+            daemon.pipeline.feed(
+                flow(source=DEBUG, destination=REDIS, destination_port=6379, source_port=port)
+            )
+        return [entry for entry in logs if entry["event"] == "violation"]
+
+    def dropped_scrape(port: int) -> list[dict[str, object]]:
+        with capture_logs() as logs:
+            daemon.pipeline.feed(
+                flow(
+                    source=PROMETHEUS,
+                    destination=POSTGRES,
+                    destination_port=9187,
+                    source_port=port,
+                    verdict=Verdict.DROPPED,
+                    event_type=EventType.DROP,
+                    drop_reason="POLICY_DENIED",
+                )
+            )
+        return [entry for entry in logs if entry["event"] == "violation"]
+
+    assert debug_to_redis(40000)[0]["suggestion"] == DEBUG_SUGGESTION
+    line = dropped_scrape(40001)[0]
+    assert f"from `flow-auditor policies generate --matrix {path}`" in str(line["policy_change"])
+    assert "NetworkPolicy airflow/airflow-postgresql (ingress from prometheus on 9187/TCP)" in str(
+        line["policy_change"]
+    )
+    # Reload: another matrix name (so other policy names), and the debug shell is a component.
+    path.write_text(
+        MATRIX_FILE.read_text()
+        .replace("  name: airflow\n", "  name: airflow-v2\n")
+        .replace("  kubelet:", "  debug-shell: {namespace: default, labels: {run: debug-shell}}\n  kubelet:")
+    )
+    assert daemon.check_reload() is True
+    daemon.log_sink.interval = 0  # a line per connection, to see the new suggestion at once
+    assert (
+        debug_to_redis(40002)[0]["suggestion"]
+        == 'add rule {from: debug-shell, to: redis, ports: ["6379/TCP"]}'
+    )
+    assert "NetworkPolicy airflow/airflow-v2-postgresql (ingress from prometheus" in str(
+        dropped_scrape(40003)[0]["policy_change"]
+    )
+
+
+def test_the_live_daemon_logs_both_hints_for_the_airflow_stream() -> None:
+    """End to end: the embedded Hubble server streams the Airflow example over loopback gRPC; the
+    daemon's violation lines carry the suggestion and the policy changes (the lost namespace label)."""
+    import time
+
+    from auditor.daemon import Daemon, DaemonConfig
+    from auditor.demo import FlowLog, HubbleServer, load_jsonl
+    from auditor.sources.hubble import HubbleConfig
+
+    flows = FlowLog()
+    flows.extend(load_jsonl(MATRIX_FILE.parent / "flows.jsonl"))
+    server = HubbleServer(flows)
+    server.start()
+    config = DaemonConfig(
+        matrix=str(MATRIX_FILE),
+        hubble=HubbleConfig(server=server.address, since=0.0, timeout=2.0),
+        listen_address="127.0.0.1:0",
+    )
+    try:
+        with capture_logs() as logs:
+            daemon = Daemon(config)
+            daemon.start()
+            try:
+                deadline = time.monotonic() + 20
+
+                def lines() -> dict[tuple[object, object, object], dict[str, object]]:
+                    return {
+                        (e["source"], e["destination"], e["port"]): e
+                        for e in logs
+                        if e["event"] == "violation"
+                    }
+
+                while time.monotonic() < deadline and len(lines()) < 5:
+                    time.sleep(0.05)
+            finally:
+                daemon.stop()
+    finally:
+        server.stop(0)
+    seen = lines()
+    assert seen[("ns:default", "redis", 6379)]["suggestion"] == DEBUG_SUGGESTION
+    scrape = str(seen[("prometheus", "postgresql", 9187)]["policy_change"])
+    assert (
+        "apply NetworkPolicy airflow/airflow-postgresql (ingress from prometheus on 9187/TCP) from " in scrape
+    )
+    assert "namespace monitoring lost label name=monitoring since earlier delivered" in scrape
+    assert "policy under audit lacks" in str(seen[("triggerer", "postgresql", 5432)]["policy_change"])

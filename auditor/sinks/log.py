@@ -5,7 +5,16 @@ lost-event and node-status records, undecodable events; stream state changes (:m
 :meth:`LogSink.stream_down`, :meth:`LogSink.stream_retry`). Output: log lines:
 
 - ``violation`` — the first connection of a violation edge, then at most one line per edge per ``interval``
-  carrying the number of connections since the previous line;
+  carrying the number of connections since the previous line; with the matrix (constructor or
+  :meth:`LogSink.set_matrix`, which follows hot reloads), a line of an ``unexpected_allowed`` edge carries
+  ``suggestion`` (the rule, and the components the matrix lacks, that would allow it:
+  :mod:`auditor.learn.suggest`, the code of replay's report) and a line of an ``expected_dropped`` edge
+  ``policy_change`` (the generated NetworkPolicy/CiliumNetworkPolicy objects that implement the allowing
+  rule, whether they admit these pods, and the likely cause: :mod:`auditor.learn.policy_hint`). Both are
+  computed only for a line actually written (after the rate limit; the policies of a matrix are generated
+  on the first ``expected_dropped`` line), at most ``MAX_HINT_CHARS`` long; suggestions are cached per edge
+  and pair of label sets (at most ``max_edges`` entries, then emptied); a failure becomes a
+  ``suggestion_error`` field, never an exception;
 - ``lost events``, ``hubble node status``, ``undecodable event skipped`` (the first, then every 1000th);
 - ``summary`` — every ``summary_interval`` seconds: flows received and flows/s, active violation edges,
   stream state, lines suppressed by the rate limit;
@@ -17,8 +26,10 @@ token from one global bucket (``burst`` lines, refilled at ``rate`` lines/s): pa
 counted, and the count appears in the next summary. Churn (new pods, new namespaces, so new edges) can
 therefore never write more than ``burst + rate x t`` lines. The per-edge table holds at most ``max_edges``
 edges (emptied when full; edges are made of component, entity and namespace names, so an entry is small),
-as does the set of active edges of the current summary period. Empty fields (``None``, ``""``, empty
-collections) are left out of every line (:func:`drop_empty`, also a structlog processor for the daemon).
+as does the set of active edges of the current summary period, the suggestion cache, and the label
+history behind ``policy_change`` (labels of delivered connections per component and namespace). Empty
+fields (``None``, ``""``, empty collections) are left out of every line (:func:`drop_empty`, also a
+structlog processor for the daemon).
 
 Threading: the data-path methods run on the pipeline thread (single writer); the stream methods on the
 source's thread; the summary on the sink's own thread (:meth:`LogSink.start`), which reads counters that
@@ -34,7 +45,18 @@ from typing import Any, Final
 
 import structlog
 
-from auditor.classify import VIOLATIONS, Edge, Judgement, Unproven
+from auditor.classify import (
+    EXPECTED_ALLOWED,
+    EXPECTED_DROPPED,
+    UNEXPECTED_ALLOWED,
+    VIOLATIONS,
+    Edge,
+    Judgement,
+    Unproven,
+)
+from auditor.learn.policy_hint import LabelHistory, PolicyAdvisor, advice_text
+from auditor.learn.suggest import suggestion_text, suggestions
+from auditor.matrix import Matrix
 from auditor.model import LostEvents, NodeStatus
 
 log = structlog.get_logger("flow-auditor")
@@ -45,6 +67,7 @@ DEFAULT_SUMMARY_INTERVAL: Final = 60.0
 DEFAULT_RETRY_LOG_INTERVAL: Final = 30.0
 DEFAULT_MAX_EDGES: Final = 10_000
 INVALID_SAMPLE_EVERY: Final = 1000
+MAX_HINT_CHARS: Final = 2000  # suggestion / policy_change text in one line
 
 
 def _empty(value: object) -> bool:
@@ -91,6 +114,8 @@ class LogSink:
         burst: int = DEFAULT_BURST,
         summary_interval: float = DEFAULT_SUMMARY_INTERVAL,
         retry_log_interval: float = DEFAULT_RETRY_LOG_INTERVAL,
+        matrix: Matrix | None = None,
+        matrix_file: str | None = None,
     ) -> None:
         self.interval = interval
         self.clock = clock
@@ -115,14 +140,33 @@ class LogSink:
         self._summary_suppressed = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # suggestions (pipeline thread; the matrix is swapped between two records)
+        self.matrix_file = matrix_file
+        self._history = LabelHistory(max_edges)
+        self._hints: dict[tuple[object, ...], dict[str, str]] = {}
+        self._matrix: Matrix | None = None
+        self._advisor: PolicyAdvisor | None = None
+        if matrix is not None:
+            self.set_matrix(matrix)
+
+    def set_matrix(self, matrix: Matrix) -> None:
+        """Use ``matrix`` for the suggestions of later lines (hot reload: called between two records)."""
+        self._matrix = matrix
+        self._advisor = None  # the generated policies of the new matrix are built on first use
+        self._hints = {}
 
     # -- rate limit -----------------------------------------------------------------------------------
-    def _line(self, level: str, event: str, **fields: Any) -> bool:
-        """Write one data-path line if the global bucket allows it; count it as suppressed otherwise."""
+    def _line(
+        self, level: str, event: str, extra: Callable[[], dict[str, str]] | None = None, **fields: Any
+    ) -> bool:
+        """Write one data-path line if the global bucket allows it; count it as suppressed otherwise.
+        ``extra`` adds fields computed only for a line that is written."""
         if not self._bucket.take():
             self.suppressed += 1
             return False
         self.lines += 1
+        if extra is not None:
+            fields.update(extra())
         getattr(log, level)(event, **{k: v for k, v in fields.items() if not _empty(v)})
         return True
 
@@ -134,7 +178,11 @@ class LogSink:
         self.received += 1
         edge = j.edge
         if edge[4] not in VIOLATIONS:
+            if edge[4] == EXPECTED_ALLOWED and j.new_connection:
+                self._history.on_delivered(j)
             return
+        if edge[4] == UNEXPECTED_ALLOWED and j.new_connection:
+            self._history.on_delivered(j)
         if len(self._active) < self.max_edges:
             self._active.add(edge)
         if not j.new_connection:
@@ -152,6 +200,7 @@ class LogSink:
         written = self._line(
             "warning",
             "violation",
+            (lambda: self._hint(j)) if self._matrix is not None else None,
             **{"class": cls},
             source=source,
             destination=destination,
@@ -168,6 +217,47 @@ class LogSink:
         )
         # A suppressed line keeps its connections for the edge's next line.
         self._last[edge] = (now, 0) if written else (now, since + 1)
+
+    def _hint(self, j: Judgement) -> dict[str, str]:
+        """``suggestion`` or ``policy_change`` for a violation line (cached; never raises)."""
+        try:
+            src, dst, flow = j.source, j.destination, j.flow
+            names = flow.source_names if j.reply else flow.destination_names
+            key = (
+                j.edge,
+                j.rule,
+                src.namespace,
+                src.labels,
+                dst.namespace,
+                dst.labels,
+                names,
+                j.destination_ip,
+            )
+            hint = self._hints.get(key)
+            if hint is None:
+                hint = self._compute_hint(j)
+                if len(self._hints) >= self.max_edges:
+                    self._hints.clear()
+                if j.edge[4] == UNEXPECTED_ALLOWED:  # policy_change depends on the label history: not cached
+                    self._hints[key] = hint
+            return hint
+        except Exception as e:  # a suggestion must never stop the pipeline
+            return {"suggestion_error": f"{type(e).__name__}: {e}"[:300]}
+
+    def _compute_hint(self, j: Judgement) -> dict[str, str]:
+        matrix = self._matrix
+        if matrix is None:
+            return {}
+        if j.edge[4] == UNEXPECTED_ALLOWED:
+            suggestion = suggestions(matrix, [[j]])[0]
+            return {"suggestion": suggestion_text(suggestion)[:MAX_HINT_CHARS]} if suggestion else {}
+        if j.edge[4] == EXPECTED_DROPPED:
+            if self._advisor is None:
+                self._advisor = PolicyAdvisor(matrix)
+            advice = self._advisor.advise(j, self._history.changes_of(j))
+            if advice is not None:
+                return {"policy_change": advice_text(advice, self.matrix_file)[:MAX_HINT_CHARS]}
+        return {}
 
     def on_unproven(self, connection: Unproven) -> None:
         pass  # not a violation; counted in the metrics and the live page

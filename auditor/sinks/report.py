@@ -6,8 +6,11 @@ Stage: sink. Input: the pipeline's outcomes, judgements and unproven (provisiona
 ``invalid_samples`` (first few undecodable lines with their file and line number), ``edge_limit`` and a
 ``hint`` per edge (the likely cause where one can be told from the report itself: source NAT between
 nodes for ``remote-node`` peers) and a ``suggestion`` per ``unexpected_allowed`` edge (the rule, and the
-components, that would allow it: :mod:`auditor.learn.suggest`). Rendering to table/markdown/HTML lives
-in ``auditor.render``.
+components, that would allow it: :mod:`auditor.learn.suggest`) and a ``policy_change`` per
+``expected_dropped`` edge (the generated NetworkPolicy/CiliumNetworkPolicy objects that implement the
+allowing rule, whether they admit the observed pods, and the likely cause:
+:mod:`auditor.learn.policy_hint`; label changes are taken against the delivered connections seen before
+the edge's first connection). Rendering to table/markdown/HTML lives in ``auditor.render``.
 
 Memory is bounded whatever the input: a few example pods per edge, and at most ``max_edges`` edges (and as
 many provisional edges); past that, new edges are aggregated per class into one ``other`` edge, totals stay
@@ -25,6 +28,7 @@ from typing import Any, Final
 from auditor.classify import (
     CLASSES,
     EXPECTED_ALLOWED,
+    EXPECTED_DROPPED,
     OUTCOMES,
     UNEXPECTED_ALLOWED,
     UNEXPECTED_DROPPED,
@@ -33,6 +37,7 @@ from auditor.classify import (
     Judgement,
     Unproven,
 )
+from auditor.learn.policy_hint import LabelHistory, PolicyAdvisor
 from auditor.learn.suggest import suggestions
 from auditor.matrix import Matrix
 from auditor.model import LostEvents, NodeStatus
@@ -92,6 +97,9 @@ class ReportSink:
         # per unexpected_allowed edge, one judgement per distinct pair of endpoints (for its suggestion)
         self.violation_samples: dict[Edge, dict[tuple[object, ...], Judgement]] = {}
         self.samples_full: set[Edge] = set()
+        # per expected_dropped edge, its first connection and the label changes of its ends at that time
+        self.dropped_samples: dict[Edge, tuple[Judgement, list[dict[str, Any]]]] = {}
+        self.label_history = LabelHistory()
 
     # -- Sink ---------------------------------------------------------------------------------------
     def on_outcome(self, outcome: str) -> None:
@@ -118,6 +126,8 @@ class ReportSink:
             stats.last = t
         if edge[4] == UNEXPECTED_ALLOWED and edge is j.edge:
             self._sample_violation(edge, j)
+        if j.new_connection and edge is j.edge and edge[4] != UNEXPECTED_DROPPED:
+            self._sample_policy(edge, j)
         if not j.new_connection:
             return
         self.classes[edge[4]] += 1
@@ -154,6 +164,14 @@ class ReportSink:
                 self.samples_full.add(edge)  # the suggestion covers only part of the edge
                 return
             samples[key] = j
+
+    def _sample_policy(self, edge: Edge, j: Judgement) -> None:
+        """Remember the labels of delivered connections, and the first connection of a dropped edge."""
+        cls = edge[4]
+        if cls in (EXPECTED_ALLOWED, UNEXPECTED_ALLOWED):
+            self.label_history.on_delivered(j)
+        elif cls == EXPECTED_DROPPED and edge not in self.dropped_samples:
+            self.dropped_samples[edge] = (j, self.label_history.changes_of(j))
 
     def on_unproven(self, connection: Unproven) -> None:
         key = connection.key
@@ -198,6 +216,12 @@ class ReportSink:
             suggestion = suggested.get(edge)
             if suggestion is not None:
                 suggested[edge] = {**suggestion, "partial": True}
+        advisor = PolicyAdvisor(self.matrix) if self.dropped_samples else None
+        policy = {
+            edge: advisor.advise(j, changes)
+            for edge, (j, changes) in self.dropped_samples.items()
+            if advisor is not None
+        }
         provisional_ports = {(d, port, proto) for (_, d, port, proto) in self.provisional}
         return {
             "matrix": self.matrix.name,
@@ -206,7 +230,10 @@ class ReportSink:
             "flows": {"received": self.received, **self.outcomes},
             "classes": dict(self.classes),
             "edges": [
-                self._edge(edge, stats, _hint(edge, provisional_ports), suggested.get(edge))
+                {
+                    **self._edge(edge, stats, _hint(edge, provisional_ports), suggested.get(edge)),
+                    "policy_change": policy.get(edge),
+                }
                 for edge, stats in sorted(self.edges.items(), key=_edge_sort)
             ],
             "unused_rules": [
