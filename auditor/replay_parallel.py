@@ -388,8 +388,7 @@ class Merger:
                     aggregated["edges"] += 1
             elif pending is not None:
                 pending.hold(conn, t, _maker(unproven[_PROVISIONAL - kind], t))
-        if pending is not None and pending.expired:
-            self.pipeline._emit_unproven(pending.expired)
+        self.pipeline.emit_unproven()
 
 
 def _maker(item: tuple[str, str, int | None, str, Example], t: float) -> Callable[[], Unproven]:
