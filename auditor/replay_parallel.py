@@ -39,7 +39,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from auditor.classify import UNEXPECTED_ALLOWED, Auditor, DedupTable, Judgement, PendingTable, Unproven
+from auditor.classify import (
+    IGNORED,
+    INVALID,
+    JUDGED,
+    OUTCOMES,
+    PROVISIONAL,
+    REPLY,
+    UNEXPECTED_ALLOWED,
+    Auditor,
+    DedupTable,
+    Judgement,
+    PendingTable,
+    Unproven,
+)
 from auditor.decode import DecodeError, decode_line
 from auditor.matrix import Matrix
 from auditor.model import EMPTY_ENDPOINT, Flow, LostEvents, NodeStatus, OtherRecord
@@ -183,7 +196,7 @@ def _judge_lines(
 ) -> ChunkResult:
     r = ChunkResult()
     unjudgeable = UnjudgeableCheck(matrix)
-    outcomes: dict[str, int] = {}
+    outcomes = dict.fromkeys(OUTCOMES, 0)
     edge_index: dict[EdgeKey, int] = {}
     edge_rows: list[list[Any]] = []  # [edge, rule, flows, first, last, kept]
     slot_index: dict[tuple[int, str, str, Example], int] = {}
@@ -199,7 +212,7 @@ def _judge_lines(
         try:
             record = decode(line)
         except DecodeError as e:
-            outcomes["invalid"] = outcomes.get("invalid", 0) + 1
+            outcomes[INVALID] += 1
             if len(r.invalid) < MAX_INVALID_SAMPLES:
                 r.invalid.append((number, str(e)))
             if r.first_error is None:
@@ -211,18 +224,17 @@ def _judge_lines(
             if type(record) is LostEvents:
                 lost[record.source] = lost.get(record.source, 0) + record.num_events
             elif type(record) is not NodeStatus:
-                outcomes["ignored"] = outcomes.get("ignored", 0) + 1
+                outcomes[IGNORED] += 1
             continue
         events += 1
         if not record.event_type or not (record.traffic_direction or record.observation_point):
             unjudgeable.check(record)
-        pending.make = None
         result = process(record)
         if type(result) is str:
-            outcomes[result] = outcomes.get(result, 0) + 1
-            make = pending.make
-            if make is not None:  # provisional: the merge decides whether the pending table holds it
-                u = make()
+            outcomes[result] += 1
+            if result == PROVISIONAL:  # the merge decides whether the pending table holds it
+                assert pending.make is not None
+                u = pending.make()
                 f = u.flow
                 ex = (f.source.pod or f.source_ip, f.destination.pod or f.destination_ip, f.node_name)
                 ukey = (u.source, u.destination, u.port, u.protocol, ex)
@@ -236,8 +248,8 @@ def _judge_lines(
             continue
         assert isinstance(result, Judgement)
         j = result
-        outcome = j.outcome
-        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        reply = j.reply
+        outcomes[REPLY if reply else JUDGED] += 1
         edge = j.edge
         index = edge_index.get(edge)
         if index is None:
@@ -247,6 +259,7 @@ def _judge_lines(
                 if index is None:
                     index = edge_index[folded] = len(edge_rows)
                     edge_rows.append([folded, 0, 0, float("inf"), float("-inf"), False])
+                edge_index[edge] = index  # bounded by the chunk's lines
             else:
                 index = edge_index[edge] = len(edge_rows)
                 edge_rows.append([edge, j.rule, 0, float("inf"), float("-inf"), True])
@@ -259,8 +272,18 @@ def _judge_lines(
             row[4] = t
         if edge[4] == UNEXPECTED_ALLOWED and row[5]:
             _sample(samples, index, j)
-        src, dst = j.source, j.destination
-        ex = (src.pod or j.source_ip, dst.pod or j.destination_ip, record.node_name)
+        if reply:
+            ex = (
+                record.destination.pod or record.destination_ip,
+                record.source.pod or record.source_ip,
+                record.node_name,
+            )
+        else:
+            ex = (
+                record.source.pod or record.source_ip,
+                record.destination.pod or record.destination_ip,
+                record.node_name,
+            )
         skey = (index, j.verdict, record.drop_reason, ex)
         slot = slot_index.get(skey)
         if slot is None:
