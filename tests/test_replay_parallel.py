@@ -192,3 +192,40 @@ def test_chunks_start_at_line_boundaries_and_cover_the_file(tmp_path: Path, chun
     assert all(a[1] == b[0] for a, b in itertools.pairwise(ranges))
     assert all(data[s - 1 : s] == b"\n" for s, _ in ranges[1:])
     assert b"".join(data[s:e] for s, e in ranges) == data
+
+
+def test_one_node_captures_pending_connections_and_replies_in_later_chunks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], generated: Path
+) -> None:
+    """Events of one node only: connections seen leaving it stay provisional unless a forwarded reply from
+    the other node proves them — the pending table crosses every chunk boundary."""
+    lines = generated.read_bytes().splitlines(keepends=True)
+    node = json.loads(lines[0])["node_name"]
+    capture = tmp_path / "one-node.jsonl"
+    capture.write_bytes(b"".join(line for line in lines if json.loads(line)["node_name"] == node))
+    for extra in ((), ("--dedup-window", "200ms"), ("--max-edges", "2")):
+        report = json.loads(assert_identical(tmp_path, capsys, [capture], 1, *extra))
+        assert report["provisional"] and report["flows"]["reply"] and report["flows"]["provisional"]
+
+
+def test_many_endpoint_pairs_on_one_violation_edge_mark_the_suggestion_partial(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """More than 32 distinct endpoint pairs on an ``unexpected_allowed`` edge, spread over chunks or not."""
+    base = [line for line in EXAMPLES[0].read_bytes().splitlines(keepends=True) if b'10.244.1.201"' in line]
+
+    def variant(k: int) -> bytes:
+        return b"".join(
+            line.replace(b'10.244.1.201"', b'10.244.9.%d"' % k).replace(
+                b'policy.serviceaccount=default"', b'policy.serviceaccount=sa%d"' % k
+            )
+            for line in base
+        )
+
+    first = b"".join(variant(k) for k in range(40))
+    many = tmp_path / "many.jsonl"
+    many.write_bytes(first + variant(0) + variant(1))  # the second chunk brings no new pair
+    for chunk in (1, 20_000, len(first)):  # len(first): the first chunk alone has more than 32 pairs
+        report = json.loads(assert_identical(tmp_path, capsys, [many], chunk))
+        [edge] = [e for e in report["edges"] if e["class"] == "unexpected_allowed"]
+        assert edge["connections"] >= 40 and edge["suggestion"]["partial"] is True
