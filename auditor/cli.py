@@ -45,7 +45,7 @@ from auditor.options import (
 )
 from auditor.pipeline import Pipeline
 from auditor.render import FORMATS, render
-from auditor.replay_input import UnjudgeableCheck, feed_file, no_events_reason
+from auditor.replay_input import InputSummary, UnjudgeableCheck, feed_file, no_events_reason
 from auditor.replay_parallel import DEFAULT_CHUNK_BYTES, Merger, ParallelReplay, default_jobs, splittable
 from auditor.sinks.report import DEFAULT_MAX_EDGES, ReportSink
 from auditor.sources.files import FlowFile, SourceError
@@ -640,7 +640,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
             if args.jobs > 1 and splittable(name, args.chunk_bytes):
                 if parallel is None:
                     parallel = ParallelReplay(matrix, args.dedup_window, args.max_edges, args.jobs)
-                summary = parallel.feed(Merger(pipeline, sink, unjudgeable), name, args.chunk_bytes)
+                merger = Merger(pipeline, sink, unjudgeable)
+                if show_progress and Path(name).stat().st_size >= _PROGRESS_MIN_BYTES:
+                    summary = _parallel_with_progress(parallel, merger, name, args.chunk_bytes)
+                else:
+                    summary = parallel.feed(merger, name, args.chunk_bytes)
             else:
                 with FlowFile(name) as f:
                     lines: Iterator[tuple[int, bytes]] = iter(f)
@@ -730,6 +734,18 @@ def _with_progress(f: FlowFile, lines: Iterator[tuple[int, bytes]]) -> Iterator[
             if i % _PROGRESS_EVERY == 0:
                 progress.update(task, completed=f.position)
             yield item
+
+
+def _parallel_with_progress(
+    parallel: ParallelReplay, merger: Merger, name: str, chunk_bytes: int
+) -> InputSummary:
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task(Path(name).name, total=Path(name).stat().st_size)
+        return parallel.feed(merger, name, chunk_bytes, lambda done: progress.update(task, completed=done))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

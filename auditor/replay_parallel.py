@@ -35,8 +35,10 @@ import multiprocessing
 import os
 import stat
 from array import array
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from multiprocessing.pool import AsyncResult
 from typing import Any, Final
 
 from auditor.classify import (
@@ -433,22 +435,29 @@ class ParallelReplay:
     def __init__(self, matrix: Matrix, window: float, max_edges: int, jobs: int) -> None:
         ctx = multiprocessing.get_context("fork")
         self.pool = ctx.Pool(jobs, initializer=_init_worker, initargs=(matrix, window, max_edges))
+        self.ahead = 4 * jobs
 
     def feed(
         self, merger: Merger, name: str, chunk_bytes: int, progress: Callable[[int], None] | None = None
     ) -> InputSummary:
         """Judge one splittable file; returns its summary, as :func:`auditor.replay_input.feed_file`."""
         summary = InputSummary(name)
-        ranges = chunks(name, chunk_bytes)
+        ranges = iter(chunks(name, chunk_bytes))
+        in_flight: deque[tuple[int, AsyncResult[ChunkResult]]] = deque()
         base = 0
-        for (_, end), result in zip(
-            ranges, self.pool.imap(judge_chunk, [(name, s, e) for s, e in ranges]), strict=True
-        ):
+        while True:
+            # At most a few chunks per worker ahead of the merge: memory does not grow with the file.
+            while len(in_flight) < self.ahead and (task := next(ranges, None)) is not None:
+                start, end = task
+                in_flight.append((end, self.pool.apply_async(judge_chunk, ((name, start, end),))))
+            if not in_flight:
+                return summary
+            end, pending = in_flight.popleft()
+            result = pending.get()
             merger.apply(name, base, result, summary)
             base += result.lines
             if progress is not None:
                 progress(end)
-        return summary
 
     def close(self) -> None:
         self.pool.terminate()
