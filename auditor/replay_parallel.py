@@ -39,7 +39,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.pool import AsyncResult
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from auditor.classify import (
     IGNORED,
@@ -204,7 +204,8 @@ def _judge_lines(
     slot_index: dict[tuple[int, str, str, Example], int] = {}
     unproven_index: dict[tuple[str, str, int | None, str, Example], int] = {}
     samples: dict[int, tuple[dict[tuple[object, ...], Judgement], bool]] = {}
-    times, conns, keys, kinds = r.times, r.conns, r.keys, r.kinds
+    add_time, add_conn, add_key, add_kind = r.times.append, r.conns.append, r.keys.append, r.kinds.append
+    get_edge, get_slot = edge_index.get, slot_index.get
     process, decode, lost = auditor.process, decode_line, r.lost
     number = nonblank = events = 0
     for number, line in enumerate(stream, 1):
@@ -243,17 +244,16 @@ def _judge_lines(
                 slot = unproven_index.get(ukey)
                 if slot is None:
                     slot = unproven_index[ukey] = len(unproven_index)
-                times.append(record.time)
-                conns.append(pending.key)
-                keys.append(0)
-                kinds.append(_PROVISIONAL - slot)
+                add_time(record.time)
+                add_conn(pending.key)
+                add_key(0)
+                add_kind(_PROVISIONAL - slot)
             continue
-        assert isinstance(result, Judgement)
-        j = result
+        j = cast(Judgement, result)
         reply = j.reply
         outcomes[REPLY if reply else JUDGED] += 1
         edge = j.edge
-        index = edge_index.get(edge)
+        index = get_edge(edge)
         if index is None:
             if len(edge_rows) >= max_edges:  # beyond the cap in this chunk: beyond it in the input too
                 folded: EdgeKey = (OTHER, OTHER, None, OTHER, edge[4])
@@ -287,13 +287,13 @@ def _judge_lines(
                 record.node_name,
             )
         skey = (index, j.verdict, record.drop_reason, ex)
-        slot = slot_index.get(skey)
+        slot = get_slot(skey)
         if slot is None:
             slot = slot_index[skey] = len(slot_index)
-        times.append(t)
-        conns.append(pending.key)
-        keys.append(dedup.key)
-        kinds.append(slot)
+        add_time(t)
+        add_conn(pending.key)
+        add_key(dedup.key)
+        add_kind(slot)
     r.lines, r.nonblank, r.events, r.outcomes = number, nonblank, events, outcomes
     r.unjudgeable_events, r.unjudgeable_missing = unjudgeable.events, unjudgeable.missing
     r.edges = [(e, rule, n, first, last, kept) for e, rule, n, first, last, kept in edge_rows]
