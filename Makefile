@@ -37,11 +37,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-## bench: throughput and memory benchmarks (flows/s and ratio to a floor measured in the same run)
+## bench: one table of stage, events/s, ratio to its floor and peak RSS (replay stages, under 3 minutes);
+## BENCH_FULL=1: 1M events, plus bench/learn.py and bench/live.py in full (long). Generated inputs are removed.
 bench: $(STAMP)
 	$(PY) bench/run.py
-	$(PY) bench/learn.py
-	$(PY) bench/live.py
+	if [ -n "$(BENCH_FULL)" ] && [ "$(BENCH_FULL)" != 0 ]; then $(PY) bench/learn.py && $(PY) bench/live.py; fi
 
 ## screenshots: the README's picture of the HTML report (docs/images/report.png), in headless Chromium
 screenshots: $(STAMP) system-deps

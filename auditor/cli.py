@@ -45,7 +45,8 @@ from auditor.options import (
 )
 from auditor.pipeline import Pipeline
 from auditor.render import FORMATS, render
-from auditor.replay_input import UnjudgeableCheck, feed_file, no_events_reason
+from auditor.replay_input import InputSummary, UnjudgeableCheck, feed_file, no_events_reason
+from auditor.replay_parallel import DEFAULT_CHUNK_BYTES, Merger, ParallelReplay, default_jobs, splittable
 from auditor.sinks.report import DEFAULT_MAX_EDGES, ReportSink
 from auditor.sources.files import FlowFile, SourceError
 
@@ -131,6 +132,19 @@ def build_parser() -> argparse.ArgumentParser:
         "'other' and the report says so; totals stay exact [FLOW_AUDITOR_MAX_EDGES]",
     )
     replay.add_argument("--no-progress", action="store_true", help="never show the progress bar")
+    replay.add_argument(
+        "--jobs",
+        "-j",
+        type=typed(_at_least_one),
+        default=_env("jobs", str(default_jobs())),
+        metavar="N",
+        help="worker processes for uncompressed regular files (default: the cores available); stdin, "
+        "gzip and pipes are read by one process; the report is the same for any N [FLOW_AUDITOR_JOBS]",
+    )
+    # Bytes per chunk a worker judges (tests set it small to place chunk boundaries everywhere).
+    replay.add_argument(
+        "--chunk-bytes", type=typed(_at_least_one), default=DEFAULT_CHUNK_BYTES, help=argparse.SUPPRESS
+    )
     replay.set_defaults(func=cmd_replay)
 
     run = sub.add_parser(
@@ -620,17 +634,31 @@ def cmd_replay(args: argparse.Namespace) -> int:
     pipeline = Pipeline(Auditor(matrix, args.dedup_window), [sink])
     unjudgeable = UnjudgeableCheck(matrix)
     show_progress = not args.no_progress and sys.stderr.isatty()
+    parallel: ParallelReplay | None = None
     try:
         for name in args.files:
-            with FlowFile(name) as f:
-                lines: Iterator[tuple[int, bytes]] = iter(f)
-                if show_progress and f.size >= _PROGRESS_MIN_BYTES:
-                    lines = _with_progress(f, lines)
-                problem = no_events_reason(feed_file(pipeline, name, lines, unjudgeable))
+            if args.jobs > 1 and splittable(name, args.chunk_bytes):
+                if parallel is None:
+                    parallel = ParallelReplay(matrix, args.dedup_window, args.max_edges, args.jobs)
+                merger = Merger(pipeline, sink, unjudgeable)
+                if show_progress and Path(name).stat().st_size >= _PROGRESS_MIN_BYTES:
+                    summary = _parallel_with_progress(parallel, merger, name, args.chunk_bytes)
+                else:
+                    summary = parallel.feed(merger, name, args.chunk_bytes)
+            else:
+                with FlowFile(name) as f:
+                    lines: Iterator[tuple[int, bytes]] = iter(f)
+                    if show_progress and f.size >= _PROGRESS_MIN_BYTES:
+                        lines = _with_progress(f, lines)
+                    summary = feed_file(pipeline, name, lines, unjudgeable)
+            problem = no_events_reason(summary)
             if problem:
                 raise UsageError(problem)
     except SourceError as e:
         raise UsageError(str(e)) from None
+    finally:
+        if parallel is not None:
+            parallel.close()
     pipeline.finish()
     report = sink.report()
     color = args.output is None and sys.stdout.isatty()
@@ -706,6 +734,18 @@ def _with_progress(f: FlowFile, lines: Iterator[tuple[int, bytes]]) -> Iterator[
             if i % _PROGRESS_EVERY == 0:
                 progress.update(task, completed=f.position)
             yield item
+
+
+def _parallel_with_progress(
+    parallel: ParallelReplay, merger: Merger, name: str, chunk_bytes: int
+) -> InputSummary:
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task(Path(name).name, total=Path(name).stat().st_size)
+        return parallel.feed(merger, name, chunk_bytes, lambda done: progress.update(task, completed=done))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -73,9 +73,7 @@ class Pipeline:
                 assert isinstance(result, Judgement)
                 for sink in self.sinks:
                     sink.on_judgement(result)
-            pending = self.auditor.pending
-            if pending is not None and pending.expired:
-                self._emit_unproven(pending.expired)
+            self.emit_unproven()
         elif type(record) is LostEvents:
             for sink in self.sinks:
                 sink.on_lost(record)
@@ -89,13 +87,15 @@ class Pipeline:
     def finish(self) -> None:
         """End of the input (replay): provisional connections still waiting for proof are unproven."""
         self.auditor.flush()
-        pending = self.auditor.pending
-        if pending is not None and pending.expired:
-            self._emit_unproven(pending.expired)
+        self.emit_unproven()
 
-    def _emit_unproven(self, expired: list[Unproven]) -> None:
-        items = expired[:]
-        expired.clear()
+    def emit_unproven(self) -> None:
+        """Pass the provisional connections that expired unproven (``auditor.pending.expired``) on."""
+        pending = self.auditor.pending
+        if pending is None or not pending.expired:
+            return
+        items = pending.expired[:]
+        pending.expired.clear()
         for item in items:
             for sink in self.sinks:
                 sink.on_unproven(item)

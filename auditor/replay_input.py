@@ -99,6 +99,8 @@ def feed_file(
     """Decode and feed the numbered lines of one input; ``name`` is used in invalid reports."""
     summary = InputSummary(name)
     feed, invalid, decode, check = pipeline.feed, pipeline.invalid, decode_line, unjudgeable.check
+    # Flows, the common line, skip Pipeline.feed's dispatch: the same calls, made here.
+    process, sinks, pending = pipeline.auditor.process, pipeline.sinks, pipeline.auditor.pending
     count = events = 0
     for number, line in lines:
         count += 1
@@ -113,7 +115,17 @@ def feed_file(
             events += 1
             if not record.event_type or not (record.traffic_direction or record.observation_point):
                 check(record)
-        elif type(record) is not OtherRecord or record.kind != UNKNOWN_KIND:
+            result = process(record)
+            if type(result) is str:
+                for sink in sinks:
+                    sink.on_outcome(result)
+            else:
+                for sink in sinks:
+                    sink.on_judgement(result)  # type: ignore[arg-type]  # a Judgement
+            if pending is not None and pending.expired:
+                pipeline.emit_unproven()
+            continue
+        if type(record) is not OtherRecord or record.kind != UNKNOWN_KIND:
             events += 1
         feed(record)
     summary.lines, summary.events = count, events

@@ -65,11 +65,13 @@ import os
 import pstats
 import resource
 import select
+import shutil
 import signal
 import statistics
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -1110,7 +1112,14 @@ def main() -> int:
     parser.add_argument("--listen", default="127.0.0.1:0", help=argparse.SUPPRESS)
     parser.add_argument("--memory-child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--memory-out", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--smoke", action="store_true", help="every part once on tiny sizes (make test)")
+    parser.add_argument("--keep", action="store_true", help="keep the generated inputs under bench/out/")
     args = parser.parse_args()
+    if args.smoke:  # tiny sizes, in a directory of its own that is removed at the end
+        global OUT
+        OUT = Path(tempfile.mkdtemp(prefix="bench-live-smoke-"))
+        args.messages = args.stream = args.base = args.profile = 2000
+        args.events, args.big_pods, args.sample, args.runs = 20_000, 1000, 5000, 1
     if args.serve is not None:
         return serve(args.serve, args.serve_count, args.listen)
     quiet_logging()
@@ -1118,6 +1127,17 @@ def main() -> int:
         args.memory_out.write_text(json.dumps(part_c(args, args.memory_child)) + "\n")
         return 0
 
+    try:
+        return _run(args)
+    finally:
+        if args.smoke:
+            shutil.rmtree(OUT, ignore_errors=True)
+        elif not args.keep:
+            for generated in OUT.glob("live-*.pb"):
+                generated.unlink()
+
+
+def _run(args: argparse.Namespace) -> int:
     parts = args.only or ["a", "b", "c"]
     started = time.perf_counter()
     results: dict[str, Any] = {"load_average_start": round(load_average(), 2), "cpus": os.cpu_count()}

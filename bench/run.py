@@ -1,26 +1,37 @@
-"""Throughput and memory benchmarks (``make bench``).
+"""Throughput and memory benchmarks (``make bench``): one table (stage, events/s, ratio to floor, peak RSS).
 
-Stage: measurement only (never run by ``make test``). Every number is reported as events/s and as a ratio
-to a floor measured in the same run on the same machine, so results from different machines compare.
+Stage: measurement only. Every rate is printed next to a floor measured in the same run on the same
+machine, so results from different machines compare by their ratios. Each stage runs in a child process
+of its own (best of ``--runs``), so that its peak RSS is its own:
 
-Replay (issue: core):
-  * floor    — read the same file line by line and parse every line with the JSON decoder the replay
-               path uses (msgspec, typed schema of the fields judging needs); nothing else.
-  * replay   — the whole ``flow-auditor replay`` pipeline in-process: read → decode → judge → classify →
-               report aggregation, through the CLI's own loop (``auditor.replay_input.feed_file``).
-  * reference — the same lines through ``orjson.loads`` (a generic fast parser), for context.
-  * peak RSS — ``flow-auditor replay`` as a child process on the full file and on a quarter of it: the
-               pipeline streams, so the two must be close.
+  * floor        — read the file line by line and parse every line with the typed msgspec decoder the
+                   replay path uses (the fields judging needs); nothing else. Its ratio is 1.
+  * orjson       — the same lines through ``orjson.loads`` (a generic fast parser), for context.
+  * jq select    — ``jq -c 'select(.flow.verdict=="DROPPED")'`` over the file (a common hand-rolled audit).
+  * replay       — ``flow-auditor replay --jobs 1 --format json`` in-process: read → decode → judge →
+                   classify → report → JSON.
+  * replay -j N  — the same with ``--jobs N`` (default 2): chunks judged in N worker processes, merged in
+                   order; also printed as the speed-up over one process. Peak RSS is the largest process.
+  * learn        — ``matrix learn`` over the same file (``bench/learn.py`` has the turn-by-turn comparison).
 
-Error policy: a missing input file is generated (deterministic, cached under ``bench/out/``).
+By default ≈ 200k generated events (under 3 minutes with generation); ``BENCH_FULL=1`` (or ``--full``)
+runs 1M events with more runs. ``--smoke`` runs every stage once on 2,000 events (``make test`` does, so
+the benchmark cannot rot). The generated input is deleted at the end (``--keep`` keeps it under
+``bench/out/``); results go to ``bench/out/results.json``.
+
+Error policy: a missing input file is generated (deterministic); a stage that fails stops the run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,10 +40,12 @@ import msgspec
 import orjson
 
 from auditor.classify import Auditor
+from auditor.cli import main as cli_main
 from auditor.decode import _decoder
 from auditor.matrix import load_matrix
 from auditor.pipeline import Pipeline
 from auditor.replay_input import UnjudgeableCheck, feed_file
+from auditor.replay_parallel import DEFAULT_CHUNK_BYTES
 from auditor.scenario import synthetic_events
 from auditor.sinks.report import ReportSink
 from auditor.sources.files import FlowFile
@@ -105,85 +118,145 @@ def replay(path: Path) -> int:
     return int(report["flows"]["received"])
 
 
-def peak_rss_mb(path: Path) -> float:
-    """Peak RSS of ``flow-auditor replay`` on ``path``, measured in a wrapper that has only that child."""
-    probe = (
-        "import resource, subprocess, sys;"
-        "subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL);"
-        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
-    )
-    cmd = [
-        sys.executable,
-        "-c",
-        probe,
-        sys.executable,
-        "-m",
-        "auditor",
-        "replay",
-        str(path),
-        "--matrix",
-        str(MATRIX),
-        "--format",
-        "json",
-        "--fail-on",
-        "none",
-        "--no-progress",
-    ]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    return int(out.strip()) / 1024
+def replay_cli(path: Path, jobs: int) -> int:
+    """``flow-auditor replay`` as the command line runs it (report rendered to JSON, written to /dev/null)."""
+    out = Path(tempfile.gettempdir()) / f"bench-replay-{os.getpid()}.json"
+    args = ["replay", str(path), "--matrix", str(MATRIX), "--format", "json", "--fail-on", "none"]
+    # Small inputs (--smoke) are cut in 8 chunks, so that the workers run; large ones in the default chunks.
+    chunk = min(DEFAULT_CHUNK_BYTES, max(1, path.stat().st_size // 8))
+    args += ["--no-progress", "--jobs", str(jobs), "--chunk-bytes", str(chunk), "--output", str(out)]
+    code = cli_main(args)
+    assert code == 0, code
+    received = int(json.loads(out.read_bytes())["flows"]["received"])
+    out.unlink()
+    return received
 
 
-def head(path: Path, n: int) -> Path:
-    part = path.with_name(f"{path.stem}-head{n}.jsonl")
-    if not part.exists():
-        with path.open("rb") as src, part.open("wb") as dst:
-            for i, line in enumerate(src):
-                if i == n:
-                    break
-                dst.write(line)
-    return part
+def learn(path: Path) -> int:
+    from auditor.learn.build import Options
+    from auditor.learn.run import learn_files, text_of
+
+    learned = learn_files([str(path)], Options())
+    text_of(learned)
+    return sum(learned.observations.outcomes.values())
+
+
+def jq_select(path: Path) -> int:
+    with path.open("rb") as f:
+        subprocess.run(
+            ["jq", "-c", 'select(.flow.verdict=="DROPPED")'], stdin=f, stdout=subprocess.DEVNULL, check=True
+        )
+    with FlowFile(str(path)) as f:
+        return sum(1 for _ in f)
+
+
+STAGES: dict[str, Callable[[Path, int], int]] = {
+    "floor": lambda path, _: floor_parse(path),
+    "orjson": lambda path, _: reference_orjson(path),
+    "jq select": lambda path, _: jq_select(path),
+    "replay": lambda path, _: replay_cli(path, 1),
+    "replay -j": replay_cli,
+    "learn": lambda path, _: learn(path),
+}
+
+
+def run_stage(name: str, path: Path, jobs: int, runs: int) -> dict[str, float]:
+    """One stage in this process (the child): best wall time, events, peak RSS of any of its processes."""
+    seconds, events = best_of(runs, lambda: STAGES[name](path, jobs))
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    rss = children if name == "jq select" else max(own_peak_rss_mb(), children)  # jq: the jq process only
+    return {"seconds": seconds, "events": events, "rss_mb": rss}
+
+
+def own_peak_rss_mb() -> float:
+    """This process's peak RSS (VmHWM: unlike ru_maxrss, not carried over from the parent across exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def stage_in_child(name: str, path: Path, jobs: int, runs: int) -> dict[str, float]:
+    cmd = [sys.executable, __file__, "--stage", name, "--input", str(path), "--jobs", str(jobs)]
+    out = subprocess.run([*cmd, "--runs", str(runs)], check=True, capture_output=True, text=True).stdout
+    return dict(json.loads(out.strip().splitlines()[-1]))
+
+
+def table(rows: list[tuple[str, float, str, float]]) -> str:
+    lines = [f"{'stage':<14}{'events/s':>12}  {'ratio to floor':<28}{'peak RSS':>10}"]
+    for stage, rate, ratio, rss in rows:
+        lines.append(f"{stage:<14}{rate:>12,.0f}  {ratio:<28}{rss:>7.0f} MB")
+    return "\n".join(lines)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--events", type=int, default=1_000_000)
+    full = os.environ.get("BENCH_FULL", "") not in ("", "0")
+    parser.add_argument("--full", action="store_true", default=full, help="1M events, 3 runs [BENCH_FULL=1]")
+    parser.add_argument("--smoke", action="store_true", help="every stage once on 2,000 events (make test)")
+    parser.add_argument("--events", type=int, help="events to generate (default 200,000; --full 1,000,000)")
     parser.add_argument("--pods", type=int, default=1000, help="distinct pods in the generated traffic")
-    parser.add_argument("--runs", type=int, default=2, help="runs per measurement (the best is reported)")
+    parser.add_argument("--runs", type=int, help="runs per stage, the best is reported (default 2; --full 3)")
+    parser.add_argument("--jobs", type=int, default=2, help="worker processes of the replay -j stage")
+    parser.add_argument("--keep", action="store_true", help="keep the generated input under bench/out/")
+    parser.add_argument("--out", type=Path, default=OUT, help=argparse.SUPPRESS)
+    parser.add_argument("--stage", choices=STAGES, help=argparse.SUPPRESS)
+    parser.add_argument("--input", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-
-    path = generate(OUT / f"synthetic-{args.events}-{args.pods}.jsonl", args.events, args.pods)
-    floor_s, n = best_of(args.runs, lambda: floor_parse(path))
-    ref_s, _ = best_of(args.runs, lambda: reference_orjson(path))
-    replay_s, received = best_of(args.runs, lambda: replay(path))
-    assert received == n, (received, n)
-    rss_full = peak_rss_mb(path)
-    quarter = head(path, n // 4)
-    rss_quarter = peak_rss_mb(quarter)
-
-    results = {
-        "events": n,
-        "bytes_per_event": round(path.stat().st_size / n),
-        "floor_events_per_s": round(n / floor_s),
-        "orjson_events_per_s": round(n / ref_s),
-        "replay_events_per_s": round(n / replay_s),
-        "replay_ratio_to_floor": round(floor_s / replay_s, 3),
-        "replay_ratio_to_orjson": round(ref_s / replay_s, 3),
-        "peak_rss_mb_full": round(rss_full, 1),
-        "peak_rss_mb_quarter": round(rss_quarter, 1),
-    }
-    print()
-    print(f"replay benchmark: {n:,} events, {results['bytes_per_event']} bytes/event, best of {args.runs}")
-    print(f"  floor (read + typed msgspec parse)  {results['floor_events_per_s']:>10,} events/s")
-    print(f"  reference (read + orjson.loads)     {results['orjson_events_per_s']:>10,} events/s")
+    if args.stage:
+        print(json.dumps(run_stage(args.stage, args.input, args.jobs, args.runs or 1)))
+        return 0
+    events = args.events or (2000 if args.smoke else 1_000_000 if args.full else 200_000)
+    runs = args.runs or (1 if args.smoke else 3 if args.full else 2)
+    started = time.perf_counter()
+    path = generate(args.out / f"synthetic-{events}-{args.pods}.jsonl", events, args.pods)
+    size = path.stat().st_size
+    if not shutil.which("jq"):
+        raise SystemExit("bench: jq not found (make system-deps installs it)")
+    try:
+        results = {name: stage_in_child(name, path, args.jobs, runs) for name in STAGES}
+    finally:
+        if not args.keep:
+            path.unlink(missing_ok=True)
+    n = int(results["floor"]["events"])
+    for name, r in results.items():
+        assert r["events"] == n, (name, r["events"], n)
+    floor_s = results["floor"]["seconds"]
+    rows = []
+    for name, r in results.items():
+        ratio = f"{floor_s / r['seconds']:.2f}"
+        if name == "replay -j":
+            ratio += f" ({results['replay']['seconds'] / r['seconds']:.2f}x one process)"
+        if name == "replay":
+            ratio += f" ({results['jq select']['seconds'] / r['seconds']:.1f}x jq)"
+        label = f"replay -j {args.jobs}" if name == "replay -j" else name
+        rows.append((label, n / r["seconds"], ratio, r["rss_mb"]))
     print(
-        f"  replay pipeline                     {results['replay_events_per_s']:>10,} events/s"
-        f"   ratio to floor {results['replay_ratio_to_floor']:.2f}"
-        f"   ratio to orjson {results['replay_ratio_to_orjson']:.2f}"
+        f"replay benchmark: {n:,} events ({size / n:.0f} B/event), "
+        f"best of {runs}, load average {os.getloadavg()[0]:.2f}, {time.perf_counter() - started:.0f}s"
     )
-    print(f"  peak RSS: {rss_full:.0f} MB for {n:,} events, {rss_quarter:.0f} MB for {n // 4:,} events")
-    (OUT / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(table(rows))
+    summary = {
+        "events": n,
+        "runs": runs,
+        "load_average": round(os.getloadavg()[0], 2),
+        "stages": {
+            name: {
+                "events_per_s": round(n / r["seconds"]),
+                "ratio_to_floor": round(floor_s / r["seconds"], 3),
+                "peak_rss_mb": round(r["rss_mb"], 1),
+            }
+            for name, r in results.items()
+        },
+        "jobs": args.jobs,
+        "jobs_speedup": round(results["replay"]["seconds"] / results["replay -j"]["seconds"], 3),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / ("results-smoke.json" if args.smoke else "results.json")).write_text(
+        json.dumps(summary, indent=2) + "\n"
+    )
     return 0
 
 

@@ -24,11 +24,11 @@ SUDO=""
 if [ "$(id -u)" != "0" ]; then SUDO="sudo"; fi
 
 if ! command -v promtool >/dev/null || ! command -v prometheus-alertmanager >/dev/null \
-    || ! command -v chromium >/dev/null; then
-  echo "install-test-deps: installing prometheus, prometheus-alertmanager and chromium (Debian)"
+    || ! command -v chromium >/dev/null || ! command -v jq >/dev/null; then
+  echo "install-test-deps: installing prometheus, prometheus-alertmanager, chromium and jq (Debian)"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
-    prometheus prometheus-alertmanager chromium fonts-dejavu-core >/dev/null
+    prometheus prometheus-alertmanager chromium fonts-dejavu-core jq >/dev/null
 fi
 
 if [ ! -x "$TOOLS/bin/kubectl" ]; then

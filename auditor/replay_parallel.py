@@ -1,0 +1,464 @@
+"""Parallel replay (``replay --jobs N``): chunks of a file judged in worker processes, merged in input order.
+
+Stage: source → decode → judge → classify, split across processes; the merge feeds the one
+:class:`~auditor.sinks.report.ReportSink` and the one :class:`~auditor.classify.Auditor` of the run, so the
+report is byte-identical to the single-process one **by construction**:
+
+* Workers do everything that depends on one line only: decoding, judging, resolving components and rules,
+  the outcome counts, lost events, the field-mask check, each edge's flows and first/last seen (sums,
+  minima and maxima), invalid samples (first ten of the chunk) and the suggestion samples (first 32 distinct
+  endpoint pairs of the chunk per ``unexpected_allowed`` edge).
+* Everything that depends on the lines before — connection dedup within the window, the pending
+  (provisional) table and the reply evidence that resolves it, and therefore which event opens a connection
+  (connections, verdicts, drop reasons, examples, classes) — is **not** judged in the workers. Their
+  auditor runs with recorders in place of :class:`~auditor.classify.DedupTable` and
+  :class:`~auditor.classify.PendingTable` that note the keys the auditor would look up; each chunk returns
+  those keys, in input order, as four packed arrays (time, connection key, dedup key, slot). The merge runs
+  the real tables over them in input order, so expiry, the entry caps and out-of-order times behave exactly
+  as in one process, whatever the chunk boundaries.
+* Order-dependent parts with a cap are merged in chunk order: the first ``--max-edges`` distinct edges are
+  kept (an edge's rank in its chunk is never above its rank in the input, so an edge a worker folded into
+  ``other`` is folded in the input too), the first ten invalid samples, the first three distinct examples.
+
+Only uncompressed regular files of at least one chunk are split; standard input, gzip and pipes go through
+:func:`auditor.replay_input.feed_file` in this process, on the same auditor and sink.
+
+Error policy: as single-process replay: undecodable lines are counted and sampled; a file that cannot be
+read raises :class:`~auditor.sources.files.SourceError` (from the worker, re-raised here).
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import multiprocessing
+import os
+import stat
+from array import array
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.pool import AsyncResult
+from typing import Any, Final, cast
+
+from auditor.classify import (
+    IGNORED,
+    INVALID,
+    JUDGED,
+    OUTCOMES,
+    PROVISIONAL,
+    REPLY,
+    UNEXPECTED_ALLOWED,
+    Auditor,
+    DedupTable,
+    Judgement,
+    PendingTable,
+    Unproven,
+)
+from auditor.decode import DecodeError, decode_line
+from auditor.matrix import Matrix
+from auditor.model import EMPTY_ENDPOINT, Flow, LostEvents, NodeStatus, OtherRecord
+from auditor.pipeline import Pipeline
+from auditor.replay_input import UNKNOWN_KIND, InputSummary, UnjudgeableCheck
+from auditor.sinks.report import (
+    MAX_EXAMPLES,
+    MAX_INVALID_SAMPLES,
+    MAX_SUGGESTION_SAMPLES,
+    OTHER,
+    EdgeStats,
+    ReportSink,
+    _add_example,
+)
+from auditor.sources.files import SourceError
+
+DEFAULT_CHUNK_BYTES: Final = 4 * 1024 * 1024
+_PROVISIONAL: Final = -1  # slot values below zero: a provisional event, its Unproven at -slot - 1
+
+Example = tuple[str, str, str]
+EdgeKey = tuple[str, str, int | None, str, str]
+
+
+def default_jobs() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def splittable(name: str, chunk_bytes: int) -> bool:
+    """An uncompressed regular file larger than one chunk (stdin, pipes and gzip stay in one process)."""
+    if name == "-":
+        return False
+    try:
+        st = os.stat(name)
+        if not stat.S_ISREG(st.st_mode) or st.st_size <= chunk_bytes:
+            return False
+        with open(name, "rb") as f:
+            return f.read(2) != b"\x1f\x8b"
+    except OSError:
+        return False  # the single-process path reports it
+
+
+def chunks(name: str, chunk_bytes: int) -> list[tuple[int, int]]:
+    """Byte ranges of ``name`` of about ``chunk_bytes`` each, every one starting at a line boundary."""
+    size = os.stat(name).st_size
+    bounds = [0]
+    with open(name, "rb") as f:
+        while bounds[-1] + chunk_bytes < size:
+            f.seek(bounds[-1] + chunk_bytes - 1)
+            f.readline()  # to the end of the line that holds the byte before the cut
+            at = f.tell()
+            if at >= size:
+                break
+            bounds.append(at)
+    bounds.append(size)
+    return list(itertools.pairwise(bounds))
+
+
+# -- worker side ------------------------------------------------------------------------------------
+class _DedupRecorder(DedupTable):
+    """Notes the dedup key the auditor asks about; says "new" (the merge asks the real table)."""
+
+    key = 0
+
+    def seen(self, key: int, t: float) -> bool:
+        self.key = key
+        return False
+
+
+class _PendingRecorder(PendingTable):
+    """Notes the connection key resolved or held (with the Unproven maker); holds nothing."""
+
+    key = 0
+    make: Callable[[], Unproven] | None = None
+
+    def hold(self, key: int, t: float, make: Callable[[], Unproven]) -> None:
+        self.key, self.make = key, make
+
+    def resolve(self, key: int, t: float) -> None:
+        self.key = key
+
+
+@dataclass
+class ChunkResult:
+    """What one worker returns for one byte range of a file (line numbers relative to the range)."""
+
+    lines: int = 0  # physical lines
+    nonblank: int = 0
+    events: int = 0
+    first_error: tuple[int, str] | None = None
+    invalid: list[tuple[int, str]] = field(default_factory=list)
+    outcomes: dict[str, int] = field(default_factory=dict)
+    lost: dict[str, int] = field(default_factory=dict)
+    unjudgeable_events: int = 0
+    unjudgeable_missing: dict[str, int] = field(default_factory=dict)
+    # edges in first-appearance order: (edge, rule, flows, first, last, kept); not kept: folded in `other`
+    edges: list[tuple[EdgeKey, int, int, float, float, bool]] = field(default_factory=list)
+    samples: dict[int, tuple[dict[tuple[object, ...], Judgement], bool]] = field(default_factory=dict)
+    slots: list[tuple[int, str, str, Example]] = field(default_factory=list)  # (edge, verdict, drop, ex.)
+    unproven: list[tuple[str, str, int | None, str, Example]] = field(default_factory=list)
+    times: array[float] = field(default_factory=lambda: array("d"))
+    conns: array[int] = field(default_factory=lambda: array("q"))
+    keys: array[int] = field(default_factory=lambda: array("q"))
+    kinds: array[int] = field(default_factory=lambda: array("q"))
+
+
+_worker: tuple[Auditor, _DedupRecorder, _PendingRecorder, int, Matrix] | None = None
+
+
+def _init_worker(matrix: Matrix, window: float, max_edges: int) -> None:
+    global _worker
+    auditor = Auditor(matrix, window)
+    dedup, pending = _DedupRecorder(window), _PendingRecorder(window)
+    auditor.dedup, auditor.pending = dedup, pending
+    _worker = (auditor, dedup, pending, max_edges, matrix)
+
+
+def judge_chunk(task: tuple[str, int, int]) -> ChunkResult:
+    """Decode and judge the lines of ``name`` in ``[start, end)`` (a worker's whole job)."""
+    assert _worker is not None
+    name, start, end = task
+    try:
+        with open(name, "rb") as f:
+            f.seek(start)
+            data = f.read(end - start)
+    except OSError as e:
+        raise SourceError(f"{name}: cannot read: {e.strerror or e}") from None
+    return _judge_lines(io.BytesIO(data), *_worker)
+
+
+def _judge_lines(
+    stream: io.BytesIO,
+    auditor: Auditor,
+    dedup: _DedupRecorder,
+    pending: _PendingRecorder,
+    max_edges: int,
+    matrix: Matrix,
+) -> ChunkResult:
+    r = ChunkResult()
+    unjudgeable = UnjudgeableCheck(matrix)
+    outcomes = dict.fromkeys(OUTCOMES, 0)
+    edge_index: dict[EdgeKey, int] = {}
+    edge_rows: list[list[Any]] = []  # [edge, rule, flows, first, last, kept]
+    slot_index: dict[tuple[int, str, str, Example], int] = {}
+    unproven_index: dict[tuple[str, str, int | None, str, Example], int] = {}
+    samples: dict[int, tuple[dict[tuple[object, ...], Judgement], bool]] = {}
+    add_time, add_conn, add_key, add_kind = r.times.append, r.conns.append, r.keys.append, r.kinds.append
+    get_edge, get_slot = edge_index.get, slot_index.get
+    process, decode, lost = auditor.process, decode_line, r.lost
+    number = nonblank = events = 0
+    for number, line in enumerate(stream, 1):
+        if not line.strip():
+            continue
+        nonblank += 1
+        try:
+            record = decode(line)
+        except DecodeError as e:
+            outcomes[INVALID] += 1
+            if len(r.invalid) < MAX_INVALID_SAMPLES:
+                r.invalid.append((number, str(e)))
+            if r.first_error is None:
+                r.first_error = (number, str(e))
+            continue
+        if type(record) is not Flow:
+            if type(record) is not OtherRecord or record.kind != UNKNOWN_KIND:
+                events += 1
+            if type(record) is LostEvents:
+                lost[record.source] = lost.get(record.source, 0) + record.num_events
+            elif type(record) is not NodeStatus:
+                outcomes[IGNORED] += 1
+            continue
+        events += 1
+        if not record.event_type or not (record.traffic_direction or record.observation_point):
+            unjudgeable.check(record)
+        result = process(record)
+        if type(result) is str:
+            outcomes[result] += 1
+            if result == PROVISIONAL:  # the merge decides whether the pending table holds it
+                assert pending.make is not None
+                u = pending.make()
+                f = u.flow
+                ex = (f.source.pod or f.source_ip, f.destination.pod or f.destination_ip, f.node_name)
+                ukey = (u.source, u.destination, u.port, u.protocol, ex)
+                slot = unproven_index.get(ukey)
+                if slot is None:
+                    slot = unproven_index[ukey] = len(unproven_index)
+                add_time(record.time)
+                add_conn(pending.key)
+                add_key(0)
+                add_kind(_PROVISIONAL - slot)
+            continue
+        j = cast(Judgement, result)
+        reply = j.reply
+        outcomes[REPLY if reply else JUDGED] += 1
+        edge = j.edge
+        index = get_edge(edge)
+        if index is None:
+            if len(edge_rows) >= max_edges:  # beyond the cap in this chunk: beyond it in the input too
+                folded: EdgeKey = (OTHER, OTHER, None, OTHER, edge[4])
+                index = edge_index.get(folded)
+                if index is None:
+                    index = edge_index[folded] = len(edge_rows)
+                    edge_rows.append([folded, 0, 0, float("inf"), float("-inf"), False])
+                edge_index[edge] = index  # bounded by the chunk's lines
+            else:
+                index = edge_index[edge] = len(edge_rows)
+                edge_rows.append([edge, j.rule, 0, float("inf"), float("-inf"), True])
+        row = edge_rows[index]
+        t = record.time
+        row[2] += 1
+        if t < row[3]:
+            row[3] = t
+        if t > row[4]:
+            row[4] = t
+        if edge[4] == UNEXPECTED_ALLOWED and row[5]:
+            _sample(samples, index, j)
+        if reply:
+            ex = (
+                record.destination.pod or record.destination_ip,
+                record.source.pod or record.source_ip,
+                record.node_name,
+            )
+        else:
+            ex = (
+                record.source.pod or record.source_ip,
+                record.destination.pod or record.destination_ip,
+                record.node_name,
+            )
+        skey = (index, j.verdict, record.drop_reason, ex)
+        slot = get_slot(skey)
+        if slot is None:
+            slot = slot_index[skey] = len(slot_index)
+        add_time(t)
+        add_conn(pending.key)
+        add_key(dedup.key)
+        add_kind(slot)
+    r.lines, r.nonblank, r.events, r.outcomes = number, nonblank, events, outcomes
+    r.unjudgeable_events, r.unjudgeable_missing = unjudgeable.events, unjudgeable.missing
+    r.edges = [(e, rule, n, first, last, kept) for e, rule, n, first, last, kept in edge_rows]
+    r.samples = samples
+    r.slots = list(slot_index)
+    r.unproven = list(unproven_index)
+    return r
+
+
+def _sample(
+    samples: dict[int, tuple[dict[tuple[object, ...], Judgement], bool]], index: int, j: Judgement
+) -> None:
+    """The first :data:`MAX_SUGGESTION_SAMPLES` distinct endpoint pairs of one edge (as the report sink)."""
+    got = samples.get(index)
+    if got is None:
+        got = samples[index] = ({}, False)
+    taken, full = got
+    if full:
+        return
+    src, dst, flow = j.source, j.destination, j.flow
+    names = flow.source_names if j.reply else flow.destination_names
+    address = "" if dst.namespace else j.destination_ip
+    key = (src.namespace, src.labels, src.workloads, dst.namespace, dst.labels, dst.workloads, names, address)
+    if key not in taken:
+        if len(taken) >= MAX_SUGGESTION_SAMPLES:
+            samples[index] = (taken, True)
+            return
+        taken[key] = j
+
+
+# -- merge side -------------------------------------------------------------------------------------
+class Merger:
+    """Applies chunk results, in input order, to the run's auditor (its dedup and pending tables) and sink."""
+
+    def __init__(self, pipeline: Pipeline, sink: ReportSink, unjudgeable: UnjudgeableCheck) -> None:
+        self.pipeline, self.sink, self.unjudgeable = pipeline, sink, unjudgeable
+
+    def apply(self, name: str, base: int, r: ChunkResult, summary: InputSummary) -> None:
+        sink, auditor = self.sink, self.pipeline.auditor
+        summary.lines += r.nonblank
+        summary.events += r.events
+        if summary.first_error is None and r.first_error is not None:
+            summary.first_error = (base + r.first_error[0], r.first_error[1])
+        for outcome, n in r.outcomes.items():
+            sink.outcomes[outcome] += n
+        for number, reason in r.invalid:
+            sink.on_invalid(f"{name}:{base + number}", reason)
+        for source, n in r.lost.items():
+            sink.lost[source] = sink.lost.get(source, 0) + n
+        self.unjudgeable.events += r.unjudgeable_events
+        for key, n in r.unjudgeable_missing.items():
+            self.unjudgeable.missing[key] += n
+        # edges: the first max_edges distinct ones (in input order) are kept, the rest fold per class
+        targets: list[tuple[EdgeKey, EdgeStats, bool]] = []
+        for index, (edge, rule, flows, first, last, kept) in enumerate(r.edges):
+            stats = sink.edges.get(edge) if kept else None
+            if stats is None and kept and len(sink.edges) < sink.max_edges:
+                stats = sink.edges[edge] = EdgeStats(rule)
+            if stats is None:  # beyond the cap (in the chunk, or in the input so far): folded per class
+                kept = False
+                other: EdgeKey = (OTHER, OTHER, None, OTHER, edge[4])
+                stats = sink.edges.get(other)
+                if stats is None:
+                    stats = sink.edges[other] = EdgeStats(0)
+                edge = other
+            targets.append((edge, stats, not kept))
+            stats.flows += flows
+            stats.first = min(stats.first, first)
+            stats.last = max(stats.last, last)
+            if kept and edge[4] == UNEXPECTED_ALLOWED:
+                got = r.samples.get(index)
+                if got is not None:
+                    self._merge_samples(edge, *got)
+        slots = [(targets[i], verdict, drop, ex) for i, verdict, drop, ex in r.slots]
+        self._apply_events(r, slots, auditor)
+
+    def _merge_samples(self, edge: EdgeKey, taken: dict[tuple[object, ...], Judgement], full: bool) -> None:
+        sink = self.sink
+        samples = sink.violation_samples.setdefault(edge, {})
+        if edge in sink.samples_full:
+            return
+        for key, j in taken.items():
+            if key not in samples:
+                if len(samples) >= MAX_SUGGESTION_SAMPLES:
+                    sink.samples_full.add(edge)
+                    return
+                samples[key] = j
+        if full:  # the chunk alone held more distinct pairs than are kept
+            sink.samples_full.add(edge)
+
+    def _apply_events(
+        self,
+        r: ChunkResult,
+        slots: list[tuple[tuple[EdgeKey, EdgeStats, bool], str, str, Example]],
+        auditor: Auditor,
+    ) -> None:
+        sink = self.sink
+        classes, aggregated = sink.classes, sink.aggregated
+        seen = auditor.dedup.seen
+        pending = auditor.pending
+        unproven = r.unproven
+        for t, conn, key, kind in zip(r.times, r.conns, r.keys, r.kinds, strict=True):
+            if kind >= 0:
+                if pending is not None:
+                    pending.resolve(conn, t)
+                if seen(key, t):
+                    continue
+                (edge, stats, folded), verdict, drop, ex = slots[kind]
+                classes[edge[4]] += 1
+                stats.connections += 1
+                stats.verdicts[verdict] = stats.verdicts.get(verdict, 0) + 1
+                if drop:
+                    stats.drop_reasons[drop] = stats.drop_reasons.get(drop, 0) + 1
+                if len(stats.examples) < MAX_EXAMPLES:
+                    _add_example(stats.examples, ex)
+                if folded:
+                    aggregated["edges"] += 1
+            elif pending is not None:
+                pending.hold(conn, t, _maker(unproven[_PROVISIONAL - kind], t))
+        self.pipeline.emit_unproven()
+
+
+def _maker(item: tuple[str, str, int | None, str, Example], t: float) -> Callable[[], Unproven]:
+    """Build the Unproven the report needs (its key, its first event's time, pods and node)."""
+
+    def make() -> Unproven:
+        source, destination, port, protocol, (src, dst, node) = item
+        flow = Flow(
+            t, 0, "", EMPTY_ENDPOINT, EMPTY_ENDPOINT, src, dst, protocol, 0, 0, 0, 0, None, 0, 0, 0, 0, node
+        )
+        return Unproven(flow, source, destination, port, protocol)
+
+    return make
+
+
+class ParallelReplay:
+    """A pool of ``jobs`` workers for one replay run (fork: workers share the parent's matrix)."""
+
+    def __init__(self, matrix: Matrix, window: float, max_edges: int, jobs: int) -> None:
+        ctx = multiprocessing.get_context("fork")
+        self.pool = ctx.Pool(jobs, initializer=_init_worker, initargs=(matrix, window, max_edges))
+        self.ahead = 4 * jobs
+
+    def feed(
+        self, merger: Merger, name: str, chunk_bytes: int, progress: Callable[[int], None] | None = None
+    ) -> InputSummary:
+        """Judge one splittable file; returns its summary, as :func:`auditor.replay_input.feed_file`."""
+        summary = InputSummary(name)
+        ranges = iter(chunks(name, chunk_bytes))
+        in_flight: deque[tuple[int, AsyncResult[ChunkResult]]] = deque()
+        base = 0
+        while True:
+            # At most a few chunks per worker ahead of the merge: memory does not grow with the file.
+            while len(in_flight) < self.ahead and (task := next(ranges, None)) is not None:
+                start, end = task
+                in_flight.append((end, self.pool.apply_async(judge_chunk, ((name, start, end),))))
+            if not in_flight:
+                return summary
+            end, pending = in_flight.popleft()
+            result = pending.get()
+            merger.apply(name, base, result, summary)
+            base += result.lines
+            if progress is not None:
+                progress(end)
+
+    def close(self) -> None:
+        self.pool.terminate()
+        self.pool.join()

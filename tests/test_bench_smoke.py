@@ -1,0 +1,52 @@
+"""Every benchmark runs once in its tiny smoke mode, so that none of them can rot (speeds are not asserted).
+
+``bench/run.py --smoke`` must print its one table (every stage, events/s, ratio to floor, peak RSS) and
+leave nothing generated behind; ``bench/learn.py`` and ``bench/live.py`` print their summaries.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def bench(script: str, *args: str) -> str:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), "--smoke", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_run_prints_its_table_and_cleans_up(tmp_path: Path) -> None:
+    out = bench("run.py", "--out", str(tmp_path))
+    header = next(line for line in out.splitlines() if line.startswith("stage"))
+    assert header.split()[:2] == ["stage", "events/s"] and "ratio to floor" in header and "peak RSS" in header
+    rows = {
+        line.split("  ")[0].strip(): line for line in out.splitlines()[out.splitlines().index(header) + 1 :]
+    }
+    assert set(rows) == {"floor", "orjson", "jq select", "replay", "replay -j 2", "learn"}
+    assert all(row.rstrip().endswith("MB") for row in rows.values())
+    assert "x one process" in rows["replay -j 2"]
+    assert [p.name for p in tmp_path.iterdir()] == ["results-smoke.json"]  # the generated input is gone
+
+
+def test_learn_prints_its_comparison(tmp_path: Path) -> None:
+    out = bench("learn.py", "--out", str(tmp_path))
+    assert "speed ratio to replay" in out
+    assert [p.name for p in tmp_path.iterdir()] == ["learn-results-smoke.json"]
+
+
+def test_live_prints_its_summary() -> None:
+    before = set((ROOT / "bench" / "out").glob("*")) if (ROOT / "bench" / "out").exists() else set()
+    out = bench("live.py")
+    assert "msgs/s" in out and "(c) memory" in out
+    after = set((ROOT / "bench" / "out").glob("*")) if (ROOT / "bench" / "out").exists() else set()
+    assert after == before  # the smoke run works in a directory of its own

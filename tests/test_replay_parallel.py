@@ -1,0 +1,231 @@
+"""``replay --jobs N``: the report of N worker processes is byte-identical to the single-process one.
+
+Chunk boundaries are placed everywhere (``--chunk-bytes 1`` makes every line its own chunk), so they fall
+inside SYN-retransmit bursts, between a request and its reply, and between a provisional event and the
+reply that proves it; the generated file adds thousands of connections, the edge cap and a short window.
+"""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+import json
+import os
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from auditor.cli import main
+from auditor.decode import decode_line
+from auditor.model import Flow
+from auditor.replay_parallel import chunks, splittable
+from auditor.scenario import synthetic_events
+
+ROOT = Path(__file__).resolve().parent.parent
+MATRIX = ROOT / "examples" / "airflow" / "matrix.yaml"
+EXAMPLES = sorted(ROOT.glob("examples/*/flows.jsonl"))
+SAMPLES = sorted((ROOT / "tests" / "data" / "hubble-samples").rglob("*.json*"))
+
+
+def replay(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], files: list[Path], *extra: str
+) -> tuple[int, bytes, str]:
+    """Exit code, report bytes and stderr of one replay."""
+    out = tmp_path / "report.json"
+    out.unlink(missing_ok=True)
+    code = main(
+        [
+            "replay",
+            *map(str, files),
+            "--matrix",
+            str(MATRIX),
+            "--format",
+            "json",
+            "--output",
+            str(out),
+            *extra,
+        ]
+    )
+    err = capsys.readouterr().err
+    return code, out.read_bytes() if out.exists() else b"", err
+
+
+def assert_identical(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], files: list[Path], chunk: int, *extra: str
+) -> bytes:
+    one = replay(tmp_path, capsys, files, "--jobs", "1", *extra)
+    assert all(splittable(str(f), chunk) for f in files)  # the parallel path really runs
+    many = replay(tmp_path, capsys, files, "--jobs", "2", "--chunk-bytes", str(chunk), *extra)
+    assert many == one
+    return one[1]
+
+
+def five_tuples(path: Path) -> list[tuple[str, str, int, int, str, bool | None, int]]:
+    found = []
+    for line in path.read_bytes().splitlines():
+        record = decode_line(line)
+        if type(record) is Flow:
+            f = record
+            found.append(
+                (
+                    f.source_ip,
+                    f.destination_ip,
+                    f.source_port,
+                    f.destination_port,
+                    f.protocol,
+                    f.is_reply,
+                    f.tcp_flags,
+                )
+            )
+    return found
+
+
+def test_the_example_has_retransmit_bursts_and_replies_to_cut_through() -> None:
+    """What the one-line chunks below cut through is really in the example."""
+    tuples = five_tuples(EXAMPLES[0])
+    syns = [t[:5] for t in tuples if t[6] & 0x02 and not t[6] & 0x10]  # SYN without ACK
+    assert len(syns) > len(set(syns))  # some SYN is sent again: a retransmit burst
+    requests = {t[:5] for t in tuples if t[5] is False}
+    replies = {(t[1], t[0], t[3], t[2], t[4]) for t in tuples if t[5] is True}
+    assert requests & replies  # requests whose replies follow
+
+
+@pytest.mark.parametrize("parts", [0, 2, 7], ids=["line-per-chunk", "halves", "sevenths"])
+@pytest.mark.parametrize("path", EXAMPLES + SAMPLES, ids=lambda p: p.name)
+def test_every_example_and_sample_gives_the_same_bytes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], path: Path, parts: int
+) -> None:
+    chunk = path.stat().st_size // parts if parts else 1
+    assert_identical(tmp_path, capsys, [path], chunk)
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("gen") / "synthetic.jsonl"
+    encode = msgspec.json.Encoder().encode
+    path.write_bytes(b"".join(encode(e) + b"\n" for e in synthetic_events(4000, distinct_pods=200, seed=3)))
+    return path
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [(), ("--max-edges", "4"), ("--dedup-window", "50ms"), ("--max-edges", "2", "--dedup-window", "2s")],
+    ids=["defaults", "edge-cap", "short-window", "both"],
+)
+def test_a_large_generated_file_gives_the_same_bytes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], generated: Path, extra: tuple[str, ...]
+) -> None:
+    report = assert_identical(tmp_path, capsys, [generated], 9_000, *extra)
+    parsed = json.loads(report)
+    assert parsed["flows"]["received"] == 4000
+    if "--max-edges" in extra:
+        assert parsed["edge_limit"]["aggregated_connections"] > 0  # the cap was exercised
+
+
+def test_every_line_its_own_chunk_on_generated_traffic(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], generated: Path
+) -> None:
+    head = tmp_path / "head.jsonl"
+    head.write_bytes(b"".join(generated.read_bytes().splitlines(keepends=True)[:600]))
+    assert_identical(tmp_path, capsys, [head], 1, "--max-edges", "3")
+
+
+def test_damaged_input_same_samples_line_numbers_warning_and_exit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Invalid lines (more than are sampled), blank lines, lost events, masked fields, several files."""
+    lines = EXAMPLES[0].read_bytes().splitlines(keepends=True)
+    damaged = []
+    for i, line in enumerate(lines):
+        if i % 37 == 5:
+            damaged.append(b"not json at all\n")
+        if i % 53 == 7:
+            damaged.append(b"\n   \n")
+        if i % 61 == 3:
+            damaged.append(b'{"lost_events":{"source":"HUBBLE_RING_BUFFER","num_events":"7"}}\n')
+        if i % 11 == 0:
+            line = line.replace(b'"event_type":', b'"ignored_event_type":')
+        damaged.append(line)
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    half = len(damaged) // 2
+    first.write_bytes(b"".join(damaged[:half]))
+    second.write_bytes(b"".join(damaged[half:]))
+    code, report, err = replay(tmp_path, capsys, [first, second], "--jobs", "1")
+    assert "could not be judged" in err and code == 1
+    parsed = json.loads(report)
+    assert len(parsed["invalid_samples"]) == 10 and parsed["lost_events"]
+    for chunk in (1, 3000):
+        many = replay(tmp_path, capsys, [first, second], "--jobs", "2", "--chunk-bytes", str(chunk))
+        assert many == (code, report, err)
+
+
+def test_a_file_without_hubble_events_is_the_same_input_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    junk = tmp_path / "junk.jsonl"
+    junk.write_text("\n".join(["[1, 2]", "", "not json"] * 50) + "\n")
+    one = replay(tmp_path, capsys, [junk], "--jobs", "1")
+    many = replay(tmp_path, capsys, [junk], "--jobs", "2", "--chunk-bytes", "64")
+    assert one == many and one[0] == 2 and "junk.jsonl: none of its 100 lines" in one[2]
+
+
+def test_stdin_gzip_and_pipes_stay_in_one_process(tmp_path: Path) -> None:
+    plain = tmp_path / "flows.jsonl"
+    plain.write_bytes(EXAMPLES[0].read_bytes())
+    gz = tmp_path / "flows.jsonl.gz"
+    gz.write_bytes(gzip.compress(plain.read_bytes()))
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    assert splittable(str(plain), 1)
+    assert not splittable(str(plain), plain.stat().st_size)  # one chunk: no workers
+    assert not splittable("-", 1) and not splittable(str(gz), 1) and not splittable(str(fifo), 1)
+
+
+@pytest.mark.parametrize("chunk", [1, 100, 4096])
+def test_chunks_start_at_line_boundaries_and_cover_the_file(tmp_path: Path, chunk: int) -> None:
+    path = tmp_path / "f.jsonl"
+    data = b"".join(b"x" * (i % 300) + b"\n" for i in range(200)) + b"no newline at the end"
+    path.write_bytes(data)
+    ranges = chunks(str(path), chunk)
+    assert ranges[0][0] == 0 and ranges[-1][1] == len(data)
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(ranges))
+    assert all(data[s - 1 : s] == b"\n" for s, _ in ranges[1:])
+    assert b"".join(data[s:e] for s, e in ranges) == data
+
+
+def test_one_node_captures_pending_connections_and_replies_in_later_chunks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], generated: Path
+) -> None:
+    """Events of one node only: connections seen leaving it stay provisional unless a forwarded reply from
+    the other node proves them — the pending table crosses every chunk boundary."""
+    lines = generated.read_bytes().splitlines(keepends=True)
+    node = json.loads(lines[0])["node_name"]
+    capture = tmp_path / "one-node.jsonl"
+    capture.write_bytes(b"".join(line for line in lines if json.loads(line)["node_name"] == node))
+    for extra in ((), ("--dedup-window", "200ms"), ("--max-edges", "2")):
+        report = json.loads(assert_identical(tmp_path, capsys, [capture], 1, *extra))
+        assert report["provisional"] and report["flows"]["reply"] and report["flows"]["provisional"]
+
+
+def test_many_endpoint_pairs_on_one_violation_edge_mark_the_suggestion_partial(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """More than 32 distinct endpoint pairs on an ``unexpected_allowed`` edge, spread over chunks or not."""
+    base = [line for line in EXAMPLES[0].read_bytes().splitlines(keepends=True) if b'10.244.1.201"' in line]
+
+    def variant(k: int) -> bytes:
+        return b"".join(
+            line.replace(b'10.244.1.201"', b'10.244.9.%d"' % k).replace(
+                b'policy.serviceaccount=default"', b'policy.serviceaccount=sa%d"' % k
+            )
+            for line in base
+        )
+
+    first = b"".join(variant(k) for k in range(40))
+    many = tmp_path / "many.jsonl"
+    many.write_bytes(first + variant(0) + variant(1))  # the second chunk brings no new pair
+    for chunk in (1, 20_000, len(first)):  # len(first): the first chunk alone has more than 32 pairs
+        report = json.loads(assert_identical(tmp_path, capsys, [many], chunk))
+        [edge] = [e for e in report["edges"] if e["class"] == "unexpected_allowed"]
+        assert edge["connections"] >= 40 and edge["suggestion"]["partial"] is True
