@@ -42,6 +42,8 @@ from multiprocessing.pool import AsyncResult
 from typing import Any, Final, cast
 
 from auditor.classify import (
+    EXPECTED_ALLOWED,
+    EXPECTED_DROPPED,
     IGNORED,
     INVALID,
     JUDGED,
@@ -162,6 +164,9 @@ class ChunkResult:
     conns: array[int] = field(default_factory=lambda: array("q"))
     keys: array[int] = field(default_factory=lambda: array("q"))
     kinds: array[int] = field(default_factory=lambda: array("q"))
+    # per judged event: index into `policy` (a judgement the report samples for policy advice), or -1
+    policy_slots: array[int] = field(default_factory=lambda: array("q"))
+    policy: list[Judgement] = field(default_factory=list)
 
 
 _worker: tuple[Auditor, _DedupRecorder, _PendingRecorder, int, Matrix] | None = None
@@ -204,7 +209,9 @@ def _judge_lines(
     slot_index: dict[tuple[int, str, str, Example], int] = {}
     unproven_index: dict[tuple[str, str, int | None, str, Example], int] = {}
     samples: dict[int, tuple[dict[tuple[object, ...], Judgement], bool]] = {}
+    policy_index: dict[tuple[object, ...], int] = {}
     add_time, add_conn, add_key, add_kind = r.times.append, r.conns.append, r.keys.append, r.kinds.append
+    add_policy = r.policy_slots.append
     get_edge, get_slot = edge_index.get, slot_index.get
     process, decode, lost = auditor.process, decode_line, r.lost
     number = nonblank = events = 0
@@ -248,6 +255,7 @@ def _judge_lines(
                 add_conn(pending.key)
                 add_key(0)
                 add_kind(_PROVISIONAL - slot)
+                add_policy(-1)
             continue
         j = cast(Judgement, result)
         reply = j.reply
@@ -294,6 +302,9 @@ def _judge_lines(
         add_conn(pending.key)
         add_key(dedup.key)
         add_kind(slot)
+        add_policy(
+            _policy_slot(policy_index, r.policy, index, j) if row[5] and edge[4] in _POLICY_CLASSES else -1
+        )
     r.lines, r.nonblank, r.events, r.outcomes = number, nonblank, events, outcomes
     r.unjudgeable_events, r.unjudgeable_missing = unjudgeable.events, unjudgeable.missing
     r.edges = [(e, rule, n, first, last, kept) for e, rule, n, first, last, kept in edge_rows]
@@ -301,6 +312,32 @@ def _judge_lines(
     r.slots = list(slot_index)
     r.unproven = list(unproven_index)
     return r
+
+
+_POLICY_CLASSES: Final = frozenset({EXPECTED_ALLOWED, UNEXPECTED_ALLOWED, EXPECTED_DROPPED})
+
+
+def _policy_slot(
+    index_of: dict[tuple[object, ...], int], taken: list[Judgement], edge: int, j: Judgement
+) -> int:
+    """A judgement standing for every event of ``edge`` with the same ends (what the report's policy advice
+    and label history read): the merge samples it when the event turns out to open a connection."""
+    f = j.flow
+    key = (
+        edge,
+        j.reply,
+        f.source,
+        f.destination,
+        f.source_ip,
+        f.destination_ip,
+        f.source_names,
+        f.destination_names,
+    )
+    slot = index_of.get(key)
+    if slot is None:
+        slot = index_of[key] = len(taken)
+        taken.append(j)
+    return slot
 
 
 def _sample(
@@ -395,13 +432,16 @@ class Merger:
         seen = auditor.dedup.seen
         pending = auditor.pending
         unproven = r.unproven
-        for t, conn, key, kind in zip(r.times, r.conns, r.keys, r.kinds, strict=True):
+        policy, sample_policy = r.policy, sink.sample_policy
+        for t, conn, key, kind, pslot in zip(r.times, r.conns, r.keys, r.kinds, r.policy_slots, strict=True):
             if kind >= 0:
                 if pending is not None:
                     pending.resolve(conn, t)
                 if seen(key, t):
                     continue
                 (edge, stats, folded), verdict, drop, ex = slots[kind]
+                if pslot >= 0 and not folded:
+                    sample_policy(edge, policy[pslot])
                 classes[edge[4]] += 1
                 stats.connections += 1
                 stats.verdicts[verdict] = stats.verdicts.get(verdict, 0) + 1

@@ -127,7 +127,7 @@ class ReportSink:
         if edge[4] == UNEXPECTED_ALLOWED and edge is j.edge:
             self._sample_violation(edge, j)
         if j.new_connection and edge is j.edge and edge[4] != UNEXPECTED_DROPPED:
-            self._sample_policy(edge, j)
+            self.sample_policy(edge, j)
         if not j.new_connection:
             return
         self.classes[edge[4]] += 1
@@ -165,8 +165,9 @@ class ReportSink:
                 return
             samples[key] = j
 
-    def _sample_policy(self, edge: Edge, j: Judgement) -> None:
-        """Remember the labels of delivered connections, and the first connection of a dropped edge."""
+    def sample_policy(self, edge: Edge, j: Judgement) -> None:
+        """Remember the labels of delivered connections, and the first connection of a dropped edge
+        (called for each new connection of a detailed edge, in input order; parallel replay calls it too)."""
         cls = edge[4]
         if cls in (EXPECTED_ALLOWED, UNEXPECTED_ALLOWED):
             self.label_history.on_delivered(j)
