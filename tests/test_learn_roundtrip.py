@@ -134,3 +134,16 @@ def test_learn_then_generate_policies_then_diff_shows_only_announced_widenings(
         (e.kind, e.source, e.destination, str(e.ports)) for e in result.differences if e.announced is None
     ]
     assert unannounced == []
+
+
+def test_learned_matrix_of_two_hundred_workloads_round_trips_through_cilium_policies(tmp_path: Path) -> None:
+    """Hundreds of workloads (fixed seed): learn → policies generate → policies diff. The Cilium flavour
+    expresses every learned rule exactly (no difference); NetworkPolicies differ only where generate said
+    they must (FQDN components as ipBlocks)."""
+    flows = tmp_path / "flows.jsonl"
+    write_jsonl(generate(1, workloads=200, connections=2000).events, flows)
+    matrix = learn(flows, tmp_path / "learned.yaml")
+    assert len(matrix.components) > 200
+    assert policies_diff(build(matrix, "cilium").objects, matrix).differences == []
+    kubernetes = policies_diff(build(matrix, "kubernetes").objects, matrix)
+    assert [e for e in kubernetes.differences if e.announced is None] == []
