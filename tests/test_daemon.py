@@ -488,9 +488,14 @@ def test_server_side_filter_asks_for_the_scope_namespaces_only(
         lambda: connections(scrape(d.listen_address)) == replay_connections(), what="the same connections"
     )
     request = d.source.requests[0]
-    assert [list(f.source_pod) + list(f.destination_pod) for f in request.whitelist] == [
+    assert [
+        list(f.source_pod) + list(f.destination_pod) + list(f.source_label) + list(f.destination_label)
+        for f in request.whitelist
+    ] == [
         ["airflow/"],
         ["airflow/"],
+        ["k8s:io.kubernetes.pod.namespace=airflow"],
+        ["k8s:io.kubernetes.pod.namespace=airflow"],
     ]
     samples = scrape(d.listen_address)
     assert value(samples, "flow_auditor_flows_total", outcome="out_of_scope") == 0.0
