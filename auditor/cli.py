@@ -523,7 +523,7 @@ def _hubble_config(args: argparse.Namespace) -> HubbleConfig:
         tls_server_name=args.tls_server_name,
         timeout=args.timeout,
         since=args.since,
-        field_mask=not args.no_field_mask,
+        field_mask=not getattr(args, "no_field_mask", False),  # `matrix learn` has no such flag
     )
 
 

@@ -9,6 +9,9 @@ Resilience:
   capped, fully jittered exponential backoff. No exception ends the stream thread: anything unexpected is
   logged through ``disconnected`` and retried like a broken stream; an exception while handling one event
   counts that event as ``invalid`` and the stream goes on.
+* What is asked for: only the fields the live decoder reads (``field_mask``: :data:`FIELD_MASK_PATHS`,
+  unless ``HubbleConfig.field_mask`` is off) and, with a scope, only flows with an end in a scoped namespace
+  (:func:`scope_filters`: pod and namespace-label whitelist filters); a scope change re-opens the stream.
 * Resuming never trusts a flow time (Hubble applies ``since`` to live events too; see
   :mod:`auditor.sources.resume`): a re-opened stream asks for the newest events Hubble holds (``number``:
   ``resume_backlog`` per node, less with many nodes), and re-sent events already processed are recognised
