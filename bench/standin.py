@@ -149,17 +149,20 @@ def main() -> int:
     parser.add_argument("--pods", type=int, default=1000, help="distinct pods in the synthetic traffic")
     parser.add_argument("--runs", type=int, default=3, help="runs per measurement (the best is reported)")
     parser.add_argument("--python-server", action="store_true", help="the Python HubbleServer instead")
+    parser.add_argument("--out", type=Path, default=OUT, help="where inputs and results go (bench/out)")
     args = parser.parse_args()
     live.quiet_logging()
     started = time.perf_counter()
     n = args.messages
-    cache = OUT / f"live-{n}-{args.pods}.pb"
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    cache = out / f"live-{n}-{args.pods}.pb"
     made_cache = not cache.exists()
     live.generate(cache, n, args.pods)
     full = live.load_messages(cache, n)
     cut = mask()
     small = [cut.response(m) for m in full]
-    files = {"full": OUT / "standin-full.bin", "masked": OUT / "standin-masked.bin"}
+    files = {"full": out / "standin-full.bin", "masked": out / "standin-masked.bin"}
     write_messages(files["full"], full)
     write_messages(files["masked"], small)
     server_kind = "Python HubbleServer (slower than the client)" if args.python_server else "C++ stand-in"
@@ -173,7 +176,7 @@ def main() -> int:
     try:
         for name, messages in (("full", full), ("masked", small)):
             if args.python_server and name == "masked":
-                pb = OUT / "standin-masked.pb"
+                pb = out / "standin-masked.pb"
                 with pb.open("wb") as f:  # bench/live.py's cache format, for its --serve mode
                     for m in small:
                         f.write(live._HEADER.pack(len(m), 0, 0, 0) + m)
@@ -201,14 +204,14 @@ def main() -> int:
                 "in_process_events_per_s": round(n / min(times["pipeline"])),
             }
     finally:
-        for path in [*files.values(), OUT / "standin-masked.pb", *([cache] if made_cache else [])]:
+        for path in [*files.values(), out / "standin-masked.pb", *([cache] if made_cache else [])]:
             path.unlink(missing_ok=True)
     results["masked_bytes_ratio"] = round(
         results["masked"]["bytes_per_message"] / results["full"]["bytes_per_message"], 3
     )
     results["seconds"] = round(time.perf_counter() - started, 1)
     summary(results)
-    (OUT / "standin-results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "standin-results.json").write_text(json.dumps(results, indent=2) + "\n")
     return 0
 
 
