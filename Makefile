@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # Tools installed by scripts/install-test-deps.sh (kubectl) come first on PATH.
 export PATH := $(CURDIR)/.tools/bin:$(PATH)
 
-.PHONY: run test bench soak lint typecheck proto monitoring clean system-deps screenshots
+.PHONY: run test bench bench-server bench-standin soak lint typecheck proto monitoring clean system-deps screenshots
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,10 +38,24 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
 ## bench: one table of stage, events/s, ratio to its floor and peak RSS (replay stages, under 3 minutes);
-## BENCH_FULL=1: 1M events, plus bench/learn.py and bench/live.py in full (long). Generated inputs are removed.
+## BENCH_FULL=1: 1M events, plus bench/learn.py, bench/live.py and the live path against the C++ stand-in
+## server (make bench-standin) in full (long). Generated inputs are removed.
 bench: $(STAMP)
 	$(PY) bench/run.py
-	if [ -n "$(BENCH_FULL)" ] && [ "$(BENCH_FULL)" != 0 ]; then $(PY) bench/learn.py && $(PY) bench/live.py; fi
+	if [ -n "$(BENCH_FULL)" ] && [ "$(BENCH_FULL)" != 0 ]; then \
+	  $(PY) bench/learn.py && $(PY) bench/live.py && $(MAKE) bench-standin; fi
+
+## bench-server: the C++ stand-in Hubble server (bench/standin/), from Debian's libgrpc++-dev; not in make test
+BENCH_SERVER := bench/out/standin
+bench-server: $(BENCH_SERVER)
+$(BENCH_SERVER): bench/standin/standin.cc scripts/install-bench-deps.sh
+	scripts/install-bench-deps.sh
+	mkdir -p bench/out
+	g++ -O2 -std=c++17 -o $@ bench/standin/standin.cc $$(pkg-config --cflags --libs grpc++ protobuf) -pthread
+
+## bench-standin: the live path against the stand-in, with and without the field mask (bench/standin.py)
+bench-standin: $(STAMP) bench-server
+	$(PY) bench/standin.py
 
 ## screenshots: the README's picture of the HTML report (docs/images/report.png), in headless Chromium
 screenshots: $(STAMP) system-deps

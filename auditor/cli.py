@@ -76,7 +76,14 @@ def _env(option: str, default: Any = None) -> Any:
 
 _DURATION = typed(parse_duration)
 # store_true options with environment twins
-_BOOL_OPTIONS = ("tls", "server_side_filter", "kube_events", "node_local")
+_BOOL_OPTIONS = (
+    "tls",
+    "server_side_filter",
+    "no_server_side_filter",
+    "no_field_mask",
+    "kube_events",
+    "node_local",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -203,13 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="on start, also judge flows this far back from Hubble's buffer: a duration (10m) or "
         "RFC 3339 time [FLOW_AUDITOR_SINCE]",
     )
-    run.add_argument(
-        "--server-side-filter",
-        action="store_true",
-        default=_env("server_side_filter"),
-        help="ask Hubble only for flows from/to the matrix's scope namespaces "
-        "[FLOW_AUDITOR_SERVER_SIDE_FILTER]",
-    )
+    _stream_options(run)
     run.add_argument(
         "--node-local",
         action="store_true",
@@ -237,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="the daemon against an embedded Hubble server playing the Airflow scenario"
     )
     _daemon_options(demo, log_format="console")
+    _stream_options(demo)
     demo.add_argument(
         "--speed",
         type=typed(positive_number),
@@ -411,6 +413,31 @@ def cmd_matrix_learn(args: argparse.Namespace) -> int:
 # -- end of matrix learn --------------------------------------------------------------------------------
 
 
+def _stream_options(p: argparse.ArgumentParser) -> None:
+    """What the daemon asks Hubble for: the scope filter and the field mask (``run`` and ``demo``)."""
+    p.add_argument(
+        "--no-server-side-filter",
+        action="store_true",
+        default=_env("no_server_side_filter"),
+        help="ask Hubble for every flow, not only for flows from/to the matrix's scope namespaces (the "
+        "default when the matrix has a scope) [FLOW_AUDITOR_NO_SERVER_SIDE_FILTER]",
+    )
+    p.add_argument(
+        "--server-side-filter",
+        action="store_true",
+        default=_env("server_side_filter"),
+        help="on by default now; accepted so that existing command lines keep working "
+        "[FLOW_AUDITOR_SERVER_SIDE_FILTER]",
+    )
+    p.add_argument(
+        "--no-field-mask",
+        action="store_true",
+        default=_env("no_field_mask"),
+        help="ask Hubble for whole flows instead of only the fields judging reads "
+        "[FLOW_AUDITOR_NO_FIELD_MASK]",
+    )
+
+
 def _daemon_options(p: argparse.ArgumentParser, log_format: str = "json") -> None:
     p.add_argument(
         "--listen-address",
@@ -510,6 +537,7 @@ def _hubble_config(args: argparse.Namespace) -> HubbleConfig:
         tls_server_name=args.tls_server_name,
         timeout=args.timeout,
         since=args.since,
+        field_mask=not getattr(args, "no_field_mask", False),  # `matrix learn` has no such flag
     )
 
 
@@ -522,11 +550,19 @@ def _daemon_config(args: argparse.Namespace, matrix: str, hubble: HubbleConfig) 
         listen_address=args.listen_address,
         reload_interval=args.reload_interval,
         dedup_window=args.dedup_window,
-        server_side_filter=getattr(args, "server_side_filter", False),
+        server_side_filter=_server_side_filter(args),
         node_local=getattr(args, "node_local", False),
         kube_events=getattr(args, "kube_events", False),
         kube_events_interval=getattr(args, "kube_events_interval", 300.0),
     )
+
+
+def _server_side_filter(args: argparse.Namespace) -> bool:
+    """On unless ``--no-server-side-filter``; ``--server-side-filter`` (the old opt-in) is still accepted."""
+    off, on = getattr(args, "no_server_side_filter", False), getattr(args, "server_side_filter", False)
+    if off and on:
+        raise UsageError("--server-side-filter and --no-server-side-filter contradict each other")
+    return not off
 
 
 def _start_daemon(config: DaemonConfig) -> int:
@@ -557,7 +593,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     demo = start_demo("127.0.0.1:0", speed=args.speed)
     try:
         # from the demo's own start: the first record is the node status its Relay stand-in reports
-        hubble = HubbleConfig(server=demo.address, timeout=5.0, since=time.time() - 1.0)
+        hubble = HubbleConfig(
+            server=demo.address, timeout=5.0, since=time.time() - 1.0, field_mask=not args.no_field_mask
+        )
         return _start_daemon(_daemon_config(args, str(DEMO_MATRIX), hubble))
     finally:
         demo.stop()

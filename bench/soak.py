@@ -199,6 +199,7 @@ def main() -> int:
             "--listen-address", address,
             "--since", "24h",
             "--reload-interval", "1s",
+            "--no-server-side-filter",  # flows sent = flows counted, out-of-scope ones included
         ],
         stdout=daemon_log,
         stderr=subprocess.STDOUT,

@@ -12,6 +12,9 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from auditor.daemon import Daemon, DaemonConfig
+from auditor.sources.hubble import HubbleConfig
+
 ROOT = Path(__file__).resolve().parent.parent
 FLOWS = ROOT / "examples" / "airflow" / "flows.jsonl"
 MATRIX = ROOT / "examples" / "airflow" / "matrix.yaml"
@@ -62,3 +65,27 @@ def http_status(url: str) -> int:
 
 def received(samples: Samples) -> float:
     return total(samples, "flow_auditor_flows_total")
+
+
+def connections(samples: Samples) -> dict[tuple[str, str, str, str, str], float]:
+    out: dict[tuple[str, str, str, str, str], float] = {}
+    for (name, labels), v in samples.items():
+        if name == "flow_auditor_connections_total":
+            d = dict(labels)
+            key = (d["source"], d["destination"], d["port"], d["protocol"], d["class"])
+            out[key] = out.get(key, 0.0) + v
+    return out
+
+
+def start_daemon(address: str, matrix: Path = MATRIX, **hubble: object) -> Daemon:
+    config = DaemonConfig(
+        matrix=str(matrix),
+        hubble=HubbleConfig(
+            server=address, since=0.0, timeout=2.0, backoff_initial=0.1, backoff_max=0.5, **hubble
+        ),  # type: ignore[arg-type]
+        listen_address="127.0.0.1:0",
+        reload_interval=0.1,
+    )
+    daemon = Daemon(config)
+    daemon.start()
+    return daemon

@@ -25,11 +25,12 @@ from daemon_helpers import (
     FLOW_EVENTS,
     FLOWS,
     MATRIX,
-    Samples,
+    connections,
     free_port,
     http_status,
     received,
     scrape,
+    start_daemon,
     value,
     wait_for,
 )
@@ -41,16 +42,6 @@ from auditor.demo import FlowLog, HubbleServer, ServerTls, load_jsonl, lost_even
 from auditor.sources.hubble import HubbleConfig
 
 # -- helpers ----------------------------------------------------------------------------------------
-
-
-def connections(samples: Samples) -> dict[tuple[str, str, str, str, str], float]:
-    out: dict[tuple[str, str, str, str, str], float] = {}
-    for (name, labels), v in samples.items():
-        if name == "flow_auditor_connections_total":
-            d = dict(labels)
-            key = (d["source"], d["destination"], d["port"], d["protocol"], d["class"])
-            out[key] = out.get(key, 0.0) + v
-    return out
 
 
 def replay_connections() -> dict[tuple[str, str, str, str, str], float]:
@@ -99,20 +90,6 @@ def server(example_log: FlowLog) -> Iterator[HubbleServer]:
     srv.start()
     yield srv
     srv.stop(0)
-
-
-def start_daemon(address: str, matrix: Path = MATRIX, **hubble: object) -> Daemon:
-    config = DaemonConfig(
-        matrix=str(matrix),
-        hubble=HubbleConfig(
-            server=address, since=0.0, timeout=2.0, backoff_initial=0.1, backoff_max=0.5, **hubble
-        ),  # type: ignore[arg-type]
-        listen_address="127.0.0.1:0",
-        reload_interval=0.1,
-    )
-    daemon = Daemon(config)
-    daemon.start()
-    return daemon
 
 
 @pytest.fixture
@@ -340,10 +317,11 @@ def test_matrix_reload_good_then_bad_keeps_the_good_one(
         what="the good reload",
     )
     assert value(scrape(d.listen_address), "flow_auditor_matrix_rules") == 12.0
-    # Bad: an unknown component. The old matrix stays, the error is counted.
-    matrix.write_text(
-        MATRIX.read_text().replace("to: webserver, ports: [8080]", "to: websrv, ports: [8080]", 1)
-    )
+    # Bad: an unknown component. The old matrix stays, the error is counted. Swapped in whole (a rename),
+    # so the reload thread never reads a half-written file (which would count an error of its own).
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(MATRIX.read_text().replace("to: webserver, ports: [8080]", "to: websrv, ports: [8080]", 1))
+    bad.replace(matrix)
     wait_for(
         lambda: value(scrape(d.listen_address), "flow_auditor_matrix_reloads_total", result="error") == 1,
         what="the failed reload",
@@ -458,9 +436,14 @@ def test_server_side_filter_asks_for_the_scope_namespaces_only(
         lambda: connections(scrape(d.listen_address)) == replay_connections(), what="the same connections"
     )
     request = d.source.requests[0]
-    assert [list(f.source_pod) + list(f.destination_pod) for f in request.whitelist] == [
+    assert [
+        list(f.source_pod) + list(f.destination_pod) + list(f.source_label) + list(f.destination_label)
+        for f in request.whitelist
+    ] == [
         ["airflow/"],
         ["airflow/"],
+        ["k8s:io.kubernetes.pod.namespace=airflow"],
+        ["k8s:io.kubernetes.pod.namespace=airflow"],
     ]
     samples = scrape(d.listen_address)
     assert value(samples, "flow_auditor_flows_total", outcome="out_of_scope") == 0.0

@@ -210,6 +210,7 @@ def test_a_sighup_storm_with_matrix_writes_neither_kills_nor_hangs_the_daemon(
             "json",
             "--listen-address",
             address,
+            "--no-server-side-filter",  # every flow, out-of-scope ones included, is counted below
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

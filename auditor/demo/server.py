@@ -20,10 +20,14 @@ Output: ``GetFlows`` streams, ``ServerStatus`` and ``GetNodes`` answers, with or
 - ``whitelist``/``blacklist``: an entry passes if it matches any whitelist filter (or there is none) and
   no blacklist filter; all set fields of one filter must match, any value of one field. Fields
   implemented: ``source_pod``/``destination_pod`` (prefix of ``"namespace/pod"``; ``"ns/"`` is a whole
-  namespace; an endpoint without namespace never matches), ``verdict`` and ``node_name`` (prefix). A
+  namespace; an endpoint without namespace never matches), ``source_label``/``destination_label`` (label
+  selectors over the endpoint's labels, see :mod:`auditor.demo.labels`), ``verdict`` and ``node_name``
+  (prefix). A
   filter using any other field is refused with ``INVALID_ARGUMENT`` rather than silently ignored.
-  ``field_mask`` is accepted and ignored (whole flows are sent). Filters apply to flows only:
-  ``lost_events``, ``node_status`` and raw entries are always sent;
+  Filters apply to flows only: ``lost_events``, ``node_status`` and raw entries are always sent;
+- ``field_mask``: as Hubble, only the masked fields of a flow are sent, after the filters saw the whole
+  flow, and the envelope's ``time``/``node_name`` come from the masked flow; an invalid mask fails the
+  call with ``UNKNOWN`` ("invalid fieldmask"). See :mod:`auditor.demo.fieldmask`;
 - a follower that falls more than the ring's capacity behind gets a ``lost_events`` response
   (source ``HUBBLE_RING_BUFFER``, the number of entries it missed), as Hubble does.
 
@@ -57,6 +61,8 @@ from google.protobuf import json_format, timestamp_pb2
 from auditor import __version__
 from auditor._proto.flow import flow_pb2
 from auditor._proto.observer import observer_pb2
+from auditor.demo.fieldmask import INVALID_MESSAGE, FlowMask, InvalidFieldMask
+from auditor.demo.labels import Selector, compile_selector, selects_any
 from auditor.scenario import DEFAULT_START, airflow_scenario
 from auditor.sources.files import FlowFile
 
@@ -85,7 +91,9 @@ DEFAULT_CAPACITY: Final = 65_536
 # The bundled scenario is ten minutes of flow time: at 10x a loop takes a minute and a violation
 # shows up every few seconds.
 DEFAULT_SPEED: Final = 10.0
-SUPPORTED_FILTER_FIELDS: Final = frozenset({"source_pod", "destination_pod", "verdict", "node_name"})
+SUPPORTED_FILTER_FIELDS: Final = frozenset(
+    {"source_pod", "destination_pod", "source_label", "destination_label", "verdict", "node_name"}
+)
 
 _NS: Final = 1_000_000_000
 _READ_BATCH: Final = 512  # entries taken from the ring per lock acquisition
@@ -113,6 +121,8 @@ class Entry(NamedTuple):
     destination_pod: str
     verdict: int
     node_name: str
+    source_labels: tuple[str, ...] = ()
+    destination_labels: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -149,6 +159,8 @@ def _entry(response: observer_pb2.GetFlowsResponse) -> Entry:
         _pod_key(flow.destination),
         flow.verdict,
         flow.node_name or response.node_name,
+        tuple(flow.source.labels),
+        tuple(flow.destination.labels),
     )
 
 
@@ -430,6 +442,8 @@ class _Criteria:
     destination_pods: tuple[str, ...]
     verdicts: frozenset[int]
     node_names: tuple[str, ...]
+    source_labels: tuple[Selector, ...] = ()
+    destination_labels: tuple[Selector, ...] = ()
 
     @classmethod
     def compile(cls, flt: flow_pb2.FlowFilter) -> _Criteria:
@@ -439,8 +453,18 @@ class _Criteria:
                 f"filter field(s) not implemented by the demo server: {', '.join(unsupported)} "
                 f"(supported: {', '.join(sorted(SUPPORTED_FILTER_FIELDS))})"
             )
+        try:
+            source_labels = tuple(compile_selector(s) for s in flt.source_label)
+            destination_labels = tuple(compile_selector(s) for s in flt.destination_label)
+        except ValueError as exc:
+            raise RequestError(str(exc)) from None
         return cls(
-            tuple(flt.source_pod), tuple(flt.destination_pod), frozenset(flt.verdict), tuple(flt.node_name)
+            tuple(flt.source_pod),
+            tuple(flt.destination_pod),
+            frozenset(flt.verdict),
+            tuple(flt.node_name),
+            source_labels,
+            destination_labels,
         )
 
     def matches(self, e: Entry) -> bool:
@@ -451,6 +475,10 @@ class _Criteria:
         ):
             return False
         if self.verdicts and e.verdict not in self.verdicts:
+            return False
+        if self.source_labels and not selects_any(self.source_labels, e.source_labels):
+            return False
+        if self.destination_labels and not selects_any(self.destination_labels, e.destination_labels):
             return False
         return not (self.node_names and not e.node_name.startswith(self.node_names))
 
@@ -464,6 +492,7 @@ class _Plan:
     until_ns: int | None
     whitelist: tuple[_Criteria, ...]
     blacklist: tuple[_Criteria, ...]
+    mask: FlowMask | None = None
 
     @classmethod
     def from_request(cls, req: observer_pb2.GetFlowsRequest) -> _Plan:
@@ -477,7 +506,13 @@ class _Plan:
             until_ns=_ns(req.until) if req.HasField("until") else None,
             whitelist=tuple(_Criteria.compile(f) for f in req.whitelist),
             blacklist=tuple(_Criteria.compile(f) for f in req.blacklist),
+            mask=FlowMask.from_request(req),
         )
+
+    def data(self, e: Entry) -> bytes:
+        """The bytes to send for an entry that passed: a flow masked when the request has a mask."""
+        mask = self.mask
+        return mask.response(e.data) if mask is not None and e.is_flow else e.data
 
     @property
     def filtered(self) -> bool:
@@ -644,6 +679,9 @@ class HubbleServer:
         except RequestError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))  # raises
             return iter(())
+        except InvalidFieldMask:  # Hubble returns a plain error: status UNKNOWN
+            context.abort(grpc.StatusCode.UNKNOWN, INVALID_MESSAGE)  # raises
+            return iter(())
         done = threading.Event()
 
         def on_done() -> None:
@@ -657,8 +695,9 @@ class HubbleServer:
     def _stream(self, plan: _Plan, done: threading.Event) -> Iterator[bytes]:
         log, stopping = self.log, self._stopping
         end, retained = log.snapshot(entries=plan.needs_backlog())
+        data = plan.data
         for entry in plan.backlog(retained):
-            yield entry.data
+            yield data(entry)
         del retained
         if not plan.follow:
             return
@@ -666,6 +705,7 @@ class HubbleServer:
         since, until = plan.since_ns, plan.until_ns
         filtered = plan.filtered
         passes = plan.passes
+        plain = plan.mask is None
         while not (done.is_set() or stopping.is_set()):
             cursor, missed, batch = log.read(cursor)
             if missed:
@@ -675,7 +715,7 @@ class HubbleServer:
                 continue
             if since is None and until is None and not filtered:
                 for entry in batch:
-                    yield entry.data
+                    yield entry.data if plain else data(entry)
                 continue
             for entry in batch:
                 t = entry.time_ns
@@ -684,7 +724,7 @@ class HubbleServer:
                 if t and since is not None and t < since:
                     continue  # as Hubble does: since applies to live events too
                 if passes(entry):
-                    yield entry.data
+                    yield data(entry)
 
     def _server_status(
         self, request: observer_pb2.ServerStatusRequest, context: Any

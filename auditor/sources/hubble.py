@@ -9,6 +9,9 @@ Resilience:
   capped, fully jittered exponential backoff. No exception ends the stream thread: anything unexpected is
   logged through ``disconnected`` and retried like a broken stream; an exception while handling one event
   counts that event as ``invalid`` and the stream goes on.
+* What is asked for: only the fields the live decoder reads (``field_mask``: :data:`FIELD_MASK_PATHS`,
+  unless ``HubbleConfig.field_mask`` is off) and, with a scope, only flows with an end in a scoped namespace
+  (:func:`scope_filters`: pod and namespace-label whitelist filters); a scope change re-opens the stream.
 * Resuming never trusts a flow time (Hubble applies ``since`` to live events too; see
   :mod:`auditor.sources.resume`): a re-opened stream asks for the newest events Hubble holds (``number``:
   ``resume_backlog`` per node, less with many nodes), and re-sent events already processed are recognised
@@ -61,8 +64,54 @@ IDLE_TIMEOUT: Final = 30.0  # seconds of silence before the server is probed
 HEALTHY_AFTER: Final = 1.0  # seconds a stream must stay open (without a response) to count as healthy
 # grpc.experimental.ChannelOptions.SingleThreadedUnaryStream (not in the type stubs)
 SINGLE_THREADED_UNARY_STREAM: Final = "SingleThreadedUnaryStream"
+# The live decoder's reads (proto/live/live.proto, auditor.decode_pb), asked for with
+# GetFlowsRequest.field_mask: every field of live.Flow, narrowed to the sub-fields read where the decoder
+# reads only part of a message. ``l4`` stays whole: its cases are a oneof (a path into one would make
+# Hubble allocate every case) and it is small.
+ENDPOINT_FIELDS: Final = ("identity", "namespace", "labels", "pod_name", "workloads", "cluster_name")
+NARROWED_FIELDS: Final[dict[str, tuple[str, ...]]] = {
+    "source": ENDPOINT_FIELDS,
+    "destination": ENDPOINT_FIELDS,
+    "IP": ("source", "destination"),
+    "event_type": ("type",),
+}
+NAMESPACE_LABEL: Final = "k8s:io.kubernetes.pod.namespace"
 _WATCH_TICK: Final = 0.2  # seconds between two looks of the stream watcher
 _REASON_MAX: Final = 300  # characters of a failure reason kept (gRPC details come from the server)
+
+
+def field_mask_paths() -> tuple[str, ...]:
+    """The ``field_mask`` paths of what the live decoder reads (see :data:`NARROWED_FIELDS`)."""
+    paths: list[str] = []
+    for fd in live_pb2.Flow.DESCRIPTOR.fields:
+        narrowed = NARROWED_FIELDS.get(fd.name)
+        paths += [f"{fd.name}.{sub}" for sub in narrowed] if narrowed else [fd.name]
+    return tuple(paths)
+
+
+FIELD_MASK_PATHS: Final = field_mask_paths()
+
+
+def scope_filters(namespaces: Sequence[str]) -> list[flow_pb2.FlowFilter]:
+    """Whitelist filters for flows from or to ``namespaces`` (none: no filter, every flow).
+
+    A flow is in scope when either end is in a scoped namespace, by its ``namespace`` field or, for an
+    endpoint Hubble knows only by its identity (no namespace, no pod name: e.g. a pod of another cluster
+    or one whose metadata Cilium did not have yet), by its ``k8s:io.kubernetes.pod.namespace`` label —
+    the decoder takes the namespace from that label too. Hubble ORs whitelist filters and the values of
+    one field, so four filters cover any number of namespaces. Reserved identities (world, host,
+    remote-node…) carry no namespace: a flow between two of them is out of scope either way.
+    """
+    if not namespaces:
+        return []
+    pods = [f"{ns}/" for ns in namespaces]
+    labels = [f"{NAMESPACE_LABEL}={ns}" for ns in namespaces]
+    return [
+        flow_pb2.FlowFilter(source_pod=pods),
+        flow_pb2.FlowFilter(destination_pod=pods),
+        flow_pb2.FlowFilter(source_label=labels),
+        flow_pb2.FlowFilter(destination_label=labels),
+    ]
 
 
 class SourceConfigError(ValueError):
@@ -84,6 +133,7 @@ class HubbleConfig:
     backoff_max: float = 30.0
     cert_poll_interval: float = 10.0
     namespaces: tuple[str, ...] = ()  # server-side filter: only flows from/to these namespaces
+    field_mask: bool = True  # ask only for the fields the decoder reads (FIELD_MASK_PATHS)
     since: float | None = None  # first stream only: start this far back (seconds since the epoch)
     single_threaded_stream: bool = True
     max_message_bytes: int = MAX_MESSAGE_BYTES
@@ -286,9 +336,9 @@ class HubbleSource:
             req.since.FromNanoseconds(int(self.config.since * 1e9))
         elif self._opened:
             req.number = self.config.resume_backlog  # nothing seen yet: what happened while we were away
-        for ns in self.namespaces:
-            req.whitelist.append(flow_pb2.FlowFilter(source_pod=[f"{ns}/"]))
-            req.whitelist.append(flow_pb2.FlowFilter(destination_pod=[f"{ns}/"]))
+        req.whitelist.extend(scope_filters(self.namespaces))
+        if self.config.field_mask:
+            req.field_mask.paths.extend(FIELD_MASK_PATHS)
         return req
 
     def _channel(self) -> grpc.Channel:

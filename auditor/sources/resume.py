@@ -33,7 +33,7 @@ Error policy: never raises on input; node names are only used as dictionary keys
 from __future__ import annotations
 
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Final
 
@@ -47,13 +47,12 @@ ANOMALY_KINDS: Final = (AHEAD, BACKWARDS)
 
 
 class _Node:
-    __slots__ = ("keys", "order", "tick", "watermark")
+    __slots__ = ("keys", "order", "watermark")
 
     def __init__(self) -> None:
         self.keys: set[int] = set()
         self.order: deque[int] = deque()
         self.watermark = 0.0
-        self.tick = 0
 
 
 class ResumeState:
@@ -75,9 +74,8 @@ class ResumeState:
         self.max_nodes = max(1, max_nodes)
         self.tolerance = tolerance
         self.clock = clock
-        self._nodes: dict[str, _Node] = {}
+        self._nodes: OrderedDict[str, _Node] = OrderedDict()  # quietest first (least recently spoke)
         self._keys = 0
-        self._tick = 0
         self.resent = 0  # re-sent events recognised (to be skipped)
         self.anomalies: dict[str, int] = dict.fromkeys(ANOMALY_KINDS, 0)
         self.evicted_nodes = 0
@@ -102,8 +100,8 @@ class ResumeState:
         elif key in mem.keys:
             self.resent += 1
             return False
-        self._tick += 1
-        mem.tick = self._tick
+        else:
+            self._nodes.move_to_end(node)  # O(1): the quietest node is always found first
         order, keys = mem.order, mem.keys
         while len(order) >= self._share:  # at most once, except right after the share shrank
             keys.discard(order.popleft())
@@ -152,9 +150,7 @@ class ResumeState:
 
     def _drop_quietest(self, keep: _Node | None) -> bool:
         nodes = self._nodes
-        victim = min(
-            (n for n, m in nodes.items() if m is not keep), key=lambda n: nodes[n].tick, default=None
-        )
+        victim = next((n for n, m in nodes.items() if m is not keep), None)  # ``keep`` spoke last
         if victim is None:
             return False
         self._keys -= len(nodes.pop(victim).order)

@@ -1,0 +1,240 @@
+"""Live path against a stand-in server faster than the client, with and without the field mask.
+
+Stage: measurement only (``make bench``; never run by ``make test``). The server is ``bench/out/standin``, a
+small C++ gRPC server (``bench/standin/standin.cc``, built by ``make bench-server`` from Debian's
+``libgrpc++-dev``) that streams pre-serialized ``GetFlowsResponse`` messages over loopback: the messages of
+``bench/live.py``'s cache (``auditor.scenario.synthetic_events``, ``--pods`` distinct pods), once whole and
+once cut by the live source's field mask with the demo server's Hubble-faithful masking
+(``auditor.demo.fieldmask``). For each of the two files:
+
+* bytes/message — the mean size of what travels;
+* bare   — a client that only receives and parses (``FromString``), with the daemon's channel options;
+* daemon — the real ``Daemon`` (HubbleSource + pipeline + sinks) until it counted every message;
+* ratio daemon/bare (target >= 0.8): the stand-in must not be the bound — its CPU is reported;
+* in-process — the daemon's consume loop over the same bytes from memory (no gRPC), for reference.
+
+The Airflow demo traffic (``examples/airflow/flows.jsonl``, what ``flow-auditor demo`` plays) gives the
+mask's bytes ratio on the demo traffic (target <= 0.7). Each rate is the best of ``--runs``; runs of one
+measurement take turns. With ``--python-server`` the stand-in is ``bench/live.py``'s Python
+``HubbleServer`` subprocess instead (labelled so: it is slower than the client).
+
+Error policy: a stand-in that is not built, does not start or stalls aborts the run with an error naming
+it; every process started here is stopped by its PID. Results: printed, and written to
+``bench/out/standin-results.json``; the message files are deleted at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import select
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import field_mask_pb2
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import live
+
+from auditor.demo import load_jsonl
+from auditor.demo.fieldmask import FlowMask
+from auditor.sources.hubble import FIELD_MASK_PATHS
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "bench" / "out"
+BINARY = OUT / "standin"
+DEMO_FLOWS = ROOT / "examples" / "airflow" / "flows.jsonl"
+TARGET_RATIO = 0.8
+TARGET_BYTES = 0.7
+START_TIMEOUT = 60.0
+_LENGTH = struct.Struct("<I")
+
+
+def mask() -> FlowMask:
+    return FlowMask(field_mask_pb2.FieldMask(paths=FIELD_MASK_PATHS))
+
+
+def write_messages(path: Path, messages: list[bytes]) -> None:
+    with path.open("wb") as f:
+        for m in messages:
+            f.write(_LENGTH.pack(len(m)))
+            f.write(m)
+
+
+class StandIn:
+    """The C++ stand-in (or, with ``python``, bench/live.py's HubbleServer) in a subprocess."""
+
+    def __init__(self, messages_file: Path, pb_cache: Path, count: int, python: bool) -> None:
+        if python:
+            self.cmd = [sys.executable, str(ROOT / "bench" / "live.py"), "--serve", str(pb_cache)]
+            self.cmd += ["--serve-count", str(count)]
+        else:
+            if not BINARY.is_file():
+                raise RuntimeError(f"{BINARY} is not built: run `make bench-server`")
+            self.cmd = [str(BINARY), "--file", str(messages_file)]
+        self.proc: subprocess.Popen[str] | None = None
+        self.address = ""
+
+    def start(self) -> str:
+        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            if select.select([self.proc.stdout], [], [], 1.0)[0]:
+                line = self.proc.stdout.readline()
+                if line.startswith("listening on "):
+                    self.address = line.split()[2]
+                    return self.address
+        self.stop()
+        raise RuntimeError(f"stand-in did not start: {' '.join(self.cmd)}")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def daemon_client(field_mask: bool) -> Any:
+    """bench/live.py's daemon client, with the field mask setting of the run (the stand-in ignores the
+    request; the setting keeps the daemon's configuration honest)."""
+
+    def client(address: str, n: int, single: bool) -> live.StreamRun:
+        original = live.make_daemon
+        live.make_daemon = lambda server="127.0.0.1:9", **h: original(server, field_mask=field_mask, **h)
+        try:
+            return live.daemon_client(address, n, single)
+        finally:
+            live.make_daemon = original
+
+    return client
+
+
+def demo_bytes() -> dict[str, Any]:
+    cut = mask()
+    full = [r.SerializeToString() for r in load_jsonl(DEMO_FLOWS)]
+    small = [cut.response(m) for m in full]
+    return {
+        "messages": len(full),
+        "full_bytes_per_message": round(sum(map(len, full)) / len(full)),
+        "masked_bytes_per_message": round(sum(map(len, small)) / len(small)),
+        "ratio": round(sum(map(len, small)) / sum(map(len, full)), 3),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--messages", type=int, default=50_000, help="messages streamed per run")
+    parser.add_argument("--pods", type=int, default=1000, help="distinct pods in the synthetic traffic")
+    parser.add_argument("--runs", type=int, default=3, help="runs per measurement (the best is reported)")
+    parser.add_argument("--python-server", action="store_true", help="the Python HubbleServer instead")
+    parser.add_argument("--out", type=Path, default=OUT, help="where inputs and results go (bench/out)")
+    args = parser.parse_args()
+    live.quiet_logging()
+    started = time.perf_counter()
+    n = args.messages
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    cache = out / f"live-{n}-{args.pods}.pb"
+    made_cache = not cache.exists()
+    live.generate(cache, n, args.pods)
+    full = live.load_messages(cache, n)
+    cut = mask()
+    small = [cut.response(m) for m in full]
+    files = {"full": out / "standin-full.bin", "masked": out / "standin-masked.bin"}
+    write_messages(files["full"], full)
+    write_messages(files["masked"], small)
+    server_kind = "Python HubbleServer (slower than the client)" if args.python_server else "C++ stand-in"
+    results: dict[str, Any] = {
+        "server": server_kind,
+        "messages": n,
+        "distinct_pods": args.pods,
+        "load_average_start": round(live.load_average(), 2),
+        "demo_traffic": demo_bytes(),
+    }
+    try:
+        for name, messages in (("full", full), ("masked", small)):
+            if args.python_server and name == "masked":
+                pb = out / "standin-masked.pb"
+                with pb.open("wb") as f:  # bench/live.py's cache format, for its --serve mode
+                    for m in small:
+                        f.write(live._HEADER.pack(len(m), 0, 0, 0) + m)
+            else:
+                pb = cache
+            server = StandIn(files[name], pb, n, args.python_server)
+            server.start()
+            try:
+                bare = live.measure_stream(server, args.runs, live.bare_client, n, True)  # type: ignore[arg-type]
+                daemon = live.measure_stream(
+                    server,
+                    args.runs,
+                    daemon_client(name == "masked"),
+                    n,
+                    True,  # type: ignore[arg-type]
+                )
+            finally:
+                server.stop()
+            times = live.interleaved(args.runs, {"pipeline": lambda m=messages: live.daemon_pipeline(m)})  # type: ignore[misc]
+            results[name] = {
+                "bytes_per_message": round(sum(map(len, messages)) / n),
+                "bare": bare,
+                "daemon": daemon,
+                "ratio": round(daemon["msgs_per_s"] / bare["msgs_per_s"], 3),
+                "in_process_events_per_s": round(n / min(times["pipeline"])),
+            }
+    finally:
+        for path in [*files.values(), out / "standin-masked.pb", *([cache] if made_cache else [])]:
+            path.unlink(missing_ok=True)
+    results["masked_bytes_ratio"] = round(
+        results["masked"]["bytes_per_message"] / results["full"]["bytes_per_message"], 3
+    )
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    summary(results)
+    (out / "standin-results.json").write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+def summary(r: dict[str, Any]) -> None:
+    demo = r["demo_traffic"]
+    print(f"\nlive path against the {r['server']}, {r['messages']:,} messages, {r['distinct_pods']:,} pods")
+    met = "met" if demo["ratio"] <= TARGET_BYTES else "MISSED"
+    print(
+        f"  demo traffic: {demo['full_bytes_per_message']} → {demo['masked_bytes_per_message']} bytes/message"
+        f" with the field mask = {demo['ratio']:.2f}x ({met}: <= {TARGET_BYTES})"
+    )
+    for name in ("full", "masked"):
+        x = r[name]
+        bare, daemon = x["bare"], x["daemon"]
+        print(
+            f"  {name:<6} {x['bytes_per_message']:>5} B/msg  bare {bare['msgs_per_s']:>7,}/s"
+            f"  daemon {daemon['msgs_per_s']:>7,}/s  ratio {x['ratio']:.2f}"
+            f" ({'met' if x['ratio'] >= TARGET_RATIO else 'MISSED'}: >= {TARGET_RATIO})"
+            f"  server {daemon['server_cpu']:.2f} cores, client {daemon['client_cpu']:.2f}"
+            f"  in-process {x['in_process_events_per_s']:,}/s"
+        )
+    print(f"  synthetic traffic: masked/full bytes {r['masked_bytes_ratio']:.2f}; total {r['seconds']:.0f}s")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
