@@ -30,7 +30,6 @@ import functools
 import operator
 import re
 from datetime import UTC, datetime
-from functools import lru_cache
 from typing import Annotated, Any, Final, get_args, get_origin
 
 import msgspec
@@ -58,6 +57,7 @@ from auditor.model import (
     Workload,
     namespace_from_labels,
 )
+from auditor.names import drop_reason_name, lost_event_source_name, node_state_name
 
 
 class DecodeError(ValueError):
@@ -71,19 +71,6 @@ _VERDICTS: Final = {name: number for number, name in VERDICT_NAMES.items()}
 _FLOW_TYPES: Final = {name: number for number, name in FLOW_TYPE_NAMES.items()}
 _DIRECTIONS: Final = {name: number for number, name in DIRECTION_NAMES.items()}
 _POINTS: Final = {name: number for number, name in OBSERVATION_POINT_NAMES.items()}
-_LOST_SOURCES: Final = {
-    0: "UNKNOWN_LOST_EVENT_SOURCE",
-    1: "PERF_EVENT_RING_BUFFER",
-    2: "OBSERVER_EVENTS_QUEUE",
-    3: "HUBBLE_RING_BUFFER",
-}
-_NODE_STATES: Final = {
-    0: "UNKNOWN_NODE_STATE",
-    1: "NODE_CONNECTED",
-    2: "NODE_UNAVAILABLE",
-    3: "NODE_GONE",
-    4: "NODE_ERROR",
-}
 
 # Domains of the numbers the auditor reads (protobuf types of flow.proto), checked by msgspec in C.
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
@@ -99,21 +86,6 @@ def _enum(value: Enum, table: dict[str, int]) -> int:
     if isinstance(value, int):
         return value
     return table.get(value, 0)
-
-
-@lru_cache(maxsize=512)
-def drop_reason_name(value: Enum) -> str:
-    """``DropReason`` name for a number (or the name itself); ``""`` for 0/unknown."""
-    if isinstance(value, str):
-        return "" if value in ("DROP_REASON_UNKNOWN", "0", "") else value
-    if value == 0:
-        return ""
-    try:
-        from auditor._proto.flow import flow_pb2
-
-        return str(flow_pb2.DropReason.Name(value))  # type: ignore[arg-type]
-    except (ImportError, ValueError):
-        return str(value)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -362,14 +334,12 @@ def _lost(lost: _Lost, node: str) -> LostEvents:
     if not 0 <= count < 2**64:
         raise DecodeError(f"lost_events.num_events_lost is out of range (uint64): {_clip(num)}")
     src = lost.source
-    name = _LOST_SOURCES.get(src, _LOST_SOURCES[0]) if isinstance(src, int) else src
-    return LostEvents(name, count, node)
+    return LostEvents(lost_event_source_name(src), count, node)
 
 
 def _node_status(status: _NodeStatus) -> NodeStatus:
     state = status.state
-    name = _NODE_STATES.get(state, _NODE_STATES[0]) if isinstance(state, int) else state
-    return NodeStatus(name, status.node_names, status.message)
+    return NodeStatus(node_state_name(state), status.node_names, status.message)
 
 
 def parse_time(text: str) -> float:

@@ -62,15 +62,14 @@ from auditor.model import (
     Workload,
     namespace_from_labels,
 )
-
-DROP_REASON_NAMES: Final[dict[int, str]] = {number: name for name, number in flow_pb2.DropReason.items()}
-LOST_EVENT_SOURCE_NAMES: Final[dict[int, str]] = {
-    number: name for name, number in flow_pb2.LostEventSource.items()
-}
-NODE_STATE_NAMES: Final[dict[int, str]] = {number: name for name, number in observer_pb2.NodeState.items()}
-
-UNKNOWN_LOST_EVENT_SOURCE: Final = "UNKNOWN_LOST_EVENT_SOURCE"
-UNKNOWN_NODE_STATE: Final = "UNKNOWN_NODE_STATE"
+from auditor.names import (
+    DROP_REASON_NAMES,
+    LOST_EVENT_SOURCE_NAMES,
+    NODE_STATE_NAMES,
+    UNKNOWN_LOST_EVENT_SOURCE,
+    UNKNOWN_NODE_STATE,
+    drop_reason_name,
+)
 
 # Payloads Hubble's exporter puts in the same envelope under numbers our GetFlowsResponse reserves.
 OTHER_PAYLOAD_KINDS: Final[dict[int, str]] = {4: "agent_event", 5: "debug_event"}
@@ -185,13 +184,6 @@ _cached_endpoint = ENDPOINTS.entries.get
 def endpoint_cache_info() -> dict[str, int]:
     """Entries, charged bytes, budget, misses and resets of the decoder's endpoint cache."""
     return ENDPOINTS.info()
-
-
-def drop_reason_name(code: int) -> str:
-    """The ``DropReason`` name of ``code``: ``""`` for 0, the decimal number when our proto lacks it."""
-    if not code:
-        return ""
-    return DROP_REASON_NAMES.get(code) or str(code)
 
 
 def _decode_flow(msg: flow_pb2.Flow | live_pb2.Flow, envelope: Response | None) -> Flow:

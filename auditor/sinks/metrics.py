@@ -53,6 +53,13 @@ import auditor
 from auditor.classify import EXPECTED_DROPPED, OUTCOMES, UNEXPECTED_DROPPED, Edge, Judgement, Unproven
 from auditor.matrix import ENTITIES, Matrix
 from auditor.model import ICMP_PROTOCOLS, VERDICT_NAMES, LostEvents, NodeStatus
+from auditor.names import (
+    LOST_EVENT_SOURCE_NAMES,
+    NODE_GONE,
+    NODE_STATE_NAMES,
+    UNKNOWN_LOST_EVENT_SOURCE,
+    UNKNOWN_NODE_STATE,
+)
 from auditor.sources.resume import ANOMALY_KINDS
 
 PREFIX: Final = "flow_auditor_"
@@ -60,15 +67,11 @@ OTHER: Final = "other"
 UNKNOWN_PEER: Final = "unknown"
 NAMESPACE_PREFIX: Final = "ns:"
 
-LOST_EVENT_SOURCES: Final = (
-    "UNKNOWN_LOST_EVENT_SOURCE",
-    "PERF_EVENT_RING_BUFFER",
-    "OBSERVER_EVENTS_QUEUE",
-    "HUBBLE_RING_BUFFER",
+LOST_EVENT_SOURCES: Final = tuple(name for _, name in sorted(LOST_EVENT_SOURCE_NAMES.items()))
+NODE_STATES: Final = tuple(
+    name for _, name in sorted(NODE_STATE_NAMES.items()) if name not in (UNKNOWN_NODE_STATE, NODE_GONE)
 )
-UNKNOWN_LOST_EVENT_SOURCE: Final = LOST_EVENT_SOURCES[0]
-NODE_STATES: Final = ("NODE_CONNECTED", "NODE_UNAVAILABLE", "NODE_ERROR")
-NODE_GONE: Final = "NODE_GONE"
+"""Node states exposed by ``flow_auditor_hubble_nodes`` (gone nodes are forgotten)."""
 RELOAD_RESULTS: Final = ("success", "error")
 SERIES_FAMILIES: Final = {
     "edge_last_seen": PREFIX + "edge_last_seen_timestamp_seconds",
