@@ -47,5 +47,5 @@ def test_lost_event_sources_and_node_states_by_number_and_name() -> None:
 
 def test_decoders_and_metrics_share_the_tables() -> None:
     assert decode.drop_reason_name is decode_pb.drop_reason_name is drop_reason_name
-    assert metrics.LOST_EVENT_SOURCES == tuple(decode_pb.LOST_EVENT_SOURCE_NAMES[n] for n in range(4))
+    assert tuple(decode_pb.LOST_EVENT_SOURCE_NAMES[n] for n in range(4)) == metrics.LOST_EVENT_SOURCES
     assert metrics.NODE_STATES == ("NODE_CONNECTED", "NODE_UNAVAILABLE", "NODE_ERROR")
