@@ -13,7 +13,7 @@ KUBECTL_VERSION="1.32.3+ds-2"
 have_all() {
   command -v promtool >/dev/null && command -v prometheus >/dev/null \
     && command -v prometheus-alertmanager >/dev/null && [ -x "$TOOLS/bin/kubectl" ] \
-    && command -v chromium >/dev/null
+    && command -v chromium >/dev/null && command -v jq >/dev/null
 }
 
 if [ -f "$STAMP" ] && have_all; then
