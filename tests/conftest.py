@@ -1,14 +1,18 @@
-"""Shared fixtures: a headless Chromium from Debian's packages (as a person sees pages), and the folder
-where tests keep their screenshots (``build/test-output/screenshots``, to be looked at after a run)."""
+"""Shared fixtures: a headless Chromium from Debian's packages (as a person sees pages), the folder where
+tests keep their screenshots (``build/test-output/screenshots``, to be looked at after a run), and the
+daemons a test starts (stopped after it, whatever happens)."""
 
 from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from auditor.daemon import Daemon
 
 ROOT = Path(__file__).resolve().parent.parent
 SCREENSHOTS = ROOT / "build" / "test-output" / "screenshots"
@@ -44,3 +48,12 @@ def browser() -> Iterator[Any]:
 def screenshots() -> Path:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     return SCREENSHOTS
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[Daemon]]:
+    """Append each daemon a test starts; all are stopped when the test ends."""
+    started: list[Daemon] = []
+    yield started
+    for d in started:
+        d.stop()

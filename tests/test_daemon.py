@@ -92,14 +92,6 @@ def server(example_log: FlowLog) -> Iterator[HubbleServer]:
     srv.stop(0)
 
 
-@pytest.fixture
-def daemons() -> Iterator[list[Daemon]]:
-    started: list[Daemon] = []
-    yield started
-    for d in started:
-        d.stop()
-
-
 # -- counts -----------------------------------------------------------------------------------------
 
 

@@ -45,14 +45,6 @@ def server() -> Iterator[HubbleServer]:
     srv.stop(0)
 
 
-@pytest.fixture
-def daemons() -> Iterator[list[Daemon]]:
-    started: list[Daemon] = []
-    yield started
-    for d in started:
-        d.stop()
-
-
 def start(address: str, matrix: Path = MATRIX, *sinks: object) -> Daemon:
     config = DaemonConfig(
         matrix=str(matrix),

@@ -113,14 +113,6 @@ def servers() -> Iterator[Servers]:
     s.stop()
 
 
-@pytest.fixture
-def daemons() -> Iterator[list[Daemon]]:
-    started: list[Daemon] = []
-    yield started
-    for d in started:
-        d.stop()
-
-
 def restart(servers: Servers, d: Daemon, log: FlowLog) -> None:
     """Stop the server (the stream breaks), then start one on the same port serving ``log``."""
     servers.stop()
