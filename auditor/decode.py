@@ -276,12 +276,24 @@ def _flow(f: _Flow, envelope_node: str, envelope_time: datetime | None) -> Flow:
     verdict, ftype, direction, point = f.verdict, f.Type, f.traffic_direction, f.trace_observation_point
     drop = f.drop_reason_desc or f.drop_reason
     t = f.time or envelope_time
+    seconds = 0.0
+    if t is not None:
+        # Hot path inlined: an aware time inside the model's range; _timestamp handles the rest.
+        seconds = t.timestamp() if t.tzinfo is not None else _timestamp(t)
+        if not MIN_TIME <= seconds < END_TIME:
+            _timestamp(t)  # raises DecodeError naming the time
+    src, dst = f.source, f.destination
+    # An endpoint decoded into the model's own type with its namespace set is used as it is.
+    if src is None or src.__class__ is not Endpoint or not src.namespace:
+        src = _endpoint(src)
+    if dst is None or dst.__class__ is not Endpoint or not dst.namespace:
+        dst = _endpoint(dst)
     return Flow(
-        _timestamp(t) if t is not None else 0.0,
+        seconds,
         verdict if verdict.__class__ is int else _VERDICTS.get(verdict, 0),  # type: ignore[arg-type]
         drop_reason_name(drop) if drop else "",
-        _endpoint(f.source),
-        _endpoint(f.destination),
+        src,
+        dst,
         ip.source if ip is not None else "",
         ip.destination if ip is not None else "",
         protocol,

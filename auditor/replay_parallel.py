@@ -78,6 +78,8 @@ _PROVISIONAL: Final = -1  # slot values below zero: a provisional event, its Unp
 
 Example = tuple[str, str, str]
 EdgeKey = tuple[str, str, int | None, str, str]
+Delivered = tuple[str, str, tuple[str, ...], str, str, tuple[str, ...]]
+"""Both ends of a delivered connection as the label history keeps them: component, namespace, labels."""
 
 
 def default_jobs() -> int:
@@ -166,7 +168,7 @@ class ChunkResult:
     kinds: array[int] = field(default_factory=lambda: array("q"))
     # per judged event: index into `policy` (a judgement the report samples for policy advice), or -1
     policy_slots: array[int] = field(default_factory=lambda: array("q"))
-    policy: list[Judgement] = field(default_factory=list)
+    policy: list[Judgement | Delivered] = field(default_factory=list)
 
 
 _worker: tuple[Auditor, _DedupRecorder, _PendingRecorder, int, Matrix] | None = None
@@ -210,6 +212,7 @@ def _judge_lines(
     unproven_index: dict[tuple[str, str, int | None, str, Example], int] = {}
     samples: dict[int, tuple[dict[tuple[object, ...], Judgement], bool]] = {}
     policy_index: dict[tuple[object, ...], int] = {}
+    labels_of: dict[tuple[str, ...], tuple[str, ...]] = {}
     add_time, add_conn, add_key, add_kind = r.times.append, r.conns.append, r.keys.append, r.kinds.append
     add_policy = r.policy_slots.append
     get_edge, get_slot = edge_index.get, slot_index.get
@@ -303,7 +306,9 @@ def _judge_lines(
         add_key(dedup.key)
         add_kind(slot)
         add_policy(
-            _policy_slot(policy_index, r.policy, index, j) if row[5] and edge[4] in _POLICY_CLASSES else -1
+            _policy_slot(policy_index, r.policy, labels_of, index, j)
+            if row[5] and edge[4] in _POLICY_CLASSES
+            else -1
         )
     r.lines, r.nonblank, r.events, r.outcomes = number, nonblank, events, outcomes
     r.unjudgeable_events, r.unjudgeable_missing = unjudgeable.events, unjudgeable.missing
@@ -318,25 +323,38 @@ _POLICY_CLASSES: Final = frozenset({EXPECTED_ALLOWED, UNEXPECTED_ALLOWED, EXPECT
 
 
 def _policy_slot(
-    index_of: dict[tuple[object, ...], int], taken: list[Judgement], edge: int, j: Judgement
+    index_of: dict[tuple[object, ...], int],
+    taken: list[Judgement | Delivered],
+    labels_of: dict[tuple[str, ...], tuple[str, ...]],
+    edge: int,
+    j: Judgement,
 ) -> int:
-    """A judgement standing for every event of ``edge`` with the same ends (what the report's policy advice
-    and label history read): the merge samples it when the event turns out to open a connection."""
+    """What the report's policy advice and label history would read of this event, standing for every
+    event of ``edge`` that reads the same: the merge samples it when the event turns out to open a
+    connection. A delivered connection stands for its two label sets only (interned, so that a chunk's
+    result carries each set once); an ``expected_dropped`` one for its whole judgement."""
     f = j.flow
-    key = (
-        edge,
-        j.reply,
-        f.source,
-        f.destination,
-        f.source_ip,
-        f.destination_ip,
-        f.source_names,
-        f.destination_names,
-    )
+    if j.edge[4] == EXPECTED_DROPPED:
+        key: tuple[object, ...] = (
+            edge,
+            j.reply,
+            f.source,
+            f.destination,
+            f.source_ip,
+            f.destination_ip,
+            f.source_names,
+            f.destination_names,
+        )
+        item: Judgement | Delivered = j
+    else:
+        src, dst = j.source, j.destination
+        src_labels = labels_of.setdefault(src.labels, src.labels)
+        dst_labels = labels_of.setdefault(dst.labels, dst.labels)
+        key = item = (j.edge[0], src.namespace, src_labels, j.edge[1], dst.namespace, dst_labels)
     slot = index_of.get(key)
     if slot is None:
         slot = index_of[key] = len(taken)
-        taken.append(j)
+        taken.append(item)
     return slot
 
 
@@ -432,7 +450,7 @@ class Merger:
         seen = auditor.dedup.seen
         pending = auditor.pending
         unproven = r.unproven
-        policy, sample_policy = r.policy, sink.sample_policy
+        policy, sample_policy, remember = r.policy, sink.sample_policy, sink.label_history.remember
         for t, conn, key, kind, pslot in zip(r.times, r.conns, r.keys, r.kinds, r.policy_slots, strict=True):
             if kind >= 0:
                 if pending is not None:
@@ -441,7 +459,12 @@ class Merger:
                     continue
                 (edge, stats, folded), verdict, drop, ex = slots[kind]
                 if pslot >= 0 and not folded:
-                    sample_policy(edge, policy[pslot])
+                    item = policy[pslot]
+                    if type(item) is tuple:
+                        remember(*item[:3])
+                        remember(*item[3:])
+                    else:
+                        sample_policy(edge, item)  # type: ignore[arg-type]  # a Judgement
                 classes[edge[4]] += 1
                 stats.connections += 1
                 stats.verdicts[verdict] = stats.verdicts.get(verdict, 0) + 1

@@ -229,3 +229,34 @@ def test_many_endpoint_pairs_on_one_violation_edge_mark_the_suggestion_partial(
         report = json.loads(assert_identical(tmp_path, capsys, [many], chunk))
         [edge] = [e for e in report["edges"] if e["class"] == "unexpected_allowed"]
         assert edge["connections"] >= 40 and edge["suggestion"]["partial"] is True
+
+
+def test_label_history_of_both_ends_crosses_chunks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A connection dropped after the destination's pod labels changed: the policy change names the changed
+    destination label, learnt from delivered connections in earlier chunks (the merge keeps both ends)."""
+    lines = EXAMPLES[0].read_bytes().splitlines(keepends=True)
+    [template] = [json.loads(line) for line in lines if b'"destination_port":5432' in line][:1]
+    flow = template["flow"]
+    flow["verdict"], flow["drop_reason_desc"] = "DROPPED", "POLICY_DENIED"
+    flow["l4"]["TCP"]["source_port"] = 40001
+    flow["traffic_direction"], flow["event_type"] = "INGRESS", {"type": 1}
+    old, new = "k8s:app.kubernetes.io/version=16.1.0", "k8s:app.kubernetes.io/version=17.0.0"
+    flow["destination"]["labels"] = [
+        new if label == old else label for label in flow["destination"]["labels"]
+    ]
+    flow["time"] = template["time"] = "2026-11-23T23:59:00Z"
+    capture = tmp_path / "changed.jsonl"
+    capture.write_bytes(b"".join(lines) + json.dumps(template).encode() + b"\n")
+    for parts in (0, 3):
+        chunk = capture.stat().st_size // parts if parts else 1
+        report = json.loads(assert_identical(tmp_path, capsys, [capture], chunk))
+        [edge] = [
+            e
+            for e in report["edges"]
+            if (e["source"], e["destination"], e["class"]) == ("worker", "postgresql", "expected_dropped")
+        ]
+        changes = edge["policy_change"]["label_changes"]
+        assert [c["end"] for c in changes] == ["destination"], changes
+        assert changes[0]["labels"] == {"app.kubernetes.io/version": ["16.1.0", "17.0.0"]}, changes

@@ -67,17 +67,14 @@ class LabelHistory:
         """Remember both ends of a delivered connection (cheap once known: a lookup and a length check)."""
         edge, flow = j.edge, j.flow
         source, destination = (flow.destination, flow.source) if j.reply else (flow.source, flow.destination)
-        labels = self.labels
-        if source.namespace:
-            seen = labels.get((edge[0], source.namespace))
-            if seen is None or (len(seen) < self.per_key and source.labels not in seen):
-                self._add((edge[0], source.namespace), source.labels)
-        if destination.namespace:
-            seen = labels.get((edge[1], destination.namespace))
-            if seen is None or (len(seen) < self.per_key and destination.labels not in seen):
-                self._add((edge[1], destination.namespace), destination.labels)
+        self.remember(edge[0], source.namespace, source.labels)
+        self.remember(edge[1], destination.namespace, destination.labels)
 
-    def _add(self, key: tuple[str, str], labels: tuple[str, ...]) -> None:
+    def remember(self, component: str, namespace: str, labels: tuple[str, ...]) -> None:
+        """Remember the labels one end of a delivered connection carried (ends outside a namespace: not)."""
+        if not namespace:
+            return
+        key = (component, namespace)
         seen = self.labels.get(key)
         if seen is None:
             if len(self.labels) < self.max_entries:
@@ -89,7 +86,7 @@ class LabelHistory:
         """Fold in another history (the earlier input's entries win: call in input order)."""
         for key, sets in other.labels.items():
             for labels in sets:
-                self._add(key, labels)
+                self.remember(*key, labels)
 
     def changes_of(self, j: Judgement) -> list[dict[str, Any]]:
         """How the labels of both ends of ``j`` differ from those remembered (see :meth:`changes`)."""
