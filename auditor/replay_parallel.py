@@ -208,7 +208,7 @@ def _judge_lines(
     outcomes = dict.fromkeys(OUTCOMES, 0)
     edge_index: dict[EdgeKey, int] = {}
     edge_rows: list[list[Any]] = []  # [edge, rule, flows, first, last, kept]
-    slot_index: dict[tuple[int, str, str, Example], int] = {}
+    slot_index: dict[tuple[int, str, str, str, str, str, str, str, str, str], int] = {}
     unproven_index: dict[tuple[str, str, int | None, str, Example], int] = {}
     samples: dict[int, tuple[dict[tuple[object, ...], Judgement], bool]] = {}
     policy_index: dict[tuple[object, ...], int] = {}
@@ -285,19 +285,20 @@ def _judge_lines(
             row[4] = t
         if edge[4] == UNEXPECTED_ALLOWED and row[5]:
             _sample(samples, index, j)
-        if reply:
-            ex = (
-                record.destination.pod or record.destination_ip,
-                record.source.pod or record.source_ip,
-                record.node_name,
-            )
-        else:
-            ex = (
-                record.source.pod or record.source_ip,
-                record.destination.pod or record.destination_ip,
-                record.node_name,
-            )
-        skey = (index, j.verdict, record.drop_reason, ex)
+        # The example's parts, raw (pod strings are built once per distinct slot, at the end)
+        src, dst = (record.destination, record.source) if reply else (record.source, record.destination)
+        skey = (
+            index,
+            j.verdict,
+            record.drop_reason,
+            src.namespace,
+            src.pod_name,
+            record.destination_ip if reply else record.source_ip,
+            dst.namespace,
+            dst.pod_name,
+            record.source_ip if reply else record.destination_ip,
+            record.node_name,
+        )
         slot = get_slot(skey)
         if slot is None:
             slot = slot_index[skey] = len(slot_index)
@@ -314,7 +315,7 @@ def _judge_lines(
     r.unjudgeable_events, r.unjudgeable_missing = unjudgeable.events, unjudgeable.missing
     r.edges = [(e, rule, n, first, last, kept) for e, rule, n, first, last, kept in edge_rows]
     r.samples = samples
-    r.slots = list(slot_index)
+    r.slots = [(k[0], k[1], k[2], (_pod(k[3], k[4], k[5]), _pod(k[6], k[7], k[8]), k[9])) for k in slot_index]
     r.unproven = list(unproven_index)
     return r
 
@@ -348,14 +349,30 @@ def _policy_slot(
         item: Judgement | Delivered = j
     else:
         src, dst = j.source, j.destination
-        src_labels = labels_of.setdefault(src.labels, src.labels)
-        dst_labels = labels_of.setdefault(dst.labels, dst.labels)
-        key = item = (j.edge[0], src.namespace, src_labels, j.edge[1], dst.namespace, dst_labels)
+        key = (j.edge[0], src.namespace, src.labels, j.edge[1], dst.namespace, dst.labels)
+        slot = index_of.get(key)
+        if slot is not None:
+            return slot
+        item = (
+            j.edge[0],
+            src.namespace,
+            labels_of.setdefault(src.labels, src.labels),
+            j.edge[1],
+            dst.namespace,
+            labels_of.setdefault(dst.labels, dst.labels),
+        )
     slot = index_of.get(key)
     if slot is None:
         slot = index_of[key] = len(taken)
         taken.append(item)
     return slot
+
+
+def _pod(namespace: str, name: str, ip: str) -> str:
+    """An example's end as the report names it: ``namespace/pod`` (as ``Endpoint.pod``), or the IP."""
+    if not name:
+        return ip
+    return f"{namespace}/{name}" if namespace else name
 
 
 def _sample(
