@@ -1,6 +1,6 @@
 """``GetFlowsRequest.field_mask`` applied the way Hubble applies it, for the embedded demo server.
 
-Stage: none of the pipeline's — the output side of the demo server (:mod:`auditor.demo.server`), which
+Stage: none of the pipeline's — the output side of the demo server (:mod:`auditor.demo.service`), which
 stands in for Hubble. Input: the request's ``google.protobuf.FieldMask`` and stored ``GetFlowsResponse``
 bytes. Output: the bytes to send.
 

@@ -1,6 +1,6 @@
 """``source_label``/``destination_label`` flow filters as Hubble reads them, for the embedded demo server.
 
-Stage: none of the pipeline's — the request side of the demo server (:mod:`auditor.demo.server`), which
+Stage: none of the pipeline's — the request filters of the demo server (:mod:`auditor.demo.filters`), which
 stands in for Hubble. Input: the selector strings of a ``FlowFilter`` and an endpoint's Cilium labels
 (``"source:key=value"``). Output: whether any selector selects the labels.
 
