@@ -9,7 +9,7 @@ take turns (a slow spell of the machine hits them alike). The 1-minute load aver
   * floor    — ``GetFlowsResponse.FromString`` of every message, then a read of each field judging needs
                (verdict, the l4 oneof and its ports, IPs, both endpoints' identity/namespace/labels/pod name,
                direction, observation point, event type, is_reply, time); no classification, no metrics.
-  * pipeline — the daemon's own ``HubbleSource._consume`` over the same bytes: ``FromString`` →
+  * pipeline — the daemon's own ``HubbleSource.consume`` over the same bytes: ``FromString`` →
                ``decode_pb.record_from_response`` → ``Pipeline.feed`` under ``pipeline.lock`` → ``Auditor``
                (``examples/airflow/matrix.yaml``) → the daemon's sinks (``MetricsSink``, ``LogSink``
                with logging configured to discard, the invalid-log sink). Built by ``auditor.daemon.Daemon``.
@@ -93,7 +93,7 @@ from auditor.matrix import load_matrix
 from auditor.model import Flow
 from auditor.scenario import synthetic_events
 from auditor.sinks.log import LogSink
-from auditor.sources.hubble import GET_FLOWS, Backoff, HubbleConfig
+from auditor.sources.hubble import GET_FLOWS, HubbleConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
@@ -555,10 +555,10 @@ def stage_feed(messages: list[bytes]) -> int:
 
 
 def daemon_pipeline(messages: Iterable[bytes], daemon: Daemon | None = None) -> int:
-    """The daemon's live consume loop (``HubbleSource._consume``) fed from memory instead of a call."""
+    """The daemon's live consume loop (``HubbleSource.consume``) fed from memory instead of a call."""
     reset_decoder_caches()
     daemon = daemon or make_daemon()
-    daemon.source._consume(iter(messages), Backoff(0.5, 30.0))
+    daemon.source.consume(messages)
     return counted(daemon)
 
 
@@ -580,10 +580,9 @@ def profile_pipeline(messages: list[bytes]) -> dict[str, Any]:
     and the top functions by own time."""
     daemon = make_daemon()
     reset_decoder_caches()
-    backoff = Backoff(0.5, 30.0)
     profiler = cProfile.Profile()
     profiler.enable()
-    daemon.source._consume(iter(messages), backoff)
+    daemon.source.consume(messages)
     profiler.disable()
     n = len(messages)
     table: dict[tuple[str, int, str], tuple[Any, ...]] = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
@@ -808,9 +807,9 @@ def daemon_client(address: str, n: int, single_threaded: bool) -> StreamRun:
     daemon.start()
     try:
         deadline = time.monotonic() + STREAM_TIMEOUT
-        while source._received < n:
+        while source.received < n:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"daemon: {source._received} of {n} messages after {STREAM_TIMEOUT}s")
+                raise RuntimeError(f"daemon: {source.received} of {n} messages after {STREAM_TIMEOUT}s")
             time.sleep(0.01)
         elapsed = time.perf_counter() - started
         python_cpu, _ = cpu_delta(threads, thread_cpu(os.getpid()))
@@ -950,18 +949,20 @@ def shifted_stream(path: Path, base: int, total: int) -> Iterator[bytes]:
 
 
 def structure_sizes(daemon: Daemon) -> dict[str, int]:
+    """Entries of every bounded structure of the daemon's pipeline, to tell what grows if RSS does."""
     auditor, metrics = daemon.pipeline.auditor, daemon.metrics
     violations = next(s for s in daemon.pipeline.sinks if isinstance(s, LogSink))
+    caches, metric_caches = auditor.cache_info(), metrics.cache_info()
     return {
         "dedup_entries": len(auditor.dedup),
-        "dedup_order": len(auditor.dedup._order),
+        "dedup_order": len(auditor.dedup._order),  # its time queue: no public size
         **decoder_cache_sizes(),
-        "identity_cache": len(auditor._ids),
-        "anonymous_cache": len(auditor._anon),
-        "rule_cache": len(auditor._rules),
-        "metric_series": len(metrics._series),
-        "metric_edge_slots": len(metrics._slots),
-        "violation_log_edges": len(violations._last),
+        "identity_cache": caches["identity_entries"],
+        "anonymous_cache": caches["anon_entries"],
+        "rule_cache": caches["rule_entries"],
+        "metric_series": metric_caches["series"],
+        "metric_edge_slots": metric_caches["edge_slots"],
+        "violation_log_edges": violations.cache_info()["edges"],
         "resume_keys": daemon.source.resume.keys,
     }
 
