@@ -43,6 +43,7 @@ from live_messages import (
     read_records,
 )
 
+from auditor._proto.observer import observer_pb2
 from auditor.daemon import Daemon
 from auditor.sinks.log import LogSink
 
@@ -50,35 +51,21 @@ TARGET_RSS_DRIFT: Final = 0.10
 MEMORY_CHILD_TIMEOUT: Final = 1800.0
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _field(number: int, payload: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
 def _suffix(seconds: int, kind: int, port: int) -> bytes:
     """``GetFlowsResponse`` bytes setting flow.time.seconds, time.seconds and the ephemeral port.
 
-    Appended to a serialized response, protobuf's merge rules make these values win (field numbers:
-    GetFlowsResponse.flow 1, .time 1001; Flow.time 1, .l4 6; Layer4.TCP 1, .UDP 2; ports 1 and 2).
+    Appended to a serialized response, protobuf's merge rules make these values win.
     """
-    ts = b"\x08" + _varint(seconds)
-    flow = _field(1, ts)
+    response = observer_pb2.GetFlowsResponse()
+    response.time.seconds = response.flow.time.seconds = seconds
     if kind != NO_PORT:
-        protocol = 1 if kind in (TCP_SOURCE, TCP_DESTINATION) else 2
-        port_field = 1 if kind in (TCP_SOURCE, UDP_SOURCE) else 2
-        flow += _field(6, _field(protocol, bytes([port_field << 3]) + _varint(port)))
-    return _field(1, flow) + _field(1001, ts)
+        l4 = response.flow.l4
+        ports = l4.TCP if kind in (TCP_SOURCE, TCP_DESTINATION) else l4.UDP
+        if kind in (TCP_SOURCE, UDP_SOURCE):
+            ports.source_port = port
+        else:
+            ports.destination_port = port
+    return response.SerializeToString()
 
 
 def shifted_stream(path: Path, base: int, total: int) -> Iterator[bytes]:
