@@ -26,21 +26,19 @@ it; every process started here is stopped by its PID. Results: printed, and writ
 from __future__ import annotations
 
 import argparse
+import functools
 import json
-import os
-import select
-import signal
 import struct
-import subprocess
-import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import live_grpc
 from google.protobuf import field_mask_pb2
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import live
+from live_common import daemon_pipeline, interleaved, load_average, quiet_logging
+from live_grpc import ServerProcess, StreamRun, bare_client, measure_stream, server_command
+from live_messages import HEADER, generate, load_messages
 
 from auditor.demo import load_jsonl
 from auditor.demo.fieldmask import FlowMask
@@ -67,64 +65,21 @@ def write_messages(path: Path, messages: list[bytes]) -> None:
             f.write(m)
 
 
-class StandIn:
-    """The C++ stand-in (or, with ``python``, bench/live.py's HubbleServer) in a subprocess."""
-
-    def __init__(self, messages_file: Path, pb_cache: Path, count: int, python: bool) -> None:
-        if python:
-            self.cmd = [sys.executable, str(ROOT / "bench" / "live.py"), "--serve", str(pb_cache)]
-            self.cmd += ["--serve-count", str(count)]
-        else:
-            if not BINARY.is_file():
-                raise RuntimeError(f"{BINARY} is not built: run `make bench-server`")
-            self.cmd = [str(BINARY), "--file", str(messages_file)]
-        self.proc: subprocess.Popen[str] | None = None
-        self.address = ""
-
-    def start(self) -> str:
-        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, text=True)
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            if select.select([self.proc.stdout], [], [], 1.0)[0]:
-                line = self.proc.stdout.readline()
-                if line.startswith("listening on "):
-                    self.address = line.split()[2]
-                    return self.address
-        self.stop()
-        raise RuntimeError(f"stand-in did not start: {' '.join(self.cmd)}")
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
+def stand_in(messages_file: Path, pb_cache: Path, count: int, python: bool) -> ServerProcess:
+    """The C++ stand-in (or, with ``python``, bench/live.py's HubbleServer) as a subprocess to start."""
+    if python:
+        return ServerProcess(server_command(pb_cache, count), "stand-in", START_TIMEOUT)
+    if not BINARY.is_file():
+        raise RuntimeError(f"{BINARY} is not built: run `make bench-server`")
+    return ServerProcess([str(BINARY), "--file", str(messages_file)], "stand-in", START_TIMEOUT)
 
 
-def daemon_client(field_mask: bool) -> Any:
+def daemon_client(field_mask: bool) -> Callable[[str, int, bool], StreamRun]:
     """bench/live.py's daemon client, with the field mask setting of the run (the stand-in ignores the
     request; the setting keeps the daemon's configuration honest)."""
 
-    def client(address: str, n: int, single: bool) -> live.StreamRun:
-        original = live.make_daemon
-        live.make_daemon = lambda server="127.0.0.1:9", **h: original(server, field_mask=field_mask, **h)
-        try:
-            return live.daemon_client(address, n, single)
-        finally:
-            live.make_daemon = original
+    def client(address: str, n: int, single: bool) -> StreamRun:
+        return live_grpc.daemon_client(address, n, single, field_mask=field_mask)
 
     return client
 
@@ -151,15 +106,15 @@ def main() -> int:
     parser.add_argument("--python-server", action="store_true", help="the Python HubbleServer instead")
     parser.add_argument("--out", type=Path, default=OUT, help="where inputs and results go (bench/out)")
     args = parser.parse_args()
-    live.quiet_logging()
+    quiet_logging()
     started = time.perf_counter()
     n = args.messages
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     cache = out / f"live-{n}-{args.pods}.pb"
     made_cache = not cache.exists()
-    live.generate(cache, n, args.pods)
-    full = live.load_messages(cache, n)
+    generate(cache, n, args.pods)
+    full = load_messages(cache, n)
     cut = mask()
     small = [cut.response(m) for m in full]
     files = {"full": out / "standin-full.bin", "masked": out / "standin-masked.bin"}
@@ -170,7 +125,7 @@ def main() -> int:
         "server": server_kind,
         "messages": n,
         "distinct_pods": args.pods,
-        "load_average_start": round(live.load_average(), 2),
+        "load_average_start": round(load_average(), 2),
         "demo_traffic": demo_bytes(),
     }
     try:
@@ -179,23 +134,17 @@ def main() -> int:
                 pb = out / "standin-masked.pb"
                 with pb.open("wb") as f:  # bench/live.py's cache format, for its --serve mode
                     for m in small:
-                        f.write(live._HEADER.pack(len(m), 0, 0, 0) + m)
+                        f.write(HEADER.pack(len(m), 0, 0, 0) + m)
             else:
                 pb = cache
-            server = StandIn(files[name], pb, n, args.python_server)
+            server = stand_in(files[name], pb, n, args.python_server)
             server.start()
             try:
-                bare = live.measure_stream(server, args.runs, live.bare_client, n, True)  # type: ignore[arg-type]
-                daemon = live.measure_stream(
-                    server,
-                    args.runs,
-                    daemon_client(name == "masked"),
-                    n,
-                    True,  # type: ignore[arg-type]
-                )
+                bare = measure_stream(server, args.runs, bare_client, n, True)
+                daemon = measure_stream(server, args.runs, daemon_client(name == "masked"), n, True)
             finally:
                 server.stop()
-            times = live.interleaved(args.runs, {"pipeline": lambda m=messages: live.daemon_pipeline(m)})  # type: ignore[misc]
+            times = interleaved(args.runs, {"pipeline": functools.partial(daemon_pipeline, messages)})
             results[name] = {
                 "bytes_per_message": round(sum(map(len, messages)) / n),
                 "bare": bare,

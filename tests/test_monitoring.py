@@ -19,7 +19,7 @@ import pytest
 import yaml
 from jsonschema import Draft7Validator
 
-from monitoring import build, dashboard, rules
+from monitoring import build, dashboard, panels_matrix, rules
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -356,8 +356,8 @@ def test_dashboard_has_the_required_panels(board: dict[str, Any]) -> None:
 
 
 def test_matrix_panel_ranks_every_class_once() -> None:
-    ranks = [rank for _, rank, _, _ in dashboard.MATRIX_RANKS]
-    assert sorted(cls for cls, _, _, _ in dashboard.MATRIX_RANKS) == sorted(
+    ranks = [rank for _, rank, _, _ in panels_matrix.MATRIX_RANKS]
+    assert sorted(cls for cls, _, _, _ in panels_matrix.MATRIX_RANKS) == sorted(
         ["expected_allowed", "expected_dropped", "unexpected_allowed", "unexpected_dropped"]
     )
     assert ranks == sorted(ranks, reverse=True), "the `or` chain must list the worst class first"

@@ -155,6 +155,10 @@ class LogSink:
         self._advisor = None  # the generated policies of the new matrix are built on first use
         self._hints = {}
 
+    def cache_info(self) -> dict[str, int]:
+        """Entries of the bounded per-edge state: edges whose last line time is remembered."""
+        return {"edges": len(self._last)}
+
     # -- rate limit -----------------------------------------------------------------------------------
     def _line(
         self, level: str, event: str, extra: Callable[[], dict[str, str]] | None = None, **fields: Any

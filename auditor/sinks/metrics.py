@@ -223,6 +223,10 @@ class MetricsSink:
         }
         self._slots: dict[Edge, _Slot] = {}
 
+    def cache_info(self) -> dict[str, int]:
+        """Entries of the bounded structures: edge series (every family) and the per-edge cache."""
+        return {"series": len(self._series), "edge_slots": len(self._slots)}
+
     def matrix_reloaded(self, ok: bool) -> None:
         """Count a reload attempt (``result="success"`` or ``"error"``).
 

@@ -39,7 +39,7 @@ import hashlib
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -259,6 +259,17 @@ class HubbleSource:
     def newest_time(self) -> float:
         """Newest plausible flow time processed (flows stamped ahead of the auditor's clock excluded)."""
         return self.resume.newest
+
+    @property
+    def received(self) -> int:
+        """Messages received from the server so far, over every stream (read-only; benchmarks wait on it)."""
+        return self._received
+
+    def consume(self, messages: Iterable[bytes]) -> str:
+        """Feed raw ``GetFlowsResponse`` messages through the per-message path of a stream, in the caller's
+        thread: parse, decode, resume check, pipeline, with the same error handling (a bad message is
+        counted as ``invalid``). For benchmarks of the live path without gRPC; returns why it ended."""
+        return self._consume(iter(messages), Backoff(self.config.backoff_initial, self.config.backoff_max))
 
     def set_namespaces(self, namespaces: tuple[str, ...]) -> None:
         """Change the server-side namespace filter (after a matrix reload): re-opens the stream."""
