@@ -159,6 +159,12 @@ class DedupTable:
     def __len__(self) -> int:
         return len(self._first)
 
+    @property
+    def queued(self) -> int:
+        """Entries of the expiry queue (at least ``len(self)``: a key seen again after expiry is queued
+        again; stale ones leave as the window passes). Bounded by ``max_entries``."""
+        return len(self._order)
+
     def seen(self, key: int, t: float) -> bool:
         """True when ``key`` was seen within the window before ``t``; otherwise records it."""
         first = self._first.get(key)

@@ -103,7 +103,7 @@ def structure_sizes(daemon: Daemon) -> dict[str, int]:
     caches, metric_caches = auditor.cache_info(), metrics.cache_info()
     return {
         "dedup_entries": len(auditor.dedup),
-        "dedup_order": len(auditor.dedup._order),  # its time queue: no public size
+        "dedup_order": auditor.dedup.queued,
         **decoder_cache_sizes(),
         "identity_cache": caches["identity_entries"],
         "anonymous_cache": caches["anon_entries"],

@@ -41,7 +41,7 @@ import orjson
 
 from auditor.classify import Auditor
 from auditor.cli import main as cli_main
-from auditor.decode import _decoder
+from auditor.decode import LINE_DECODER
 from auditor.matrix import load_matrix
 from auditor.pipeline import Pipeline
 from auditor.replay_input import UnjudgeableCheck, feed_file
@@ -91,7 +91,7 @@ def best_of(runs: int, fn: Callable[[], int]) -> tuple[float, int]:
 
 
 def floor_parse(path: Path) -> int:
-    decode, n = _decoder.decode, 0
+    decode, n = LINE_DECODER.decode, 0
     with FlowFile(str(path)) as f:
         for _, line in f:
             decode(line)

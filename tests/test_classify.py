@@ -128,10 +128,15 @@ def test_dedup_table_is_bounded_and_expires() -> None:
     d = DedupTable(window=10, max_entries=100)
     for i in range(1000):
         d.seen(i, float(i) / 1000)
-    assert len(d) == 100
+    assert len(d) == 100 and d.queued == 100
     d.seen(-1, 50.0)
-    assert len(d) == 1
+    assert len(d) == 1 and d.queued == 1
     assert d.seen(-1, 55.0) and not d.seen(-1, 61.0)
+    assert len(d) == 1 and d.queued == 1  # its stale entry left the queue as the window passed
+    late = DedupTable(window=10)
+    late.seen(1, 100.0)
+    assert not late.seen(2, 85.0) and not late.seen(2, 96.0)  # late times: no expiry runs
+    assert len(late) == 2 and late.queued == 3  # key 2's first entry waits in the queue until it expires
 
 
 def test_reused_identity_with_new_labels_is_resolved_again() -> None:
