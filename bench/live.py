@@ -21,7 +21,7 @@ take turns (a slow spell of the machine hits them alike). The 1-minute load aver
   Targets: pipeline >= 150,000 events/s on one core and >= 0.5 of the floor.
 
 (b) End to end over loopback gRPC (``--stream`` messages, the first of the same cached messages): a
-    ``HubbleServer`` (``auditor.demo.server``: pre-serialized bytes, one worker thread per stream) in a
+    ``HubbleServer`` (``auditor.demo``: pre-serialized bytes, one worker thread per stream) in a
     subprocess, so that it does not share the GIL, streams its backlog (``since`` = 0) to
   * bare     — a client that only receives and parses (``unary_stream(..., response_deserializer=None)`` +
                ``GetFlowsResponse.FromString``) with the daemon's channel options;
@@ -45,7 +45,7 @@ take turns (a slow spell of the machine hits them alike). The 1-minute load aver
 
 Messages are built with a descriptor-driven jsonpb → protobuf converter (``json_format.ParseDict`` runs at
 ≈ 4k events/s here, too slow for a million messages); it is checked byte for byte against
-``auditor.demo.server.response_from_event`` on the first 500 events, and replaced by it if they differ.
+``auditor.demo.response_from_event`` on the first 500 events, and replaced by it if they differ.
 
 Modules: this entry point (arguments, the order of the parts, the summary); (a) ``live_pipeline.py``, (b)
 ``live_grpc.py``, (c) ``live_memory.py``; the generated inputs ``live_messages.py``; shared helpers

@@ -1,6 +1,6 @@
 """Part (b) of ``bench/live.py``: the live path end to end over loopback gRPC.
 
-Stage: measurement only. A ``HubbleServer`` (``auditor.demo.server``) in a subprocess of ``bench/live.py``
+Stage: measurement only. A ``HubbleServer`` (``auditor.demo``) in a subprocess of ``bench/live.py``
 (``--serve``, so that it does not share the GIL) streams its backlog to a bare client (receive and parse
 only, the daemon's channel options) and to the real ``Daemon``, with and without
 ``SingleThreadedUnaryStream``. Which side bounded a rate: the CPU of each side's threads over the wall time
@@ -39,7 +39,7 @@ from live_common import (
 from live_messages import read_records
 
 from auditor._proto.observer import observer_pb2
-from auditor.demo.server import DEFAULT_CAPACITY, FlowLog, HubbleServer
+from auditor.demo import DEFAULT_CAPACITY, FlowLog, HubbleServer
 from auditor.sources.hubble import GET_FLOWS, HubbleConfig
 
 TARGET_LIVE_RATIO: Final = 0.85

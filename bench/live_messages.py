@@ -4,7 +4,7 @@ Stage: measurement support for ``bench/live.py`` and ``bench/standin.py`` (never
 except in their smoke modes). Events come from ``auditor.scenario.synthetic_events``; they are turned into
 protobuf bytes by :class:`FastJsonpb`, a descriptor-driven jsonpb → protobuf converter
 (``json_format.ParseDict`` runs at ≈ 4k events/s, too slow for a million messages), which
-:func:`response_builder` checks byte for byte against ``auditor.demo.server.response_from_event`` on the
+:func:`response_builder` checks byte for byte against ``auditor.demo.response_from_event`` on the
 first 500 events and replaces by it if they differ. :func:`generate` writes the records once to a cache
 file (the file is the cache); :func:`read_records` reads them back lazily, in chunks.
 
@@ -30,7 +30,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from auditor._proto.observer import observer_pb2
-from auditor.demo.server import response_from_event
+from auditor.demo import response_from_event
 from auditor.scenario import synthetic_events
 
 _F = FieldDescriptor

@@ -18,9 +18,6 @@ serves until SIGTERM/SIGINT.
 Error policy: :func:`start_demo` lets the parts' errors through (``RuntimeError`` when binding fails);
 :func:`main` prints ``error: …`` and exits 2 on bad arguments, unreadable or invalid input
 (``ValueError`` naming ``file:line``) and binding failures, and exits 0 when stopped by a signal.
-
-``DEFAULT_CAPACITY``, ``FlowLog``, ``HubbleServer`` and ``response_from_event`` are importable from here
-too (``bench/live.py`` imports them from this module).
 """
 
 from __future__ import annotations
@@ -35,18 +32,10 @@ from pathlib import Path
 
 from auditor.demo.feed import DEFAULT_SPEED, LiveScenario, Player
 from auditor.demo.flowlog import DEFAULT_CAPACITY, NS_PER_S, FlowLog
-from auditor.demo.responses import load_jsonl, log_from_responses, response_from_event
+from auditor.demo.responses import load_jsonl, log_from_responses
 from auditor.demo.service import HubbleServer, ServerTls
 
-__all__ = [
-    "DEFAULT_CAPACITY",
-    "Demo",
-    "FlowLog",
-    "HubbleServer",
-    "main",
-    "response_from_event",
-    "start_demo",
-]
+__all__ = ["Demo", "main", "start_demo"]
 
 
 @dataclass
