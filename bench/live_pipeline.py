@@ -40,7 +40,7 @@ from auditor.matrix import load_matrix
 from auditor.model import Flow
 
 TARGET_RATE: Final = 150_000
-TARGET_FLOOR_RATIO: Final = 0.5
+TARGET_FLOOR_RATIO: Final = 0.85
 
 
 def floor_decode(messages: list[bytes]) -> int:
