@@ -37,11 +37,13 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-## bench: one table of stage, events/s, ratio to its floor and peak RSS (replay stages, under 3 minutes);
+## bench: one table of stage, events/s, ratio to its floor and peak RSS (replay stages), then instructions
+## per event under callgrind (repeatable whatever the load); under 3 minutes;
 ## BENCH_FULL=1: 1M events, plus bench/learn.py, bench/live.py and the live path against the C++ stand-in
 ## server (make bench-standin) in full (long). Generated inputs are removed.
-bench: $(STAMP)
+bench: $(STAMP) system-deps
 	$(PY) bench/run.py
+	$(PY) bench/instructions.py
 	if [ -n "$(BENCH_FULL)" ] && [ "$(BENCH_FULL)" != 0 ]; then \
 	  $(PY) bench/learn.py && $(PY) bench/live.py && $(MAKE) bench-standin; fi
 

@@ -174,7 +174,8 @@ class ChunkResult:
 _worker: tuple[Auditor, _DedupRecorder, _PendingRecorder, int, Matrix] | None = None
 
 
-def _init_worker(matrix: Matrix, window: float, max_edges: int) -> None:
+def init_worker(matrix: Matrix, window: float, max_edges: int) -> None:
+    """Set up this process to judge chunks (:func:`judge_chunk`): the pool's initializer."""
     global _worker
     auditor = Auditor(matrix, window)
     dedup, pending = _DedupRecorder(window), _PendingRecorder(window)
@@ -514,7 +515,7 @@ class ParallelReplay:
 
     def __init__(self, matrix: Matrix, window: float, max_edges: int, jobs: int) -> None:
         ctx = multiprocessing.get_context("fork")
-        self.pool = ctx.Pool(jobs, initializer=_init_worker, initargs=(matrix, window, max_edges))
+        self.pool = ctx.Pool(jobs, initializer=init_worker, initargs=(matrix, window, max_edges))
         self.ahead = 4 * jobs
 
     def feed(

@@ -2,7 +2,8 @@
 # Installs the real tools the test suite runs against, on a fresh Debian 12 machine:
 #   - prometheus, promtool and prometheus-alertmanager (Debian packages, bookworm),
 #   - kubectl 1.32.3 (kustomize v5.5) from Debian trixie, unpacked into .tools/ (no system change),
-#   - chromium (Debian package, bookworm) for the tests that look at pages as a person does.
+#   - chromium (Debian package, bookworm) for the tests that look at pages as a person does,
+#   - jq and valgrind (Debian packages), which the benchmarks' smoke runs use.
 # Idempotent: a stamp file skips the work once everything is present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +14,7 @@ KUBECTL_VERSION="1.32.3+ds-2"
 have_all() {
   command -v promtool >/dev/null && command -v prometheus >/dev/null \
     && command -v prometheus-alertmanager >/dev/null && [ -x "$TOOLS/bin/kubectl" ] \
-    && command -v chromium >/dev/null && command -v jq >/dev/null
+    && command -v chromium >/dev/null && command -v jq >/dev/null && command -v valgrind >/dev/null
 }
 
 if [ -f "$STAMP" ] && have_all; then
@@ -24,11 +25,11 @@ SUDO=""
 if [ "$(id -u)" != "0" ]; then SUDO="sudo"; fi
 
 if ! command -v promtool >/dev/null || ! command -v prometheus-alertmanager >/dev/null \
-    || ! command -v chromium >/dev/null || ! command -v jq >/dev/null; then
-  echo "install-test-deps: installing prometheus, prometheus-alertmanager, chromium and jq (Debian)"
+    || ! command -v chromium >/dev/null || ! command -v jq >/dev/null || ! command -v valgrind >/dev/null; then
+  echo "install-test-deps: installing prometheus, prometheus-alertmanager, chromium, jq and valgrind (Debian)"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
-    prometheus prometheus-alertmanager chromium fonts-dejavu-core jq >/dev/null
+    prometheus prometheus-alertmanager chromium fonts-dejavu-core jq valgrind >/dev/null
 fi
 
 if [ ! -x "$TOOLS/bin/kubectl" ]; then

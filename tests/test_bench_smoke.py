@@ -6,6 +6,7 @@ leave nothing generated behind; ``bench/learn.py`` and ``bench/live.py`` print t
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -50,3 +51,10 @@ def test_live_prints_its_summary() -> None:
     assert "msgs/s" in out and "(c) memory" in out
     after = set((ROOT / "bench" / "out").glob("*")) if (ROOT / "bench" / "out").exists() else set()
     assert after == before  # the smoke run works in a directory of its own
+
+
+def test_instructions_runs_every_stage_and_reads_callgrind(tmp_path: Path) -> None:
+    out = bench("instructions.py", "--out", str(tmp_path))
+    found = re.search(r"setup under callgrind: ([\d,]+) instructions", out)
+    assert found and int(found.group(1).replace(",", "")) > 1_000_000, out  # an interpreter's start, counted
+    assert not any(tmp_path.iterdir())

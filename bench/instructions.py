@@ -1,0 +1,173 @@
+"""Instructions per event of the replay stages under callgrind: figures that do not depend on the load.
+
+Stage: measurement only. ``bench/run.py`` times stages on a machine that may be shared; this script counts
+the instructions each stage executes (``valgrind --tool=callgrind``), which are the same on every run of
+the same inputs whatever else the machine is doing. Each stage runs in a fresh interpreter under callgrind;
+a stage that only imports and sets up (``setup``) is subtracted from the others:
+
+  * floor   — read the file and parse every line with the replay path's typed decoder;
+  * replay  — one process: read → decode → judge → classify → report (``feed_file`` and ``ReportSink``);
+  * workers — what the ``--jobs`` workers execute in all: every chunk judged (``judge_chunk``'s work) and
+              its result pickled;
+  * merge   — what the main process of ``--jobs`` executes: results unpickled and merged in order
+              (``workers + merge`` minus ``workers``).
+
+From them: the ratio of replay to the floor, and the ``--jobs N`` speed-up that N idle cores would give
+(the work of one process over the larger of the workers' share on N cores and the serial merge plus
+its share of a core). Default 20,000 events (about a minute). ``--smoke`` (``make test``) runs every stage
+once on 300 events without valgrind and counts only the ``setup`` stage under it, so that neither the
+stages nor the reading of callgrind's output can rot unnoticed.
+
+Error policy: valgrind missing stops the run with a message (``make bench`` needs it; every machine kind
+here has it); a stage that fails stops the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Final
+
+import msgspec
+
+ROOT: Final = Path(__file__).resolve().parent.parent
+MATRIX: Final = ROOT / "examples" / "airflow" / "matrix.yaml"
+OUT: Final = ROOT / "bench" / "out"
+STAGES: Final = ("setup", "floor", "replay", "workers", "workers+merge")
+_COLLECTED: Final = re.compile(r"Collected : (\d+)")
+
+
+def run_stage(stage: str, path: Path, chunk_bytes: int) -> None:
+    """The stage's work in this process (the child that callgrind counts)."""
+    from auditor.classify import Auditor
+    from auditor.decode import LINE_DECODER
+    from auditor.matrix import load_matrix
+    from auditor.pipeline import Pipeline
+    from auditor.replay_input import InputSummary, UnjudgeableCheck, feed_file
+    from auditor.replay_parallel import Merger, chunks, init_worker, judge_chunk
+    from auditor.sinks.report import ReportSink
+    from auditor.sources.files import FlowFile
+
+    matrix = load_matrix(MATRIX)
+    if stage == "floor":
+        with FlowFile(str(path)) as f:
+            for _, line in f:
+                LINE_DECODER.decode(line)
+    elif stage == "replay":
+        sink = ReportSink(matrix)
+        with FlowFile(str(path)) as f:
+            feed_file(Pipeline(Auditor(matrix), [sink]), str(path), f, UnjudgeableCheck(matrix))
+        sink.report()
+    elif stage.startswith("workers"):
+        init_worker(matrix, 30.0, 10_000)
+        results = [pickle.dumps(judge_chunk((str(path), a, b))) for a, b in chunks(str(path), chunk_bytes)]
+        if stage == "workers+merge":
+            sink = ReportSink(matrix)
+            merger = Merger(Pipeline(Auditor(matrix), [sink]), sink, UnjudgeableCheck(matrix))
+            summary, base = InputSummary(str(path)), 0
+            for data in results:
+                result = pickle.loads(data)
+                merger.apply(str(path), base, result, summary)
+                base += result.lines
+            sink.report()
+
+
+def count(stage: str, path: Path, chunk_bytes: int) -> int:
+    """Instructions of one stage in a fresh interpreter under callgrind."""
+    cmd = [
+        "valgrind",
+        "--tool=callgrind",
+        "--callgrind-out-file=/dev/null",
+        sys.executable,
+        __file__,
+        "--stage",
+        stage,
+        "--input",
+        str(path),
+        "--chunk-bytes",
+        str(chunk_bytes),
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    found = _COLLECTED.search(done.stderr)
+    if found is None:
+        raise SystemExit(f"bench: no instruction count from callgrind for {stage}:\n{done.stderr[-2000:]}")
+    return int(found.group(1))
+
+
+def generate(path: Path, n: int) -> None:
+    from auditor.scenario import synthetic_events
+
+    encode = msgspec.json.Encoder().encode
+    path.write_bytes(b"".join(encode(e) + b"\n" for e in synthetic_events(n, distinct_pods=1000, seed=1)))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--events", type=int, default=20_000, help="generated events (default 20,000)")
+    parser.add_argument("--jobs", type=int, default=2, help="cores of the --jobs speed-up (default 2)")
+    parser.add_argument("--smoke", action="store_true", help="300 events (make test)")
+    parser.add_argument("--out", type=Path, default=OUT, help=argparse.SUPPRESS)
+    parser.add_argument("--stage", choices=STAGES, help=argparse.SUPPRESS)
+    parser.add_argument("--input", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--chunk-bytes", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.stage:
+        run_stage(args.stage, args.input, args.chunk_bytes)
+        return 0
+    if shutil.which("valgrind") is None:
+        raise SystemExit("bench: valgrind not found (Debian package valgrind)")
+    events = 300 if args.smoke else args.events
+    with tempfile.TemporaryDirectory(prefix="bench-instructions-") as tmp:
+        path = Path(tmp) / "events.jsonl"
+        generate(path, events)
+        chunk = max(1, path.stat().st_size // 16)  # 16 chunks, as a large file gives many
+        if args.smoke:
+            for stage in STAGES:
+                run_stage(stage, path, chunk)
+            setup = count("setup", path, chunk)
+            print(f"smoke: every stage ran; setup under callgrind: {setup:,} instructions")
+            return 0
+        raw = {stage: count(stage, path, chunk) for stage in STAGES}
+    base = raw["setup"]
+    per = {stage: (raw[stage] - base) / events for stage in STAGES[1:]}
+    merge = per["workers+merge"] - per["workers"]
+    single = per["replay"]
+    # N idle cores: the workers' work spread over N, the merge serial beside them
+    jobs_time = max((per["workers"] + merge) / args.jobs, merge)
+    rows = [
+        ("floor", per["floor"], "1.00"),
+        ("replay", single, f"{per['floor'] / single:.2f}"),
+        ("--jobs workers", per["workers"], f"{per['workers'] / single:.2f}x replay's work"),
+        ("--jobs merge", merge, f"{merge / single:.2f}x replay's work"),
+    ]
+    print(f"instructions per event under callgrind ({events:,} events; repeatable whatever the load)")
+    print(f"{'stage':<16}{'instr/event':>12}  ratio")
+    for name, value, ratio in rows:
+        print(f"{name:<16}{value:>12,.0f}  {ratio}")
+    speedup = single / jobs_time
+    print(f"--jobs {args.jobs} on {args.jobs} idle cores: {speedup:.2f}x one process (from the counts)")
+    summary = {
+        "events": events,
+        "instructions_per_event": {k: round(v) for k, v in per.items()},
+        "merge_per_event": round(merge),
+        "replay_ratio_to_floor": round(per["floor"] / single, 3),
+        "jobs": args.jobs,
+        "jobs_speedup_idle": round(speedup, 3),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    name = "instructions-smoke.json" if args.smoke else "instructions.json"
+    (args.out / name).write_text(json.dumps(summary, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
