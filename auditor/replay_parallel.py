@@ -59,7 +59,7 @@ from auditor.classify import (
 )
 from auditor.decode import DecodeError, decode_line
 from auditor.matrix import Matrix
-from auditor.model import EMPTY_ENDPOINT, Flow, LostEvents, NodeStatus, OtherRecord
+from auditor.model import EMPTY_ENDPOINT, Endpoint, Flow, LostEvents, NodeStatus, OtherRecord
 from auditor.pipeline import Pipeline
 from auditor.replay_input import UNKNOWN_KIND, InputSummary, UnjudgeableCheck
 from auditor.sinks.report import (
@@ -307,11 +307,18 @@ def _judge_lines(
         add_conn(pending.key)
         add_key(dedup.key)
         add_kind(slot)
-        add_policy(
-            _policy_slot(policy_index, r.policy, labels_of, index, j)
-            if row[5] and edge[4] in _POLICY_CLASSES
-            else -1
-        )
+        cls = edge[4]
+        if not row[5] or cls not in _POLICY_CLASSES:
+            add_policy(-1)
+        elif cls == EXPECTED_DROPPED:
+            add_policy(_dropped_slot(policy_index, r.policy, index, j))
+        else:  # delivered: the label sets of both ends, what the label history reads
+            pkey = (index, src.namespace, src.labels, dst.namespace, dst.labels)
+            pslot = policy_index.get(pkey)
+            if pslot is None:
+                pslot = policy_index[pkey] = len(r.policy)
+                r.policy.append(_delivered(edge, src, dst, labels_of))
+            add_policy(pslot)
     r.lines, r.nonblank, r.events, r.outcomes = number, nonblank, events, outcomes
     r.unjudgeable_events, r.unjudgeable_missing = unjudgeable.events, unjudgeable.missing
     r.edges = [(e, rule, n, first, last, kept) for e, rule, n, first, last, kept in edge_rows]
@@ -324,49 +331,43 @@ def _judge_lines(
 _POLICY_CLASSES: Final = frozenset({EXPECTED_ALLOWED, UNEXPECTED_ALLOWED, EXPECTED_DROPPED})
 
 
-def _policy_slot(
-    index_of: dict[tuple[object, ...], int],
-    taken: list[Judgement | Delivered],
-    labels_of: dict[tuple[str, ...], tuple[str, ...]],
-    edge: int,
-    j: Judgement,
+def _dropped_slot(
+    index_of: dict[tuple[object, ...], int], taken: list[Judgement | Delivered], edge: int, j: Judgement
 ) -> int:
-    """What the report's policy advice and label history would read of this event, standing for every
-    event of ``edge`` that reads the same: the merge samples it when the event turns out to open a
-    connection. A delivered connection stands for its two label sets only (interned, so that a chunk's
-    result carries each set once); an ``expected_dropped`` one for its whole judgement."""
+    """An ``expected_dropped`` event's whole judgement (what the report's policy advice reads), standing
+    for every event of ``edge`` with the same ends: the merge samples it when the event turns out to open
+    a connection."""
     f = j.flow
-    if j.edge[4] == EXPECTED_DROPPED:
-        key: tuple[object, ...] = (
-            edge,
-            j.reply,
-            f.source,
-            f.destination,
-            f.source_ip,
-            f.destination_ip,
-            f.source_names,
-            f.destination_names,
-        )
-        item: Judgement | Delivered = j
-    else:
-        src, dst = j.source, j.destination
-        key = (j.edge[0], src.namespace, src.labels, j.edge[1], dst.namespace, dst.labels)
-        slot = index_of.get(key)
-        if slot is not None:
-            return slot
-        item = (
-            j.edge[0],
-            src.namespace,
-            labels_of.setdefault(src.labels, src.labels),
-            j.edge[1],
-            dst.namespace,
-            labels_of.setdefault(dst.labels, dst.labels),
-        )
+    key = (
+        edge,
+        j.reply,
+        f.source,
+        f.destination,
+        f.source_ip,
+        f.destination_ip,
+        f.source_names,
+        f.destination_names,
+    )
     slot = index_of.get(key)
     if slot is None:
         slot = index_of[key] = len(taken)
-        taken.append(item)
+        taken.append(j)
     return slot
+
+
+def _delivered(
+    edge: EdgeKey, src: Endpoint, dst: Endpoint, labels_of: dict[tuple[str, ...], tuple[str, ...]]
+) -> Delivered:
+    """A delivered connection as the label history reads it: both ends' component, namespace and labels
+    (interned, so that a chunk's result carries each label set once)."""
+    return (
+        edge[0],
+        src.namespace,
+        labels_of.setdefault(src.labels, src.labels),
+        edge[1],
+        dst.namespace,
+        labels_of.setdefault(dst.labels, dst.labels),
+    )
 
 
 def _pod(namespace: str, name: str, ip: str) -> str:
