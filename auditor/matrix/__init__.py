@@ -30,17 +30,20 @@ from auditor.matrix.nodes import MatrixError
 from auditor.matrix.ports import PortRange, parse_port
 from auditor.matrix.selectors import (
     ENTITIES,
+    ENTITY_PRECEDENCE,
     RESERVED_IDENTITIES,
     RESERVED_NAMES,
     LabelRequirement,
     Network,
     Selector,
     endpoint_labels,
+    most_specific_entity,
 )
 
 __all__ = [
     "API_VERSION",
     "ENTITIES",
+    "ENTITY_PRECEDENCE",
     "KIND",
     "MAX_DEPTH",
     "MAX_RULE_EXPANSION",
@@ -58,6 +61,7 @@ __all__ = [
     "describe",
     "endpoint_labels",
     "load_matrix",
+    "most_specific_entity",
     "parse_matrix",
     "parse_port",
     "pick",

@@ -55,7 +55,7 @@ _RESERVED_LABEL_ENTITY: Final[dict[str, str]] = {
 }
 # An endpoint with several reserved labels matches a selector of any of them; when it matches no
 # component, the most specific one names it.
-_ENTITY_PRECEDENCE: Final = (
+ENTITY_PRECEDENCE: Final = (
     "kube-apiserver",
     "health",
     "ingress",
@@ -220,7 +220,7 @@ def endpoint_labels(ep: Endpoint) -> tuple[dict[str, str], frozenset[str]]:
 
 def most_specific_entity(entities: frozenset[str]) -> str | None:
     """The entity that names an endpoint that is each of ``entities`` and matches no component."""
-    return next((e for e in _ENTITY_PRECEDENCE if e in entities), None)
+    return next((e for e in ENTITY_PRECEDENCE if e in entities), None)
 
 
 class SelectorReader(NodeReader):
