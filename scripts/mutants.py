@@ -305,10 +305,10 @@ MUTANTS: list[tuple[str, str, str, str, list[str]]] = [
         "        if self.entities is not None and (most_specific_entity(entities) not in self.entities):",
         MATRIX,
     ),
-    # exit codes (auditor/cli.py)
+    # exit codes (auditor/commands/replay.py)
     (
         "fail-on any → all",
-        "auditor/cli.py",
+        "auditor/commands/replay.py",
         "any(classes[c] for c in fail_on)",
         "all(classes[c] for c in fail_on)",
         CLI,
