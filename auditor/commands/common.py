@@ -1,4 +1,4 @@
-"""What the ``flow-auditor`` commands share: exit codes, the parser class, matrix and file checks (DESIGN §6).
+"""What the ``flow-auditor`` commands share: exit codes, the parser, matrix and file checks (DESIGN §6.4).
 
 Stage: front end. The command modules of :mod:`auditor.commands` build their subparsers and handlers from
 these; option converters (durations, environment twins, choices) live in :mod:`auditor.options`.

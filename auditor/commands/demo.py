@@ -1,6 +1,6 @@
 """``flow-auditor demo``: the daemon against an embedded Hubble server playing the Airflow scenario.
 
-DESIGN §6. Stage: front end. Starts :func:`auditor.demo.start_demo` on a loopback port, then the daemon of
+DESIGN §6.1. Stage: front end. Starts :func:`auditor.demo.start_demo` on a loopback port, then the daemon of
 :mod:`auditor.commands.run` against it with the Airflow example matrix shipped in the package; the demo
 server stops when the daemon does.
 

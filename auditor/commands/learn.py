@@ -1,4 +1,4 @@
-"""``flow-auditor matrix learn``: a proposed matrix from recorded flows or a live stream (DESIGN §6).
+"""``flow-auditor matrix learn``: a proposed matrix from recorded flows or a live stream (DESIGN §6.5).
 
 Stage: front end of :mod:`auditor.learn`. Input: flow files or ``--server``, and optionally an existing
 matrix. Output: the learned matrix (or, with ``--matrix``, only what the existing one lacks) as YAML on

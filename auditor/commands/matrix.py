@@ -1,7 +1,7 @@
 """``flow-auditor matrix``: ``check`` validates a matrix and prints its compiled form; ``learn`` is in
 :mod:`auditor.commands.learn`.
 
-DESIGN §6. Stage: front end. Output of ``check``: :func:`auditor.matrix.describe` on stdout.
+DESIGN §6.5. Stage: front end. Output of ``check``: :func:`auditor.matrix.describe` on stdout.
 
 Error policy: a bad matrix raises :class:`~auditor.commands.common.UsageError` naming file, line and key
 (exit 2).

@@ -1,7 +1,7 @@
 """``flow-auditor policies``: the NetworkPolicies that enforce a matrix, and deployed policies vs. a matrix.
 
-DESIGN §6. ``generate`` writes policies of either flavor; ``diff`` compares what deployed policies allow with
-what the matrix intends (statically).
+DESIGN §6.5. ``generate`` writes policies of either flavor; ``diff`` compares what deployed policies allow
+with what the matrix intends (statically).
 
 Stage: front end of offline tooling (:mod:`auditor.kube`); reads files, never a flow.
 

@@ -1,4 +1,4 @@
-"""``flow-auditor replay``: judge recorded flow files and print one report (DESIGN §6).
+"""``flow-auditor replay``: judge recorded flow files and print one report (DESIGN §6.2).
 
 Stage: front end. Input: ``hubble observe -o jsonpb`` files (plain, gzip or ``-`` for stdin) and a matrix.
 Uncompressed regular files are split among ``--jobs`` worker processes (:mod:`auditor.replay_parallel`),

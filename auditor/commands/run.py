@@ -1,4 +1,4 @@
-"""``flow-auditor run``: the daemon, following Hubble live (DESIGN §6).
+"""``flow-auditor run``: the daemon, following Hubble live (DESIGN §6.1).
 
 Stage: front end. Input: the command line and its ``FLOW_AUDITOR_*`` twins. Output: a
 :class:`~auditor.daemon.DaemonConfig` handed to :func:`auditor.daemon.run`, which serves metrics, health and

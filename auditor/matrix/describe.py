@@ -1,4 +1,4 @@
-"""The compiled matrix as text, for ``flow-auditor matrix check`` (DESIGN §4).
+"""The compiled matrix as text, for ``flow-auditor matrix check`` (DESIGN §4.5).
 
 Stage: front end (offline, once per command). Input: a compiled :class:`~auditor.matrix.model.Matrix`.
 Output: what the auditor understood, for a person to check: the scope, the components in match order with

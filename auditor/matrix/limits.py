@@ -1,4 +1,4 @@
-"""What a matrix may cost: its YAML nesting depth and its rule expansion (DESIGN §4).
+"""What a matrix may cost: its YAML nesting depth and its rule expansion (DESIGN §4.5).
 
 Stage: configuration (matrix load). YAML aliases let a few kilobytes expand to deep trees or to millions of
 (rule, source, destination) combinations; these limits refuse such a file before it costs stack, lookup

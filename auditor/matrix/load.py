@@ -1,4 +1,4 @@
-"""Loading a communication matrix: a YAML file or text → a validated, compiled :class:`Matrix` (DESIGN §4).
+"""Loading a communication matrix: YAML file or text → validated, compiled :class:`Matrix` (DESIGN §4.5).
 
 Stage: configuration (runs once per load or reload, never per flow). Input: a YAML file or text. Output: an
 immutable :class:`~auditor.matrix.model.Matrix` whose selectors (:mod:`auditor.matrix.selectors`) and port

@@ -1,4 +1,4 @@
-"""The compiled communication matrix: components, allow rules and endpoint resolution (DESIGN §4, §5).
+"""The compiled communication matrix: components, allow rules and endpoint resolution (DESIGN §4.3, §4.4).
 
 Stage: per flow, on an immutable object built once per load by :mod:`auditor.matrix.load` (a reload builds a
 new one). :meth:`Matrix.candidates` is the identity-dependent part of naming an endpoint (``auditor.classify``

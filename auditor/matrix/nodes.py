@@ -1,4 +1,4 @@
-"""Reading the matrix's YAML node tree, with errors that name file, line and key (DESIGN §4).
+"""Reading the matrix's YAML node tree, with errors that name file, line and key (DESIGN §4.5).
 
 Stage: configuration (matrix load). Input: ``yaml`` nodes composed from the matrix file, which keep their
 line numbers. Output: plain values (strings, lists of strings, string maps, mappings of child nodes) for the

@@ -1,4 +1,4 @@
-"""Port specs of allow rules (DESIGN §4): ``8080``, ``"53/UDP"``, ``"30000-32767/TCP"``, ``ICMP``, ``any``.
+"""Port specs of allow rules (DESIGN §4.3): ``8080``, ``"53/UDP"``, ``"30000-32767/TCP"``, ``ICMP``, ``any``.
 
 Stage: configuration for :func:`parse_port` (once per matrix load; ``auditor.kube.diff`` reads policies' ports
 with it too); per flow for :meth:`PortRange.matches` (pure).

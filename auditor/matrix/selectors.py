@@ -1,4 +1,4 @@
-"""Component selectors: their YAML form, their compiled form and matching an endpoint (DESIGN §4).
+"""Component selectors: their YAML form, their compiled form and matching an endpoint (DESIGN §4.2, §4.4).
 
 Stage: configuration for :class:`SelectorReader` (compiles one ``components.<name>`` mapping, once per matrix
 load); per flow for :class:`Selector` and :func:`endpoint_labels` (pure; :class:`~auditor.matrix.model.Matrix`
