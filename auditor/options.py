@@ -1,7 +1,7 @@
 """Command-line values: durations in Go/Hubble syntax, environment-variable twins, checked choices.
 
-Stage: front end (pure parsing, used by ``auditor.cli``). Input: strings from the command line or from a
-``FLOW_AUDITOR_<OPTION>`` variable. Output: typed values for ``argparse``.
+Stage: front end (pure parsing, used by the commands of ``auditor.commands``). Input: strings from the
+command line or from a ``FLOW_AUDITOR_<OPTION>`` variable. Output: typed values for ``argparse``.
 
 An option's environment twin is its default, read as a :class:`FromEnv` string: ``argparse`` converts a
 string default with the option's ``type`` only when the option is absent from the command line (the

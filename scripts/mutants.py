@@ -10,6 +10,7 @@ minute). The working tree is restored after each mutant, also on Ctrl-C.
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 from pathlib import Path
@@ -254,7 +255,7 @@ MUTANTS: list[tuple[str, str, str, str, list[str]]] = [
         "            and (flow.source.namespace not in scope\n            or flow.destination.namespace not in scope)",
         JUDGING,
     ),
-    # resolver cache (auditor/classify.py) and first match (auditor/matrix.py)
+    # resolver cache (auditor/classify.py), first match and entities (auditor/matrix/)
     (
         "cache ignores new labels",
         "auditor/classify.py",
@@ -285,41 +286,34 @@ MUTANTS: list[tuple[str, str, str, str, list[str]]] = [
     ),
     (
         "first match: last candidate wins",
-        "auditor/matrix.py",
+        "auditor/matrix/model.py",
         "    for comp in comps:\n        sel = comp.selector",
         "    for comp in reversed(comps):\n        sel = comp.selector",
         MATRIX,
     ),
     (
         "first match: candidates after the first full match",
-        "auditor/matrix.py",
+        "auditor/matrix/model.py",
         "                if not comp.selector.has_address_part:\n                    break",
         "                if not comp.selector.has_address_part:\n                    found.reverse()",
         MATRIX,
     ),
     (
         "multi-entity: one entity only",
-        "auditor/matrix.py",
+        "auditor/matrix/selectors.py",
         "        if self.entities is not None and self.entities.isdisjoint(entities):",
-        "        if self.entities is not None and (entity_of(entities) not in self.entities):",
+        "        if self.entities is not None and (most_specific_entity(entities) not in self.entities):",
         MATRIX,
     ),
-    # exit codes (auditor/cli.py)
+    # exit codes (auditor/commands/replay.py)
     (
         "fail-on any → all",
-        "auditor/cli.py",
+        "auditor/commands/replay.py",
         "any(classes[c] for c in fail_on)",
         "all(classes[c] for c in fail_on)",
         CLI,
     ),
 ]
-
-PRELUDE = {
-    "multi-entity: one entity only": (
-        "auditor/matrix.py",
-        "def entity_of(entities: frozenset[str]) -> str | None:\n    return next((e for e in _ENTITY_PRECEDENCE if e in entities), None)\n\n\n",
-    )
-}
 
 
 def run(tests: list[str]) -> bool:
@@ -336,6 +330,9 @@ def run(tests: list[str]) -> bool:
 
 
 def main() -> int:
+    argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    ).parse_args()
     survived = 0
     for what, file, old, new, tests in MUTANTS:
         path = ROOT / file
@@ -346,8 +343,6 @@ def main() -> int:
             survived += 1
             continue
         mutated = original.replace(old, new)
-        if what in PRELUDE:
-            mutated = mutated + "\n\n" + PRELUDE[what][1]
         try:
             path.write_text(mutated)
             killed = run(tests)

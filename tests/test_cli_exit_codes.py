@@ -18,8 +18,10 @@ from typing import Any
 
 import pytest
 
-from auditor import cli
-from auditor.cli import EXIT_INTERNAL, build_parser, exit_code, main
+from auditor.cli import build_parser, main
+from auditor.commands import replay as cli
+from auditor.commands.common import EXIT_INTERNAL
+from auditor.commands.replay import exit_code
 from auditor.options import duration_seconds, parse_duration
 
 ROOT = Path(__file__).resolve().parent.parent

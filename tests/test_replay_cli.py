@@ -280,7 +280,7 @@ def test_policies_generate_cilium_flavor() -> None:
 
 
 def test_demo_matrix_shipped_in_the_package_is_the_example() -> None:
-    from auditor.cli import DEMO_MATRIX
+    from auditor.commands.demo import DEMO_MATRIX
 
     assert DEMO_MATRIX.read_bytes() == MATRIX.read_bytes()
 

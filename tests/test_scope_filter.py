@@ -16,7 +16,10 @@ from daemon_helpers import MATRIX, scrape, value, wait_for
 
 from auditor._proto.flow import flow_pb2
 from auditor._proto.observer import observer_pb2
-from auditor.cli import UsageError, _daemon_config, _hubble_config, build_parser
+from auditor.cli import build_parser
+from auditor.commands.common import UsageError
+from auditor.commands.common import hubble_config as _hubble_config
+from auditor.commands.run import daemon_config as _daemon_config
 from auditor.daemon import Daemon, DaemonConfig
 from auditor.demo import FlowLog, HubbleServer
 from auditor.demo.labels import compile_selector, selects_any

@@ -34,7 +34,7 @@ from typing import Final
 
 from auditor.classify import UNEXPECTED_ALLOWED, DedupTable, Judgement, Unproven
 from auditor.learn.labels import stable
-from auditor.matrix import endpoint_labels
+from auditor.matrix import endpoint_labels, most_specific_entity
 from auditor.model import Endpoint, LostEvents, NodeStatus
 
 MAX_PEERS: Final = 20_000
@@ -42,16 +42,6 @@ MAX_EDGES: Final = 100_000
 MAX_VARIANTS: Final = 64  # distinct label sets remembered per pod group (for verification)
 MAX_PODS: Final = 1_000  # distinct pod names counted per group
 MAX_NAMES: Final = 8  # DNS names kept per world destination
-_ENTITY_PRECEDENCE: Final = (
-    "kube-apiserver",
-    "health",
-    "ingress",
-    "init",
-    "host",
-    "remote-node",
-    "world",
-    "unmanaged",
-)
 _DNS_PART: Final = re.compile(r"^[a-z0-9]([-a-z0-9_]*[a-z0-9])?$")
 
 POD: Final = "pod"
@@ -131,7 +121,7 @@ class Observations:
 def entity_of(ep: Endpoint) -> str:
     """The most specific reserved entity an endpoint is, or ``""``."""
     _, entities = endpoint_labels(ep)
-    return next((e for e in _ENTITY_PRECEDENCE if e in entities), "")
+    return most_specific_entity(entities) or ""
 
 
 def clean_names(names: tuple[str, ...]) -> tuple[str, ...]:

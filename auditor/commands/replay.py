@@ -1,0 +1,218 @@
+"""``flow-auditor replay``: judge recorded flow files and print one report (DESIGN §6.2).
+
+Stage: front end. Input: ``hubble observe -o jsonpb`` files (plain, gzip or ``-`` for stdin) and a matrix.
+Uncompressed regular files are split among ``--jobs`` worker processes (:mod:`auditor.replay_parallel`),
+anything else is read by one process (:mod:`auditor.replay_input`); either way the report is the same.
+Output: the report in ``--format`` on stdout or in ``--output``, and the exit code of ``--fail-on``.
+
+Error policy: a missing or directory input, a bad matrix, an unwritable ``--output`` and an input in which no
+line is a Hubble event raise :class:`~auditor.commands.common.UsageError` (exit 2) before or instead of a
+report; undecodable lines in an otherwise good input are counted as ``invalid`` and listed in the report.
+Exit 1 means a connection in a ``--fail-on`` class, nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import shutil
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from auditor.classify import CLASSES, VIOLATIONS, Auditor
+from auditor.commands.common import (
+    EXIT_OK,
+    EXIT_VIOLATION,
+    Subcommands,
+    UsageError,
+    add_dedup_window_option,
+    add_matrix_option,
+    check_output,
+    env_default,
+    read_matrix,
+    write_output,
+)
+from auditor.options import choice, typed
+from auditor.pipeline import Pipeline
+from auditor.render import FORMATS, render
+from auditor.replay_input import InputSummary, UnjudgeableCheck, feed_file, no_events_reason
+from auditor.replay_parallel import DEFAULT_CHUNK_BYTES, Merger, ParallelReplay, default_jobs, splittable
+from auditor.sinks.report import DEFAULT_MAX_EDGES, ReportSink
+from auditor.sources.files import FlowFile, SourceError
+
+_PROGRESS_MIN_BYTES = 8 * 1024 * 1024
+_PROGRESS_EVERY = 8192
+
+
+def add_parser(sub: Subcommands) -> None:
+    replay = sub.add_parser("replay", help="judge recorded flows (hubble observe -o jsonpb files, gzip, -)")
+    replay.add_argument(
+        "files", nargs="+", metavar="FILE", help="JSON-lines flow files, gzip or '-' for stdin"
+    )
+    add_matrix_option(replay, "communication matrix YAML [FLOW_AUDITOR_MATRIX]")
+    replay.add_argument(
+        "--format",
+        "-f",
+        choices=FORMATS,
+        type=typed(choice(FORMATS)),
+        default=env_default("format", "table"),
+        help="report format (default: table) [FLOW_AUDITOR_FORMAT]",
+    )
+    replay.add_argument(
+        "--fail-on",
+        type=typed(parse_classes),
+        default=env_default("fail_on", ",".join(VIOLATIONS)),
+        help="comma-separated classes that make the exit code 1, or 'none' "
+        "(default: expected_dropped,unexpected_allowed) [FLOW_AUDITOR_FAIL_ON]",
+    )
+    replay.add_argument(
+        "--output",
+        "-o",
+        default=env_default("output"),
+        help="write the report to a file instead of stdout [FLOW_AUDITOR_OUTPUT]",
+    )
+    add_dedup_window_option(replay)
+    replay.add_argument(
+        "--max-edges",
+        type=typed(_at_least_one),
+        default=env_default("max_edges", str(DEFAULT_MAX_EDGES)),
+        metavar="N",
+        help="edges kept in detail (default: 10000); beyond, new edges are aggregated per class into "
+        "'other' and the report says so; totals stay exact [FLOW_AUDITOR_MAX_EDGES]",
+    )
+    replay.add_argument("--no-progress", action="store_true", help="never show the progress bar")
+    replay.add_argument(
+        "--jobs",
+        "-j",
+        type=typed(_at_least_one),
+        default=env_default("jobs", str(default_jobs())),
+        metavar="N",
+        help="worker processes for uncompressed regular files (default: the cores available); stdin, "
+        "gzip and pipes are read by one process; the report is the same for any N [FLOW_AUDITOR_JOBS]",
+    )
+    # Bytes per chunk a worker judges (tests set it small to place chunk boundaries everywhere).
+    replay.add_argument(
+        "--chunk-bytes", type=typed(_at_least_one), default=DEFAULT_CHUNK_BYTES, help=argparse.SUPPRESS
+    )
+    replay.set_defaults(func=cmd_replay)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    fail_on: frozenset[str] = args.fail_on
+    matrix = read_matrix(args.matrix)
+    _check_inputs(args.files)
+    check_output(args.output)
+    inputs = {
+        "files": list(args.files),
+        "matrix_file": args.matrix,
+        "matrix_sha256": hashlib.sha256(Path(args.matrix).read_bytes()).hexdigest(),
+    }
+    sink = ReportSink(matrix, max_edges=args.max_edges, inputs=inputs)
+    pipeline = Pipeline(Auditor(matrix, args.dedup_window), [sink])
+    unjudgeable = UnjudgeableCheck(matrix)
+    show_progress = not args.no_progress and sys.stderr.isatty()
+    parallel: ParallelReplay | None = None
+    try:
+        for name in args.files:
+            if args.jobs > 1 and splittable(name, args.chunk_bytes):
+                if parallel is None:
+                    parallel = ParallelReplay(matrix, args.dedup_window, args.max_edges, args.jobs)
+                merger = Merger(pipeline, sink, unjudgeable)
+                if show_progress and Path(name).stat().st_size >= _PROGRESS_MIN_BYTES:
+                    summary = _parallel_with_progress(parallel, merger, name, args.chunk_bytes)
+                else:
+                    summary = parallel.feed(merger, name, args.chunk_bytes)
+            else:
+                with FlowFile(name) as f:
+                    lines: Iterator[tuple[int, bytes]] = iter(f)
+                    if show_progress and f.size >= _PROGRESS_MIN_BYTES:
+                        lines = _with_progress(f, lines)
+                    summary = feed_file(pipeline, name, lines, unjudgeable)
+            problem = no_events_reason(summary)
+            if problem:
+                raise UsageError(problem)
+    except SourceError as e:
+        raise UsageError(str(e)) from None
+    finally:
+        if parallel is not None:
+            parallel.close()
+    pipeline.finish()
+    report = sink.report()
+    color = args.output is None and sys.stdout.isatty()
+    # The terminal's width ($COLUMNS, else the terminal itself); 160 columns when there is none.
+    width = shutil.get_terminal_size((160, 24)).columns
+    text = render(report, args.format, color=color, width=max(width, 40))
+    if args.output:
+        write_output(args.output, text)
+    else:
+        sys.stdout.write(text)
+    for line in unjudgeable.warning():
+        print(f"flow-auditor: warning: {line}", file=sys.stderr)
+    return exit_code(report["classes"], fail_on)
+
+
+def parse_classes(text: str) -> frozenset[str]:
+    """``--fail-on`` value → set of classes; ``none`` is the empty set."""
+    if text.strip().lower() in ("none", ""):
+        return frozenset()
+    classes = {c.strip() for c in text.split(",") if c.strip()}
+    unknown = sorted(classes - set(CLASSES))
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown class {', '.join(unknown)} (expected {', '.join(CLASSES)} or none)"
+        )
+    return frozenset(classes)
+
+
+def _at_least_one(text: str) -> int:
+    """A whole number of at least 1 (``--max-edges``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"invalid value {str(text)!r}: expected a whole number ≥ 1")
+    return value
+
+
+def exit_code(classes: dict[str, int], fail_on: frozenset[str]) -> int:
+    """1 when any ``--fail-on`` class has a connection, else 0."""
+    return EXIT_VIOLATION if any(classes[c] for c in fail_on) else EXIT_OK
+
+
+def _check_inputs(names: Sequence[str]) -> None:
+    """Every input exists and is not a directory (pipes and process substitution are fine)."""
+    for name in names:
+        if name == "-":
+            continue
+        path = Path(name)
+        if path.is_dir():
+            raise UsageError(f"{name}: is a directory (give the flow files in it)")
+        if not path.exists():
+            raise UsageError(f"{name}: no such file")
+
+
+def _with_progress(f: FlowFile, lines: Iterator[tuple[int, bytes]]) -> Iterator[tuple[int, bytes]]:
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task(Path(f.name).name, total=f.size)
+        for i, item in enumerate(lines):
+            if i % _PROGRESS_EVERY == 0:
+                progress.update(task, completed=f.position)
+            yield item
+
+
+def _parallel_with_progress(
+    parallel: ParallelReplay, merger: Merger, name: str, chunk_bytes: int
+) -> InputSummary:
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task(Path(name).name, total=Path(name).stat().st_size)
+        return parallel.feed(merger, name, chunk_bytes, lambda done: progress.update(task, completed=done))
