@@ -1,11 +1,12 @@
 """Shared fixtures: a headless Chromium from Debian's packages (as a person sees pages), the folder where
-tests keep their screenshots (``build/test-output/screenshots``, to be looked at after a run), and the
-daemons a test starts (stopped after it, whatever happens)."""
+tests keep their screenshots (``build/test-output/screenshots``, to be looked at after a run), the
+daemons a test starts (stopped after it, whatever happens) and the golden files under ``tests/golden/``."""
 
 from __future__ import annotations
 
+import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +17,7 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parent.parent
 SCREENSHOTS = ROOT / "build" / "test-output" / "screenshots"
+GOLDEN = Path(__file__).resolve().parent / "golden"
 # Flags for a root user in a machine without a display bus or network beyond loopback.
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -57,3 +59,21 @@ def daemons() -> Iterator[list[Daemon]]:
     yield started
     for d in started:
         d.stop()
+
+
+def _check_golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if os.environ.get("UPDATE_GOLDEN"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    assert path.exists(), f"missing golden file {path}; run with UPDATE_GOLDEN=1"
+    assert text == path.read_text(), (
+        f"{name} differs from the golden file; rerun with UPDATE_GOLDEN=1 if intended"
+    )
+
+
+@pytest.fixture
+def golden() -> Callable[[str, str], None]:
+    """``golden(name, text)``: the text must equal ``tests/golden/NAME``; with ``UPDATE_GOLDEN=1`` in the
+    environment the file is written instead (after an intended change)."""
+    return _check_golden

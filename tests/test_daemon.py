@@ -29,6 +29,7 @@ from daemon_helpers import (
     free_port,
     http_status,
     received,
+    replay_cli,
     scrape,
     start_daemon,
     value,
@@ -45,26 +46,7 @@ from auditor.sources.hubble import HubbleConfig
 
 
 def replay_connections() -> dict[tuple[str, str, str, str, str], float]:
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "auditor",
-            "replay",
-            str(FLOWS),
-            "--matrix",
-            str(MATRIX),
-            "--format",
-            "json",
-            "--fail-on",
-            "none",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    report = json.loads(proc.stdout)
+    report = json.loads(replay_cli(FLOWS))
     return {
         (
             e["source"],
