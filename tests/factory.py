@@ -53,3 +53,17 @@ def flow(**overrides: Any) -> Flow:
     }
     fields.update(overrides)
     return Flow(**fields)
+
+
+def denied_scrape(source: Endpoint, port: int) -> Flow:
+    """``source`` scraping PostgreSQL's metrics exporter (9187/TCP) from its ``port``, dropped at the
+    destination by a policy."""
+    return flow(
+        source=source,
+        destination=POSTGRES,
+        destination_port=9187,
+        source_port=port,
+        verdict=Verdict.DROPPED,
+        event_type=EventType.DROP,
+        drop_reason="POLICY_DENIED",
+    )
