@@ -29,20 +29,10 @@ from typing import Any, Final
 
 from auditor.learn import naming
 from auditor.learn.labels import minimal, pod_labels
-from auditor.learn.observe import CIDR, ENTITY, FQDN, POD, Peer
+from auditor.learn.observe import CIDR, ENTITY, ENTITY_PRECEDENCE, FQDN, POD, Peer
 
 FQDN_GROUP_MIN: Final = 4
 CIDR_GROUP_MIN: Final = 4
-ENTITY_ORDER: Final = (
-    "kube-apiserver",
-    "health",
-    "ingress",
-    "init",
-    "host",
-    "remote-node",
-    "world",
-    "unmanaged",
-)
 ENTITY_NAMES: Final = {
     "world": "internet",
     "host": "node",
@@ -154,7 +144,7 @@ def _with_name(c: Candidate, name: str) -> Candidate:
         net = ipaddress.ip_network(c.cidrs[0])
         order = (2, net.version, int(net.network_address), name)
     else:
-        order = (3, ENTITY_ORDER.index(c.entity) if c.entity in ENTITY_ORDER else 99, name)
+        order = (3, ENTITY_PRECEDENCE.index(c.entity) if c.entity in ENTITY_PRECEDENCE else 99, name)
     return Candidate(
         name,
         c.kind,

@@ -42,7 +42,8 @@ MAX_EDGES: Final = 100_000
 MAX_VARIANTS: Final = 64  # distinct label sets remembered per pod group (for verification)
 MAX_PODS: Final = 1_000  # distinct pod names counted per group
 MAX_NAMES: Final = 8  # DNS names kept per world destination
-_ENTITY_PRECEDENCE: Final = (
+# Reserved entities, most specific first: the one an endpoint with several is named by.
+ENTITY_PRECEDENCE: Final = (
     "kube-apiserver",
     "health",
     "ingress",
@@ -90,12 +91,27 @@ class Peer:
 
 
 @dataclass
-class EdgeStats:
+class Tally:
+    """Connections on an edge (or on one port of a learned rule): how many, how many of them with an
+    ``AUDIT`` verdict, the flow time of the first and last, and one example (source, destination)."""
+
     connections: int = 0
     audited: int = 0
     first: float = float("inf")
     last: float = float("-inf")
     example: tuple[str, str] | None = None
+
+    def add(self, s: Tally) -> None:
+        self.connections += s.connections
+        self.audited += s.audited
+        self.first = min(self.first, s.first)
+        self.last = max(self.last, s.last)
+        if self.example is None:
+            self.example = s.example
+
+
+@dataclass
+class EdgeStats(Tally):
     reasons: dict[str, int] = field(default_factory=dict)
 
     def see(self, t: float) -> None:
@@ -131,7 +147,7 @@ class Observations:
 def entity_of(ep: Endpoint) -> str:
     """The most specific reserved entity an endpoint is, or ``""``."""
     _, entities = endpoint_labels(ep)
-    return next((e for e in _ENTITY_PRECEDENCE if e in entities), "")
+    return next((e for e in ENTITY_PRECEDENCE if e in entities), "")
 
 
 def clean_names(names: tuple[str, ...]) -> tuple[str, ...]:
