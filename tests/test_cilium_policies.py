@@ -603,6 +603,27 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         "spec.endpointSelector.matchLabels.app: invalid label value '-x'",
     ),
     (
+        "an unknown selector operator",
+        cnp({"endpointSelector": {"matchExpressions": [{"key": "k8s:app", "operator": "Equals"}]}}),
+        "spec.endpointSelector.matchExpressions[0].operator: unknown operator 'Equals'",
+    ),
+    (
+        "NotIn without values",
+        cnp({"endpointSelector": {"matchExpressions": [{"key": "k8s:app", "operator": "NotIn"}]}}),
+        "spec.endpointSelector.matchExpressions[0].values: operator NotIn needs values",
+    ),
+    (
+        "DoesNotExist with values",
+        cnp(
+            {
+                "endpointSelector": {
+                    "matchExpressions": [{"key": "k8s:app", "operator": "DoesNotExist", "values": ["x"]}]
+                }
+            }
+        ),
+        "spec.endpointSelector.matchExpressions[0].values: operator DoesNotExist takes no values",
+    ),
+    (
         "an unknown label source",
         cnp({"endpointSelector": {"matchLabels": {"k9s:app": "x"}}}),
         "unknown label source 'k9s'",

@@ -454,6 +454,16 @@ POLICY_ERRORS: list[tuple[str, dict[str, Any], str]] = [
         {"podSelector": {"matchExpressions": [{"key": "a", "operator": "In"}]}},
         "operator In needs values",
     ),
+    (
+        "Exists with values",
+        {"podSelector": {"matchExpressions": [{"key": "a", "operator": "Exists", "values": ["b"]}]}},
+        "spec.podSelector.matchExpressions[0].values: operator Exists takes no values",
+    ),
+    (
+        "an expression without an operator",
+        {"podSelector": {"matchExpressions": [{"key": "a"}]}},
+        "spec.podSelector.matchExpressions[0]: key and operator are required",
+    ),
     ("unknown policy type", {"podSelector": {}, "policyTypes": ["Both"]}, "unknown policy type 'Both'"),
 ]
 

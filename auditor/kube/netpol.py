@@ -90,7 +90,6 @@ __all__ = [
 API_VERSION: Final = "networking.k8s.io/v1"
 KIND: Final = "NetworkPolicy"
 PORT_PROTOCOLS: Final = frozenset({"TCP", "UDP", "SCTP"})
-_OPERATORS: Final = frozenset({"In", "NotIn", "Exists", "DoesNotExist"})
 _SPEC_KEYS: Final = frozenset({"podSelector", "policyTypes", "ingress", "egress"})
 _PEER_KEYS: Final = frozenset({"podSelector", "namespaceSelector", "ipBlock"})
 
@@ -395,33 +394,4 @@ class _Compiler(Checker):
         return LabelSelector(tuple(self.requirements(value, key)))
 
     def requirements(self, value: Any, key: str) -> list[LabelRequirement]:
-        s = self.mapping(value, key, frozenset({"matchLabels", "matchExpressions"}))
-        reqs: list[LabelRequirement] = []
-        labels = s.get("matchLabels") or {}
-        if not isinstance(labels, dict):
-            raise self.err(f"{key}.matchLabels", "expected a mapping of strings")
-        for k, v in labels.items():
-            label = self.label_key(k, f"{key}.matchLabels")
-            reqs.append(
-                LabelRequirement(label, "In", frozenset({self.label_value(v, f"{key}.matchLabels.{k}")}))
-            )
-        for i, e in enumerate(self.sequence(s.get("matchExpressions"), f"{key}.matchExpressions")):
-            reqs.append(self.requirement(e, f"{key}.matchExpressions[{i}]"))
-        return reqs
-
-    def requirement(self, value: Any, key: str) -> LabelRequirement:
-        e = self.mapping(value, key, frozenset({"key", "operator", "values"}))
-        if "key" not in e or "operator" not in e:
-            raise self.err(key, "key and operator are required")
-        op = e["operator"]
-        if op not in _OPERATORS:
-            raise self.err(f"{key}.operator", f"unknown operator {op!r}")
-        values = self.sequence(e.get("values"), f"{key}.values")
-        if op in ("In", "NotIn") and not values:
-            raise self.err(f"{key}.values", f"operator {op} needs values")
-        if op in ("Exists", "DoesNotExist") and values:
-            raise self.err(f"{key}.values", f"operator {op} takes no values")
-        label = self.label_key(e["key"], f"{key}.key")
-        return LabelRequirement(
-            label, op, frozenset(self.label_value(v, f"{key}.values[{i}]") for i, v in enumerate(values))
-        )
+        return [LabelRequirement(*r) for r in self.label_selector(value, key, self.label_key)]
