@@ -381,6 +381,7 @@ def test_icmps_allow_the_echo_request_of_their_family() -> None:
         [db_ingress({"fromEndpoints": [{}], "icmps": [{"fields": [{"type": 8, "family": "IPv4"}]}]})]
     )
     assert allows(cluster, WEB, DB, "ICMPv4", 0)
+    assert allows(cluster, WEB, DB, "ICMPv4", 5432)  # an echo request: the port asked about is ignored
     assert not allows(cluster, WEB, DB, "ICMPv6", 0)
     assert not allows(cluster, WEB, DB, "TCP", 80)
 

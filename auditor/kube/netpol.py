@@ -60,6 +60,7 @@ from auditor.kube.model import (
     NAMESPACE_NAME_LABEL,
     NONE,
     Decision,
+    Evaluator,
     External,
     Grant,
     Network,
@@ -230,7 +231,7 @@ _NOT_A_POD: Final = Side(False, (), (), "not a pod: no NetworkPolicy applies")
 _NODE_LOCAL: Final = Side(False, (), (), "traffic between a pod and its node is always allowed")
 
 
-class PolicySet:
+class PolicySet(Evaluator):
     """Compiled NetworkPolicies, indexed by namespace. Build with :func:`compile_policies`."""
 
     def __init__(self, policies: tuple[NetworkPolicy, ...], notes: Notes | None = None) -> None:
@@ -244,14 +245,7 @@ class PolicySet:
         """Both sides of a connection from ``source`` to ``destination``, for every port at once."""
         if isinstance(source, Node) or isinstance(destination, Node):
             return Decision(_NODE_LOCAL, _NODE_LOCAL)
-        return Decision(
-            self.side(source, destination, destination, egress=True),
-            self.side(destination, source, destination, egress=False),
-        )
-
-    def allows(self, source: Subject, destination: Subject, protocol: str, port: int) -> bool:
-        """``protocol`` is TCP/UDP/SCTP, or ICMPv4/ICMPv6 (an echo request; ``port`` ignored)."""
-        return self.evaluate(source, destination).allows(protocol, 0 if "ICMP" in protocol else port)
+        return super().evaluate(source, destination)
 
     def side(self, pod: Subject, peer: Subject, destination: Subject, *, egress: bool) -> Side:
         if not isinstance(pod, Pod):
