@@ -1,6 +1,7 @@
 """Shared fixtures: a headless Chromium from Debian's packages (as a person sees pages), the folder where
 tests keep their screenshots (``build/test-output/screenshots``, to be looked at after a run), the
-daemons a test starts (stopped after it, whatever happens) and the golden files under ``tests/golden/``."""
+daemons a test starts (stopped after it, whatever happens), the example's flows served by a Hubble server on
+loopback, and the golden files under ``tests/golden/``."""
 
 from __future__ import annotations
 
@@ -12,11 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from auditor.demo import FlowLog, HubbleServer, load_jsonl
+
 if TYPE_CHECKING:
     from auditor.daemon import Daemon
 
 ROOT = Path(__file__).resolve().parent.parent
 SCREENSHOTS = ROOT / "build" / "test-output" / "screenshots"
+EXAMPLE_FLOWS = ROOT / "examples" / "airflow" / "flows.jsonl"
 GOLDEN = Path(__file__).resolve().parent / "golden"
 # Flags for a root user in a machine without a display bus or network beyond loopback.
 CHROMIUM_ARGS = [
@@ -59,6 +63,23 @@ def daemons() -> Iterator[list[Daemon]]:
     yield started
     for d in started:
         d.stop()
+
+
+@pytest.fixture
+def example_log() -> FlowLog:
+    """The Airflow example's flows (``examples/airflow/flows.jsonl``) as a demo server's flow log."""
+    log = FlowLog()
+    log.extend(load_jsonl(EXAMPLE_FLOWS))
+    return log
+
+
+@pytest.fixture
+def example_server(example_log: FlowLog) -> Iterator[HubbleServer]:
+    """A Hubble server on 127.0.0.1 (an ephemeral port) serving ``example_log``; stopped after the test."""
+    srv = HubbleServer(example_log)
+    srv.start()
+    yield srv
+    srv.stop(0)
 
 
 def _check_golden(name: str, text: str) -> None:

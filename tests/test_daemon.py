@@ -16,7 +16,6 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -39,7 +38,7 @@ from daemon_helpers import (
 from auditor._proto.flow import flow_pb2
 from auditor._proto.observer import observer_pb2
 from auditor.daemon import Daemon, DaemonConfig
-from auditor.demo import FlowLog, HubbleServer, ServerTls, load_jsonl, lost_events_response
+from auditor.demo import FlowLog, HubbleServer, ServerTls, lost_events_response
 from auditor.sources.hubble import HubbleConfig
 
 # -- helpers ----------------------------------------------------------------------------------------
@@ -59,28 +58,13 @@ def replay_connections() -> dict[tuple[str, str, str, str, str], float]:
     }
 
 
-@pytest.fixture
-def example_log() -> FlowLog:
-    log = FlowLog()
-    log.extend(load_jsonl(FLOWS))
-    return log
-
-
-@pytest.fixture
-def server(example_log: FlowLog) -> Iterator[HubbleServer]:
-    srv = HubbleServer(example_log)
-    srv.start()
-    yield srv
-    srv.stop(0)
-
-
 # -- counts -----------------------------------------------------------------------------------------
 
 
 def test_live_counts_per_edge_equal_the_replay_of_the_same_events(
-    server: HubbleServer, daemons: list[Daemon]
+    example_server: HubbleServer, daemons: list[Daemon]
 ) -> None:
-    d = start_daemon(server.address)
+    d = start_daemon(example_server.address)
     daemons.append(d)
     wait_for(lambda: received(scrape(d.listen_address)) >= FLOW_EVENTS, what="all flows")
     samples = scrape(d.listen_address)
@@ -94,9 +78,9 @@ def test_live_counts_per_edge_equal_the_replay_of_the_same_events(
 
 
 def test_lost_events_and_garbage_on_the_wire_are_counted_not_fatal(
-    server: HubbleServer, example_log: FlowLog, daemons: list[Daemon]
+    example_server: HubbleServer, example_log: FlowLog, daemons: list[Daemon]
 ) -> None:
-    d = start_daemon(server.address)
+    d = start_daemon(example_server.address)
     daemons.append(d)
     wait_for(lambda: received(scrape(d.listen_address)) >= FLOW_EVENTS, what="the example")
     example_log.append(lost_events_response(7, source="HUBBLE_RING_BUFFER", node_name="kind-worker"))
@@ -272,11 +256,11 @@ def test_rotated_client_certificate_is_picked_up(
 
 
 def test_matrix_reload_good_then_bad_keeps_the_good_one(
-    server: HubbleServer, tmp_path: Path, daemons: list[Daemon]
+    example_server: HubbleServer, tmp_path: Path, daemons: list[Daemon]
 ) -> None:
     matrix = tmp_path / "matrix.yaml"
     matrix.write_text(MATRIX.read_text())
-    d = start_daemon(server.address, matrix=matrix)
+    d = start_daemon(example_server.address, matrix=matrix)
     daemons.append(d)
     wait_for(lambda: received(scrape(d.listen_address)) >= FLOW_EVENTS, what="all flows")
     before = connections(scrape(d.listen_address))
@@ -341,9 +325,17 @@ def process_log(proc: subprocess.Popen[str]) -> str:
     return _PROCESS_LOGS[proc.pid].read_text()
 
 
-def test_sigterm_stops_the_daemon_with_exit_0(server: HubbleServer) -> None:
+def test_sigterm_stops_the_daemon_with_exit_0(example_server: HubbleServer) -> None:
     proc, address = run_daemon_process(
-        "run", "--server", server.address, "--matrix", str(MATRIX), "--since", "1h", "--log-format", "json"
+        "run",
+        "--server",
+        example_server.address,
+        "--matrix",
+        str(MATRIX),
+        "--since",
+        "1h",
+        "--log-format",
+        "json",
     )
     try:
         wait_for(lambda: value(scrape(address), "flow_auditor_hubble_up") == 1.0, what="the stream")
@@ -394,11 +386,11 @@ def test_promtool_finds_nothing_on_a_scrape_of_the_demo() -> None:
 
 
 def test_server_side_filter_asks_for_the_scope_namespaces_only(
-    server: HubbleServer, daemons: list[Daemon]
+    example_server: HubbleServer, daemons: list[Daemon]
 ) -> None:
     config = DaemonConfig(
         matrix=str(MATRIX),
-        hubble=HubbleConfig(server=server.address, since=0.0),
+        hubble=HubbleConfig(server=example_server.address, since=0.0),
         listen_address="127.0.0.1:0",
         server_side_filter=True,
     )
@@ -425,7 +417,7 @@ def test_server_side_filter_asks_for_the_scope_namespaces_only(
 
 
 def test_kube_events_are_posted_for_violation_edges(
-    server: HubbleServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, daemons: list[Daemon]
+    example_server: HubbleServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, daemons: list[Daemon]
 ) -> None:
     import threading
 
@@ -446,7 +438,7 @@ def test_kube_events_are_posted_for_violation_edges(
     try:
         config = DaemonConfig(
             matrix=str(MATRIX),
-            hubble=HubbleConfig(server=server.address, since=0.0),
+            hubble=HubbleConfig(server=example_server.address, since=0.0),
             listen_address="127.0.0.1:0",
             kube_events=True,
         )
