@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 from certs import TestPki, make_pki
+from daemon_helpers import run_cli
 
 from auditor.demo import FlowLog, HubbleServer, ServerTls
 from auditor.learn.build import Options
@@ -104,13 +105,8 @@ def test_the_duration_ends_learning_and_the_matrix_is_written(
     tmp_path: Path, example_server: HubbleServer
 ) -> None:
     out = tmp_path / "learned.yaml"
-    proc = subprocess.run(
-        learn_cmd("--server", example_server.address, "--since", SINCE, "--duration", "1s", "-o", str(out)),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-    )
+    args = ("--server", example_server.address, "--since", SINCE, "--duration", "1s", "-o", str(out))
+    proc = run_cli("matrix", "learn", *args)
     assert proc.returncode == 0, proc.stderr
     assert "learn: following" in proc.stderr
     assert "interrupted" not in proc.stderr
@@ -124,12 +120,7 @@ def test_an_unreachable_server_still_ends_with_the_duration(tmp_path: Path) -> N
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # nothing listens there once closed
     out = tmp_path / "learned.yaml"
-    proc = subprocess.run(
-        learn_cmd("--server", f"127.0.0.1:{port}", "--duration", "1s", "--timeout", "500ms", "-o", str(out)),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-    )
+    args = ("--server", f"127.0.0.1:{port}", "--duration", "1s", "--timeout", "500ms", "-o", str(out))
+    proc = run_cli("matrix", "learn", *args)
     assert proc.returncode == 0, proc.stderr
     assert "no rule learned" in proc.stderr
