@@ -20,6 +20,7 @@ from typing import Any
 import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import structlog
+from daemon_helpers import wait_for
 from factory import DEBUG, POSTGRES, REDIS, WORLD, flow, pod
 from kubernetes.client import ApiClient, Configuration
 
@@ -184,13 +185,6 @@ PROMETHEUS_SCRAPE_DROPPED = {
     "destination_port": 9187,
 }
 DEBUG_TO_REDIS = {"source": DEBUG, "source_ip": "10.244.9.9", "destination": REDIS, "destination_port": 6379}
-
-
-def wait_for(predicate: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.01)
 
 
 # -- what is posted -------------------------------------------------------------------------------------
