@@ -11,8 +11,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -81,7 +82,12 @@ def connections(samples: Samples) -> dict[tuple[str, str, str, str, str], float]
     return out
 
 
-def start_daemon(address: str, matrix: Path = MATRIX, **hubble: object) -> Daemon:
+def start_daemon(
+    address: str, matrix: Path = MATRIX, *, options: Mapping[str, Any] | None = None, **hubble: object
+) -> Daemon:
+    """A started daemon following the Hubble server at ``address`` from the start of its buffer, quick to
+    reconnect and to reload ``matrix``, serving HTTP on an ephemeral loopback port; ``options`` are more
+    :class:`DaemonConfig` fields, ``hubble`` more :class:`HubbleConfig` fields."""
     config = DaemonConfig(
         matrix=str(matrix),
         hubble=HubbleConfig(
@@ -89,6 +95,7 @@ def start_daemon(address: str, matrix: Path = MATRIX, **hubble: object) -> Daemo
         ),  # type: ignore[arg-type]
         listen_address="127.0.0.1:0",
         reload_interval=0.1,
+        **(options or {}),
     )
     daemon = Daemon(config)
     daemon.start()

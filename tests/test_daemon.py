@@ -37,9 +37,8 @@ from daemon_helpers import (
 
 from auditor._proto.flow import flow_pb2
 from auditor._proto.observer import observer_pb2
-from auditor.daemon import Daemon, DaemonConfig
+from auditor.daemon import Daemon
 from auditor.demo import FlowLog, HubbleServer, ServerTls, lost_events_response
-from auditor.sources.hubble import HubbleConfig
 
 # -- helpers ----------------------------------------------------------------------------------------
 
@@ -388,14 +387,7 @@ def test_promtool_finds_nothing_on_a_scrape_of_the_demo() -> None:
 def test_server_side_filter_asks_for_the_scope_namespaces_only(
     example_server: HubbleServer, daemons: list[Daemon]
 ) -> None:
-    config = DaemonConfig(
-        matrix=str(MATRIX),
-        hubble=HubbleConfig(server=example_server.address, since=0.0),
-        listen_address="127.0.0.1:0",
-        server_side_filter=True,
-    )
-    d = Daemon(config)
-    d.start()
+    d = start_daemon(example_server.address, options={"server_side_filter": True})
     daemons.append(d)
     wait_for(lambda: value(scrape(d.listen_address), "flow_auditor_hubble_up") == 1.0, what="the stream")
     wait_for(
@@ -436,14 +428,7 @@ def test_kube_events_are_posted_for_violation_edges(
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     try:
-        config = DaemonConfig(
-            matrix=str(MATRIX),
-            hubble=HubbleConfig(server=example_server.address, since=0.0),
-            listen_address="127.0.0.1:0",
-            kube_events=True,
-        )
-        d = Daemon(config)
-        d.start()
+        d = start_daemon(example_server.address, options={"kube_events": True})
         daemons.append(d)
         wait_for(lambda: received(scrape(d.listen_address)) >= FLOW_EVENTS, what="all flows")
 

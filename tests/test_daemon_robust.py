@@ -21,6 +21,7 @@ from daemon_helpers import (
     http_status,
     received,
     scrape,
+    start_daemon,
     value,
     wait_for,
 )
@@ -33,16 +34,7 @@ from auditor.sources.hubble import HubbleConfig
 
 
 def start(address: str, matrix: Path = MATRIX, *sinks: object) -> Daemon:
-    config = DaemonConfig(
-        matrix=str(matrix),
-        hubble=HubbleConfig(server=address, since=0.0, timeout=2.0, backoff_initial=0.1, backoff_max=0.5),
-        listen_address="127.0.0.1:0",
-        reload_interval=0.1,
-        extra_sinks=tuple(sinks),  # type: ignore[arg-type]
-    )
-    daemon = Daemon(config)
-    daemon.start()
-    return daemon
+    return start_daemon(address, matrix, options={"extra_sinks": sinks})
 
 
 def reloads(d: Daemon, result: str) -> float:
