@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from factory import DEBUG, REDIS, denied_scrape, flow, pod
+from factory import DEBUG, REDIS, denied_scrape, flow, judged, pod
 from structlog.testing import capture_logs
 
 from auditor.classify import Auditor, Judgement
@@ -227,12 +227,6 @@ DEBUG_SUGGESTION = (
     "add component debug-shell: {namespace: default, labels: {run: debug-shell}}; "
     'rule {from: debug-shell, to: redis, ports: ["6379/TCP"]}'
 )
-
-
-def judged(auditor: Auditor, **overrides: object) -> Judgement:
-    result = auditor.process(flow(**overrides))
-    assert isinstance(result, Judgement)
-    return result
 
 
 def scrape_dropped(auditor: Auditor, port: int) -> Judgement:
