@@ -34,6 +34,7 @@ from daemon_helpers import (
     value,
     wait_for,
 )
+from events_api import EventsServer
 
 from auditor._proto.flow import flow_pb2
 from auditor._proto.observer import observer_pb2
@@ -411,13 +412,8 @@ def test_server_side_filter_asks_for_the_scope_namespaces_only(
 def test_kube_events_are_posted_for_violation_edges(
     example_server: HubbleServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, daemons: list[Daemon]
 ) -> None:
-    import threading
-
-    from test_kube_events import EventsServer
-
     api = EventsServer()
-    thread = threading.Thread(target=api.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
+    api.start()
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(
         "apiVersion: v1\nkind: Config\ncurrent-context: t\n"
@@ -453,9 +449,7 @@ def test_kube_events_are_posted_for_violation_edges(
         )
         assert debug[0]["type"] == "Warning" and debug[0]["reason"] == "NetworkPolicyViolation"
     finally:
-        api.shutdown()
-        api.server_close()
-        thread.join(5)
+        api.stop()
 
 
 def test_sigterm_while_the_server_is_unreachable_stops_quickly() -> None:
