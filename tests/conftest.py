@@ -1,21 +1,27 @@
 """Shared fixtures: a headless Chromium from Debian's packages (as a person sees pages), the folder where
-tests keep their screenshots (``build/test-output/screenshots``, to be looked at after a run), and the
-daemons a test starts (stopped after it, whatever happens)."""
+tests keep their screenshots (``build/test-output/screenshots``, to be looked at after a run), the
+daemons a test starts (stopped after it, whatever happens), the example's flows served by a Hubble server on
+loopback, and the golden files under ``tests/golden/``."""
 
 from __future__ import annotations
 
+import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+
+from auditor.demo import FlowLog, HubbleServer, load_jsonl
 
 if TYPE_CHECKING:
     from auditor.daemon import Daemon
 
 ROOT = Path(__file__).resolve().parent.parent
 SCREENSHOTS = ROOT / "build" / "test-output" / "screenshots"
+EXAMPLE_FLOWS = ROOT / "examples" / "airflow" / "flows.jsonl"
+GOLDEN = Path(__file__).resolve().parent / "golden"
 # Flags for a root user in a machine without a display bus or network beyond loopback.
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -57,3 +63,38 @@ def daemons() -> Iterator[list[Daemon]]:
     yield started
     for d in started:
         d.stop()
+
+
+@pytest.fixture
+def example_log() -> FlowLog:
+    """The Airflow example's flows (``examples/airflow/flows.jsonl``) as a demo server's flow log."""
+    log = FlowLog()
+    log.extend(load_jsonl(EXAMPLE_FLOWS))
+    return log
+
+
+@pytest.fixture
+def example_server(example_log: FlowLog) -> Iterator[HubbleServer]:
+    """A Hubble server on 127.0.0.1 (an ephemeral port) serving ``example_log``; stopped after the test."""
+    srv = HubbleServer(example_log)
+    srv.start()
+    yield srv
+    srv.stop(0)
+
+
+def _check_golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if os.environ.get("UPDATE_GOLDEN"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    assert path.exists(), f"missing golden file {path}; run with UPDATE_GOLDEN=1"
+    assert text == path.read_text(), (
+        f"{name} differs from the golden file; rerun with UPDATE_GOLDEN=1 if intended"
+    )
+
+
+@pytest.fixture
+def golden() -> Callable[[str, str], None]:
+    """``golden(name, text)``: the text must equal ``tests/golden/NAME``; with ``UPDATE_GOLDEN=1`` in the
+    environment the file is written instead (after an intended change)."""
+    return _check_golden

@@ -1,14 +1,19 @@
-"""Helpers shared by the daemon tests (not a test module): the example's paths, bounded waits, scraping
-the daemon's /metrics, loopback ports and HTTP status codes."""
+"""Helpers shared by the tests that run the daemon or the command line (not a test module): the example's
+paths, bounded waits, scraping the daemon's /metrics, loopback ports, HTTP status codes and the
+``flow-auditor`` command run as a process."""
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -77,7 +82,12 @@ def connections(samples: Samples) -> dict[tuple[str, str, str, str, str], float]
     return out
 
 
-def start_daemon(address: str, matrix: Path = MATRIX, **hubble: object) -> Daemon:
+def start_daemon(
+    address: str, matrix: Path = MATRIX, *, options: Mapping[str, Any] | None = None, **hubble: object
+) -> Daemon:
+    """A started daemon following the Hubble server at ``address`` from the start of its buffer, quick to
+    reconnect and to reload ``matrix``, serving HTTP on an ephemeral loopback port; ``options`` are more
+    :class:`DaemonConfig` fields, ``hubble`` more :class:`HubbleConfig` fields."""
     config = DaemonConfig(
         matrix=str(matrix),
         hubble=HubbleConfig(
@@ -85,7 +95,30 @@ def start_daemon(address: str, matrix: Path = MATRIX, **hubble: object) -> Daemo
         ),  # type: ignore[arg-type]
         listen_address="127.0.0.1:0",
         reload_interval=0.1,
+        **(options or {}),
     )
     daemon = Daemon(config)
     daemon.start()
     return daemon
+
+
+def run_cli(*args: str, stdin: bytes | None = None, columns: int = 160) -> subprocess.CompletedProcess[str]:
+    """``python -m auditor ARGS`` from the repository root, bounded in time, with reports of a fixed width
+    (``COLUMNS``) whatever runs the tests."""
+    return subprocess.run(
+        [sys.executable, "-m", "auditor", *args],
+        input=stdin.decode() if stdin is not None else None,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env={**os.environ, "COLUMNS": str(columns)},
+    )
+
+
+def replay_cli(*files: str | Path, matrix: str | Path = MATRIX, fmt: str = "json") -> str:
+    """The output of ``replay FILES --matrix MATRIX --format FMT --fail-on none``; fails the test (with the
+    command's stderr) unless it exits 0."""
+    proc = run_cli("replay", *map(str, files), "--matrix", str(matrix), "--format", fmt, "--fail-on", "none")
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout

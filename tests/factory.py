@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from auditor.classify import Auditor, Judgement
 from auditor.model import Direction, Endpoint, EventType, Flow, FlowType, ObservationPoint, Verdict
 
 NS_LABEL = "k8s:io.cilium.k8s.namespace.labels.kubernetes.io/metadata.name="
@@ -53,3 +54,24 @@ def flow(**overrides: Any) -> Flow:
     }
     fields.update(overrides)
     return Flow(**fields)
+
+
+def denied_scrape(source: Endpoint, port: int) -> Flow:
+    """``source`` scraping PostgreSQL's metrics exporter (9187/TCP) from its ``port``, dropped at the
+    destination by a policy."""
+    return flow(
+        source=source,
+        destination=POSTGRES,
+        destination_port=9187,
+        source_port=port,
+        verdict=Verdict.DROPPED,
+        event_type=EventType.DROP,
+        drop_reason="POLICY_DENIED",
+    )
+
+
+def judged(auditor: Auditor, **overrides: Any) -> Judgement:
+    """What ``auditor`` makes of ``flow(**overrides)``, which must be a judgement."""
+    result = auditor.process(flow(**overrides))
+    assert isinstance(result, Judgement), result
+    return result

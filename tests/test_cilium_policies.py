@@ -381,6 +381,7 @@ def test_icmps_allow_the_echo_request_of_their_family() -> None:
         [db_ingress({"fromEndpoints": [{}], "icmps": [{"fields": [{"type": 8, "family": "IPv4"}]}]})]
     )
     assert allows(cluster, WEB, DB, "ICMPv4", 0)
+    assert allows(cluster, WEB, DB, "ICMPv4", 5432)  # an echo request: the port asked about is ignored
     assert not allows(cluster, WEB, DB, "ICMPv6", 0)
     assert not allows(cluster, WEB, DB, "TCP", 80)
 
@@ -601,6 +602,27 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         "an invalid label value",
         cnp({"endpointSelector": {"matchLabels": {"app": "-x"}}}),
         "spec.endpointSelector.matchLabels.app: invalid label value '-x'",
+    ),
+    (
+        "an unknown selector operator",
+        cnp({"endpointSelector": {"matchExpressions": [{"key": "k8s:app", "operator": "Equals"}]}}),
+        "spec.endpointSelector.matchExpressions[0].operator: unknown operator 'Equals'",
+    ),
+    (
+        "NotIn without values",
+        cnp({"endpointSelector": {"matchExpressions": [{"key": "k8s:app", "operator": "NotIn"}]}}),
+        "spec.endpointSelector.matchExpressions[0].values: operator NotIn needs values",
+    ),
+    (
+        "DoesNotExist with values",
+        cnp(
+            {
+                "endpointSelector": {
+                    "matchExpressions": [{"key": "k8s:app", "operator": "DoesNotExist", "values": ["x"]}]
+                }
+            }
+        ),
+        "spec.endpointSelector.matchExpressions[0].values: operator DoesNotExist takes no values",
     ),
     (
         "an unknown label source",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from factory import DEBUG, POSTGRES, REDIS, SCHEDULER, WORKER, WORLD, flow, pod
+from factory import DEBUG, POSTGRES, REDIS, SCHEDULER, WORKER, WORLD, flow, judged, pod
 
 from auditor.classify import (
     EXPECTED_ALLOWED,
@@ -24,12 +24,6 @@ from auditor.pipeline import Pipeline
 from auditor.sinks.report import ReportSink
 
 MATRIX = load_matrix(Path(__file__).parent.parent / "examples" / "airflow" / "matrix.yaml")
-
-
-def judged(a: Auditor, **overrides: object) -> Judgement:
-    result = a.process(flow(**overrides))
-    assert isinstance(result, Judgement), result
-    return result
 
 
 def test_four_classes() -> None:

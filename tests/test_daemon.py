@@ -16,7 +16,6 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,42 +28,24 @@ from daemon_helpers import (
     free_port,
     http_status,
     received,
+    replay_cli,
     scrape,
     start_daemon,
     value,
     wait_for,
 )
+from events_api import EventsServer
 
 from auditor._proto.flow import flow_pb2
 from auditor._proto.observer import observer_pb2
-from auditor.daemon import Daemon, DaemonConfig
-from auditor.demo import FlowLog, HubbleServer, ServerTls, load_jsonl, lost_events_response
-from auditor.sources.hubble import HubbleConfig
+from auditor.daemon import Daemon
+from auditor.demo import FlowLog, HubbleServer, ServerTls, lost_events_response
 
 # -- helpers ----------------------------------------------------------------------------------------
 
 
 def replay_connections() -> dict[tuple[str, str, str, str, str], float]:
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "auditor",
-            "replay",
-            str(FLOWS),
-            "--matrix",
-            str(MATRIX),
-            "--format",
-            "json",
-            "--fail-on",
-            "none",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    report = json.loads(proc.stdout)
+    report = json.loads(replay_cli(FLOWS))
     return {
         (
             e["source"],
@@ -77,28 +58,13 @@ def replay_connections() -> dict[tuple[str, str, str, str, str], float]:
     }
 
 
-@pytest.fixture
-def example_log() -> FlowLog:
-    log = FlowLog()
-    log.extend(load_jsonl(FLOWS))
-    return log
-
-
-@pytest.fixture
-def server(example_log: FlowLog) -> Iterator[HubbleServer]:
-    srv = HubbleServer(example_log)
-    srv.start()
-    yield srv
-    srv.stop(0)
-
-
 # -- counts -----------------------------------------------------------------------------------------
 
 
 def test_live_counts_per_edge_equal_the_replay_of_the_same_events(
-    server: HubbleServer, daemons: list[Daemon]
+    example_server: HubbleServer, daemons: list[Daemon]
 ) -> None:
-    d = start_daemon(server.address)
+    d = start_daemon(example_server.address)
     daemons.append(d)
     wait_for(lambda: received(scrape(d.listen_address)) >= FLOW_EVENTS, what="all flows")
     samples = scrape(d.listen_address)
@@ -112,9 +78,9 @@ def test_live_counts_per_edge_equal_the_replay_of_the_same_events(
 
 
 def test_lost_events_and_garbage_on_the_wire_are_counted_not_fatal(
-    server: HubbleServer, example_log: FlowLog, daemons: list[Daemon]
+    example_server: HubbleServer, example_log: FlowLog, daemons: list[Daemon]
 ) -> None:
-    d = start_daemon(server.address)
+    d = start_daemon(example_server.address)
     daemons.append(d)
     wait_for(lambda: received(scrape(d.listen_address)) >= FLOW_EVENTS, what="the example")
     example_log.append(lost_events_response(7, source="HUBBLE_RING_BUFFER", node_name="kind-worker"))
@@ -290,11 +256,11 @@ def test_rotated_client_certificate_is_picked_up(
 
 
 def test_matrix_reload_good_then_bad_keeps_the_good_one(
-    server: HubbleServer, tmp_path: Path, daemons: list[Daemon]
+    example_server: HubbleServer, tmp_path: Path, daemons: list[Daemon]
 ) -> None:
     matrix = tmp_path / "matrix.yaml"
     matrix.write_text(MATRIX.read_text())
-    d = start_daemon(server.address, matrix=matrix)
+    d = start_daemon(example_server.address, matrix=matrix)
     daemons.append(d)
     wait_for(lambda: received(scrape(d.listen_address)) >= FLOW_EVENTS, what="all flows")
     before = connections(scrape(d.listen_address))
@@ -359,9 +325,17 @@ def process_log(proc: subprocess.Popen[str]) -> str:
     return _PROCESS_LOGS[proc.pid].read_text()
 
 
-def test_sigterm_stops_the_daemon_with_exit_0(server: HubbleServer) -> None:
+def test_sigterm_stops_the_daemon_with_exit_0(example_server: HubbleServer) -> None:
     proc, address = run_daemon_process(
-        "run", "--server", server.address, "--matrix", str(MATRIX), "--since", "1h", "--log-format", "json"
+        "run",
+        "--server",
+        example_server.address,
+        "--matrix",
+        str(MATRIX),
+        "--since",
+        "1h",
+        "--log-format",
+        "json",
     )
     try:
         wait_for(lambda: value(scrape(address), "flow_auditor_hubble_up") == 1.0, what="the stream")
@@ -412,16 +386,9 @@ def test_promtool_finds_nothing_on_a_scrape_of_the_demo() -> None:
 
 
 def test_server_side_filter_asks_for_the_scope_namespaces_only(
-    server: HubbleServer, daemons: list[Daemon]
+    example_server: HubbleServer, daemons: list[Daemon]
 ) -> None:
-    config = DaemonConfig(
-        matrix=str(MATRIX),
-        hubble=HubbleConfig(server=server.address, since=0.0),
-        listen_address="127.0.0.1:0",
-        server_side_filter=True,
-    )
-    d = Daemon(config)
-    d.start()
+    d = start_daemon(example_server.address, options={"server_side_filter": True})
     daemons.append(d)
     wait_for(lambda: value(scrape(d.listen_address), "flow_auditor_hubble_up") == 1.0, what="the stream")
     wait_for(
@@ -443,15 +410,10 @@ def test_server_side_filter_asks_for_the_scope_namespaces_only(
 
 
 def test_kube_events_are_posted_for_violation_edges(
-    server: HubbleServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, daemons: list[Daemon]
+    example_server: HubbleServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, daemons: list[Daemon]
 ) -> None:
-    import threading
-
-    from test_kube_events import EventsServer
-
     api = EventsServer()
-    thread = threading.Thread(target=api.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
+    api.start()
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(
         "apiVersion: v1\nkind: Config\ncurrent-context: t\n"
@@ -462,14 +424,7 @@ def test_kube_events_are_posted_for_violation_edges(
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     try:
-        config = DaemonConfig(
-            matrix=str(MATRIX),
-            hubble=HubbleConfig(server=server.address, since=0.0),
-            listen_address="127.0.0.1:0",
-            kube_events=True,
-        )
-        d = Daemon(config)
-        d.start()
+        d = start_daemon(example_server.address, options={"kube_events": True})
         daemons.append(d)
         wait_for(lambda: received(scrape(d.listen_address)) >= FLOW_EVENTS, what="all flows")
 
@@ -494,9 +449,7 @@ def test_kube_events_are_posted_for_violation_edges(
         )
         assert debug[0]["type"] == "Warning" and debug[0]["reason"] == "NetworkPolicyViolation"
     finally:
-        api.shutdown()
-        api.server_close()
-        thread.join(5)
+        api.stop()
 
 
 def test_sigterm_while_the_server_is_unreachable_stops_quickly() -> None:

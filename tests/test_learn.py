@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from daemon_helpers import run_cli
 from factory import HOST, WORLD, flow, pod
 
 from auditor.cli import main
@@ -314,13 +315,7 @@ def test_same_flows_give_byte_identical_yaml(tmp_path: Path) -> None:
         env={"PYTHONHASHSEED": "12345", "PATH": ""},
     )
     assert proc.stdout == out1.read_bytes()
-    check = subprocess.run(
-        [sys.executable, "-m", "auditor", "matrix", "check", str(out1)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-    )
+    check = run_cli("matrix", "check", str(out1))
     assert check.returncode == 0, check.stderr
 
 

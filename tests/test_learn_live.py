@@ -13,14 +13,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 from certs import TestPki, make_pki
+from daemon_helpers import run_cli
 
-from auditor.demo import FlowLog, HubbleServer, ServerTls, load_jsonl
+from auditor.demo import FlowLog, HubbleServer, ServerTls
 from auditor.learn.build import Options
 from auditor.learn.run import learn_files
 
@@ -40,25 +40,10 @@ def body(text: str) -> object:
 
 
 @pytest.fixture
-def log() -> FlowLog:
-    log = FlowLog()
-    log.extend(load_jsonl(FLOWS))
-    return log
-
-
-@pytest.fixture
 def file_learned() -> str:
     from auditor.learn.run import text_of
 
     return text_of(learn_files([str(FLOWS)], Options()))
-
-
-@pytest.fixture
-def plain_server(log: FlowLog) -> Iterator[HubbleServer]:
-    srv = HubbleServer(log)
-    srv.start()
-    yield srv
-    srv.stop(0)
 
 
 def run_until_everything_is_learned(args: list[str], events: int) -> tuple[int, str]:
@@ -93,10 +78,10 @@ EVENTS = sum(1 for _ in FLOWS.open("rb")) - 1  # every record but the lost-event
 
 
 def test_mtls_stream_then_ctrl_c_writes_the_same_matrix_as_the_recorded_file(
-    tmp_path: Path, log: FlowLog, file_learned: str
+    tmp_path: Path, example_log: FlowLog, file_learned: str
 ) -> None:
     pki: TestPki = make_pki(tmp_path / "pki")
-    srv = HubbleServer(log, tls=ServerTls(pki.server_cert, pki.server_key, pki.ca_cert))
+    srv = HubbleServer(example_log, tls=ServerTls(pki.server_cert, pki.server_key, pki.ca_cert))
     srv.start()
     out = tmp_path / "learned.yaml"
     tls = [
@@ -117,16 +102,11 @@ def test_mtls_stream_then_ctrl_c_writes_the_same_matrix_as_the_recorded_file(
 
 
 def test_the_duration_ends_learning_and_the_matrix_is_written(
-    tmp_path: Path, plain_server: HubbleServer
+    tmp_path: Path, example_server: HubbleServer
 ) -> None:
     out = tmp_path / "learned.yaml"
-    proc = subprocess.run(
-        learn_cmd("--server", plain_server.address, "--since", SINCE, "--duration", "1s", "-o", str(out)),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-    )
+    args = ("--server", example_server.address, "--since", SINCE, "--duration", "1s", "-o", str(out))
+    proc = run_cli("matrix", "learn", *args)
     assert proc.returncode == 0, proc.stderr
     assert "learn: following" in proc.stderr
     assert "interrupted" not in proc.stderr
@@ -140,12 +120,7 @@ def test_an_unreachable_server_still_ends_with_the_duration(tmp_path: Path) -> N
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # nothing listens there once closed
     out = tmp_path / "learned.yaml"
-    proc = subprocess.run(
-        learn_cmd("--server", f"127.0.0.1:{port}", "--duration", "1s", "--timeout", "500ms", "-o", str(out)),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-    )
+    args = ("--server", f"127.0.0.1:{port}", "--duration", "1s", "--timeout", "500ms", "-o", str(out))
+    proc = run_cli("matrix", "learn", *args)
     assert proc.returncode == 0, proc.stderr
     assert "no rule learned" in proc.stderr

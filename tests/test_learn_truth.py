@@ -34,6 +34,13 @@ EGRESS_VERDICT: dict[str, Any] = {
     "traffic_direction": Direction.EGRESS,
     "observation_point": 0,
 }
+# Dropped by a policy at the destination (no observation point recorded).
+DENIED: dict[str, Any] = {
+    "verdict": Verdict.DROPPED,
+    "drop_reason": "POLICY_DENIED",
+    "event_type": EventType.DROP,
+    "observation_point": 0,
+}
 
 
 def conn(src: Any, s: str, dst: Any, d: str, sport: int, dport: int, t: float, **kw: Any) -> Any:
@@ -94,32 +101,8 @@ def scenario() -> list[Any]:
         ),
         # 5. the attacker: forwarded at its own node, dropped at postgres (twice: a retransmit)
         conn(DEBUG, "debug", POSTGRES, "postgres", 50005, 5432, T + 6, **EGRESS_VERDICT),
-        conn(
-            DEBUG,
-            "debug",
-            POSTGRES,
-            "postgres",
-            50005,
-            5432,
-            T + 6.001,
-            verdict=Verdict.DROPPED,
-            drop_reason="POLICY_DENIED",
-            event_type=EventType.DROP,
-            observation_point=0,
-        ),
-        conn(
-            DEBUG,
-            "debug",
-            POSTGRES,
-            "postgres",
-            50005,
-            5432,
-            T + 7,
-            verdict=Verdict.DROPPED,
-            drop_reason="POLICY_DENIED",
-            event_type=EventType.DROP,
-            observation_point=0,
-        ),
+        conn(DEBUG, "debug", POSTGRES, "postgres", 50005, 5432, T + 6.001, **DENIED),
+        conn(DEBUG, "debug", POSTGRES, "postgres", 50005, 5432, T + 7, **DENIED),
         # ... and a dropped reply towards it proves nothing
         reply(POSTGRES, "postgres", DEBUG, "debug", 5432, 50006, T + 7.5, verdict=Verdict.DROPPED),
         # 6. an AUDIT verdict alone: would be dropped under enforcement, so the policy must allow it

@@ -9,15 +9,13 @@ the clock; hostile names arrive as data and stay text.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_helpers import wait_for
+from daemon_helpers import FLOWS, MATRIX, replay_cli, wait_for
 
 from auditor.classify import Auditor
 from auditor.daemon import Daemon, DaemonConfig
@@ -29,33 +27,11 @@ from auditor.sinks.live import LiveSink
 from auditor.sources.hubble import HubbleConfig
 from auditor.web import CSP
 
-ROOT = Path(__file__).resolve().parent.parent
-FLOWS = ROOT / "examples" / "airflow" / "flows.jsonl"
-MATRIX = ROOT / "examples" / "airflow" / "matrix.yaml"
 WORST_FIRST = ("expected_dropped", "unexpected_allowed", "unexpected_dropped", "expected_allowed")
 
 
 def replay_edges(*files: Path) -> dict[tuple[Any, ...], int]:
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "auditor",
-            "replay",
-            *map(str, files),
-            "--matrix",
-            str(MATRIX),
-            "-f",
-            "json",
-            "--fail-on",
-            "none",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    report = json.loads(proc.stdout)
+    report = json.loads(replay_cli(*files))
     return {
         (e["source"], e["destination"], e["port"], e["protocol"], e["class"]): e["connections"]
         for e in report["edges"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from factory import DEBUG, POSTGRES, REDIS, flow, pod
+from factory import DEBUG, REDIS, denied_scrape, flow, judged, pod
 from structlog.testing import capture_logs
 
 from auditor.classify import Auditor, Judgement
@@ -229,23 +229,10 @@ DEBUG_SUGGESTION = (
 )
 
 
-def judged(auditor: Auditor, **overrides: object) -> Judgement:
-    result = auditor.process(flow(**overrides))
+def scrape_dropped(auditor: Auditor, port: int) -> Judgement:
+    result = auditor.process(denied_scrape(PROMETHEUS, port))
     assert isinstance(result, Judgement)
     return result
-
-
-def scrape_dropped(auditor: Auditor, port: int, source: object = PROMETHEUS) -> Judgement:
-    return judged(
-        auditor,
-        source=source,
-        destination=POSTGRES,
-        destination_port=9187,
-        source_port=port,
-        verdict=Verdict.DROPPED,
-        event_type=EventType.DROP,
-        drop_reason="POLICY_DENIED",
-    )
 
 
 def test_an_unexpected_allowed_line_carries_the_rule_that_would_allow_it() -> None:
@@ -366,17 +353,7 @@ def test_the_daemon_hands_its_matrix_and_reloads_to_the_log(tmp_path: Path) -> N
 
     def dropped_scrape(port: int) -> list[dict[str, object]]:
         with capture_logs() as logs:
-            daemon.pipeline.feed(
-                flow(
-                    source=PROMETHEUS,
-                    destination=POSTGRES,
-                    destination_port=9187,
-                    source_port=port,
-                    verdict=Verdict.DROPPED,
-                    event_type=EventType.DROP,
-                    drop_reason="POLICY_DENIED",
-                )
-            )
+            daemon.pipeline.feed(denied_scrape(PROMETHEUS, port))
         return [entry for entry in logs if entry["event"] == "violation"]
 
     assert debug_to_redis(40000)[0]["suggestion"] == DEBUG_SUGGESTION

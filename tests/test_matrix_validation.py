@@ -7,11 +7,10 @@ daemon's hot reload keeps the old matrix only for a ``MatrixError``, so nothing 
 from __future__ import annotations
 
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from daemon_helpers import run_cli
 
 from auditor.matrix import ENTITIES, MatrixError, load_matrix, parse_matrix
 
@@ -114,12 +113,6 @@ def test_load_matrix_of_a_directory_is_a_matrix_error(tmp_path: Path) -> None:
 def test_matrix_check_exits_2_with_one_line(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "m.yaml"
     path.write_text(text)
-    proc = subprocess.run(
-        [sys.executable, "-m", "auditor", "matrix", "check", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-    )
+    proc = run_cli("matrix", "check", str(path))
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and message in proc.stderr and str(path) in proc.stderr

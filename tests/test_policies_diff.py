@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from textwrap import dedent
 from typing import Any
@@ -26,7 +26,6 @@ from auditor.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 AIRFLOW = ROOT / "examples" / "airflow" / "matrix.yaml"
-GOLDEN = Path(__file__).parent / "golden" / "policies"
 HEADER = "apiVersion: flow-auditor/v1alpha1\nkind: CommunicationMatrix\n"
 
 SHOP = HEADER + dedent(
@@ -353,16 +352,6 @@ def test_a_missing_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[st
 # Output: grouped by edge, noise summarised, three formats (golden), cluster data escaped
 
 
-def check_golden(name: str, text: str) -> None:
-    path = GOLDEN / name
-    if os.environ.get("UPDATE_GOLDEN"):
-        path.write_text(text)
-    assert path.exists(), f"missing golden file {path}; run with UPDATE_GOLDEN=1"
-    assert text == path.read_text(), (
-        f"{name} differs from the golden file; rerun with UPDATE_GOLDEN=1 if intended"
-    )
-
-
 def broken_airflow(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> str:
     """The generated Airflow NetworkPolicies with mistakes, and a CiliumNetworkPolicy beside them:
 
@@ -411,13 +400,13 @@ def broken_airflow(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> str:
 
 @pytest.mark.parametrize("fmt", ["table", "json", "markdown"])
 def test_report_formats_match_golden_files(
-    fmt: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+    fmt: str, capsys: pytest.CaptureFixture[str], tmp_path: Path, golden: Callable[[str, str], None]
 ) -> None:
     policies = broken_airflow(capsys, tmp_path)
     code, out, _ = run(capsys, "diff", policies, "-m", str(AIRFLOW), "--format", fmt)
     assert code == 1
-    check_golden(
-        f"airflow-diff.{ {'table': 'txt', 'json': 'json', 'markdown': 'md'}[fmt] }",
+    golden(
+        f"policies/airflow-diff.{ {'table': 'txt', 'json': 'json', 'markdown': 'md'}[fmt] }",
         out.replace(str(tmp_path), "<tmp>"),
     )
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from factory import POSTGRES, flow, pod
+from factory import POSTGRES, denied_scrape, flow, pod
 
 from auditor.classify import Auditor, Judgement
 from auditor.kube.cluster import compile_cluster
@@ -189,18 +189,6 @@ def test_what_a_flavor_cannot_express_is_named(tmp_path: Path) -> None:
     )
 
 
-def dropped(source: Endpoint, port: int) -> Any:
-    return flow(
-        source=source,
-        destination=POSTGRES,
-        destination_port=9187,
-        source_port=port,
-        verdict=Verdict.DROPPED,
-        event_type=EventType.DROP,
-        drop_reason="POLICY_DENIED",
-    )
-
-
 PROM = ("app.kubernetes.io/name=prometheus",)
 WEB = pod("airflow", "airflow-webserver-1", 1005, "tier=airflow", "component=webserver")
 
@@ -217,11 +205,11 @@ def test_labels_seen_on_delivered_connections_are_not_a_cause() -> None:
         assert isinstance(delivered, Judgement)
         history.on_delivered(delivered)
     for i, source in enumerate((prom, canary)):
-        same = auditor.process(dropped(source, 40001 + i))
+        same = auditor.process(denied_scrape(source, 40001 + i))
         assert isinstance(same, Judgement)
         assert history.changes_of(same) == []
     other = pod("monitoring", "prometheus-0", 3001, *PROM, "team=obs")
-    changed = auditor.process(dropped(other, 40003))
+    changed = auditor.process(denied_scrape(other, 40003))
     assert isinstance(changed, Judgement)
     assert history.changes_of(changed) == [  # against the first set remembered
         {
@@ -247,7 +235,7 @@ def test_the_label_history_is_bounded() -> None:
     # many label keys changed: at most 8 reported, long values clipped in the sentence
     many = pod("monitoring", "p", 5000, *PROM, *(f"k{i}={'x' * 500}" for i in range(30)))
     history.labels[("prometheus", "monitoring")] = [pod("monitoring", "p", 5001, *PROM).labels]
-    j = auditor.process(dropped(many, 40003))
+    j = auditor.process(denied_scrape(many, 40003))
     assert isinstance(j, Judgement)
     (change,) = history.changes_of(j)
     assert len(change["labels"]) == 8
@@ -262,7 +250,7 @@ def test_cluster_text_in_the_cause_is_escaped_in_every_format() -> None:
     before = pod("monitoring", "prometheus-0", 3001, *PROM, f"io.cilium.k8s.namespace.labels.team={hostile}")
     for j in (
         auditor.process(flow(source=before, destination=WEB, destination_port=8080)),
-        auditor.process(dropped(pod("monitoring", "prometheus-0", 3001, *PROM), 40001)),
+        auditor.process(denied_scrape(pod("monitoring", "prometheus-0", 3001, *PROM), 40001)),
     ):
         assert isinstance(j, Judgement)
         sink.on_judgement(j)
@@ -317,7 +305,7 @@ def test_label_changes_compare_with_connections_delivered_before_the_drop_only()
         return change
 
     delivered = flow(source=labelled, destination=WEB, destination_port=8080)
-    after = report_of(dropped(unlabelled, 40001), delivered)
+    after = report_of(denied_scrape(unlabelled, 40001), delivered)
     assert after["label_changes"] == [] and after["cause"].startswith("a policy in force lacks")
-    before = report_of(delivered, dropped(unlabelled, 40001))
+    before = report_of(delivered, denied_scrape(unlabelled, 40001))
     assert before["label_changes"][0]["namespace_labels"] == {"name": ["monitoring", None]}

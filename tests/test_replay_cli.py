@@ -11,11 +11,13 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from daemon_helpers import run_cli
 
 from auditor.cli import main
 from auditor.scenario import airflow_scenario
@@ -24,19 +26,6 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "airflow"
 FLOWS = EXAMPLE / "flows.jsonl"
 MATRIX = EXAMPLE / "matrix.yaml"
-GOLDEN = Path(__file__).parent / "golden"
-
-
-def run_cli(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "auditor", *args],
-        input=stdin.decode() if stdin is not None else None,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        env={**os.environ, "COLUMNS": "160"},  # reports of a fixed width, whatever runs the tests
-    )
 
 
 def replay_json(*files: str, extra: tuple[str, ...] = ()) -> tuple[int, dict[str, Any]]:
@@ -45,30 +34,21 @@ def replay_json(*files: str, extra: tuple[str, ...] = ()) -> tuple[int, dict[str
     return proc.returncode, json.loads(proc.stdout)
 
 
-def check_golden(name: str, text: str) -> None:
-    path = GOLDEN / name
-    if os.environ.get("UPDATE_GOLDEN"):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    assert path.exists(), f"missing golden file {path}; run with UPDATE_GOLDEN=1"
-    assert text == path.read_text(), (
-        f"{name} differs from the golden file; rerun with UPDATE_GOLDEN=1 if intended"
-    )
-
-
-def test_example_report_matches_golden_json_and_exits_1() -> None:
+def test_example_report_matches_golden_json_and_exits_1(golden: Callable[[str, str], None]) -> None:
     code, report = replay_json("examples/airflow/flows.jsonl")
     assert code == 1
-    check_golden("airflow-report.json", json.dumps(report, indent=2) + "\n")
+    golden("airflow-report.json", json.dumps(report, indent=2) + "\n")
 
 
 @pytest.mark.parametrize(("fmt", "suffix"), [("markdown", "md"), ("table", "txt"), ("html", "html")])
-def test_example_report_matches_golden_text_formats(fmt: str, suffix: str) -> None:
+def test_example_report_matches_golden_text_formats(
+    fmt: str, suffix: str, golden: Callable[[str, str], None]
+) -> None:
     proc = run_cli(
         "replay", "examples/airflow/flows.jsonl", "--matrix", "examples/airflow/matrix.yaml", "--format", fmt
     )
     assert proc.returncode == 1, proc.stderr
-    check_golden(f"airflow-report.{suffix}", proc.stdout)
+    golden(f"airflow-report.{suffix}", proc.stdout)
 
 
 def test_example_report_equals_the_scenario_ground_truth() -> None:
@@ -328,14 +308,7 @@ def test_markdown_and_html_reports_escape_cluster_data() -> None:
 
 @pytest.mark.parametrize("columns", [60, 80, 120])
 def test_table_report_fits_the_terminal_width(columns: int) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "auditor", "replay", str(FLOWS), "--matrix", str(MATRIX), "--fail-on", "none"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        env={**os.environ, "COLUMNS": str(columns)},
-    )
+    proc = run_cli("replay", str(FLOWS), "--matrix", str(MATRIX), "--fail-on", "none", columns=columns)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert len(lines) > 20

@@ -10,9 +10,15 @@ object and field (never silently: a misspelt key could widen or narrow what the 
 from __future__ import annotations
 
 import ipaddress
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Final, TypeVar
 
 from auditor.kube.model import Network, Notes, label_key_problem, label_value_problem
+
+OPERATORS: Final = frozenset({"In", "NotIn", "Exists", "DoesNotExist"})
+"""The operators of a Kubernetes label selector's ``matchExpressions``."""
+
+K = TypeVar("K")
 
 
 class PolicyError(ValueError):
@@ -95,6 +101,40 @@ class Checker:
         if problem:
             raise self.err(key, problem)
         return value
+
+    def label_selector(
+        self, value: Any, key: str, label_key: Callable[[Any, str], K]
+    ) -> list[tuple[K, str, frozenset[str]]]:
+        """A label selector (``matchLabels``, then ``matchExpressions``) as (key, operator, values), in the
+        order written; ``label_key(text, field)`` checks a key and gives it the caller's form."""
+        s = self.mapping(value, key, frozenset({"matchLabels", "matchExpressions"}))
+        reqs: list[tuple[K, str, frozenset[str]]] = []
+        labels = s.get("matchLabels") or {}
+        if not isinstance(labels, dict):
+            raise self.err(f"{key}.matchLabels", "expected a mapping of strings")
+        for k, v in labels.items():
+            label = label_key(k, f"{key}.matchLabels")
+            reqs.append((label, "In", frozenset({self.label_value(v, f"{key}.matchLabels.{k}")})))
+        for i, e in enumerate(self.sequence(s.get("matchExpressions"), f"{key}.matchExpressions")):
+            reqs.append(self.label_expression(e, f"{key}.matchExpressions[{i}]", label_key))
+        return reqs
+
+    def label_expression(
+        self, value: Any, key: str, label_key: Callable[[Any, str], K]
+    ) -> tuple[K, str, frozenset[str]]:
+        e = self.mapping(value, key, frozenset({"key", "operator", "values"}))
+        if "key" not in e or "operator" not in e:
+            raise self.err(key, "key and operator are required")
+        op = e["operator"]
+        if op not in OPERATORS:
+            raise self.err(f"{key}.operator", f"unknown operator {op!r}")
+        values = self.sequence(e.get("values"), f"{key}.values")
+        if op in ("In", "NotIn") and not values:
+            raise self.err(f"{key}.values", f"operator {op} needs values")
+        if op in ("Exists", "DoesNotExist") and values:
+            raise self.err(f"{key}.values", f"operator {op} takes no values")
+        label = label_key(e["key"], f"{key}.key")
+        return label, op, frozenset(self.label_value(v, f"{key}.values[{i}]") for i, v in enumerate(values))
 
 
 CLUSTERWIDE_KINDS = frozenset({"CiliumClusterwideNetworkPolicy"})

@@ -35,7 +35,6 @@ from auditor.kube.cilium import (
 )
 from auditor.kube.model import Network, Notes, PortSet, label_key_problem, label_value_problem
 
-_OPERATORS: Final = frozenset({"In", "NotIn", "Exists", "DoesNotExist"})
 _ICMP_ECHO: Final = {("IPv4", 8): "ICMPv4", ("IPv6", 128): "ICMPv6"}
 _ICMP_NAMES: Final = {("IPv4", "EchoRequest"): 8, ("IPv6", "EchoRequest"): 128}
 _SPEC_KEYS: Final = frozenset(
@@ -360,39 +359,12 @@ class _Compiler(Checker):
         return sel.plus(Requirement("k8s", NS_KEY, "In", frozenset({self.namespace})))
 
     def selector(self, value: Any, key: str) -> EndpointSelector:
-        s = self.mapping(value, key, frozenset({"matchLabels", "matchExpressions"}))
-        reqs: list[Requirement] = []
-        labels = s.get("matchLabels") or {}
-        if not isinstance(labels, dict):
-            raise self.err(f"{key}.matchLabels", "expected a mapping of strings")
-        for k, v in labels.items():
-            source, bare = self.label_key_with_source(k, f"{key}.matchLabels")
-            reqs.append(
-                Requirement(source, bare, "In", frozenset({self.label_value(v, f"{key}.matchLabels.{k}")}))
+        return EndpointSelector(
+            tuple(
+                Requirement(source, bare, op, values)
+                for (source, bare), op, values in self.label_selector(value, key, self.label_key_with_source)
             )
-        for i, e in enumerate(self.sequence(s.get("matchExpressions"), f"{key}.matchExpressions")):
-            k = f"{key}.matchExpressions[{i}]"
-            e = self.mapping(e, k, frozenset({"key", "operator", "values"}))
-            if "key" not in e or "operator" not in e:
-                raise self.err(k, "key and operator are required")
-            op = e["operator"]
-            if op not in _OPERATORS:
-                raise self.err(f"{k}.operator", f"unknown operator {op!r}")
-            values = self.sequence(e.get("values"), f"{k}.values")
-            if op in ("In", "NotIn") and not values:
-                raise self.err(f"{k}.values", f"operator {op} needs values")
-            if op in ("Exists", "DoesNotExist") and values:
-                raise self.err(f"{k}.values", f"operator {op} takes no values")
-            source, bare = self.label_key_with_source(e["key"], f"{k}.key")
-            reqs.append(
-                Requirement(
-                    source,
-                    bare,
-                    op,
-                    frozenset(self.label_value(v, f"{k}.values[{j}]") for j, v in enumerate(values)),
-                )
-            )
-        return EndpointSelector(tuple(reqs))
+        )
 
     def label_key_with_source(self, value: Any, key: str) -> tuple[str | None, str]:
         text = self.string(value, key)

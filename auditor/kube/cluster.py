@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from auditor.kube import cilium, cilium_compile, netpol
-from auditor.kube.model import Decision, Node, Notes, Pod, Side, Subject, merge_sides
+from auditor.kube.model import Evaluator, Node, Notes, Pod, Side, Subject, merge_sides
 
 POLICY_KINDS = {
     (netpol.API_VERSION, netpol.KIND),
@@ -35,7 +35,7 @@ POLICY_KINDS = {
 
 
 @dataclass
-class Cluster:
+class Cluster(Evaluator):
     knp: netpol.PolicySet
     cnp: cilium.CiliumPolicySet
     skipped: Counter[str] = field(default_factory=Counter)
@@ -52,16 +52,6 @@ class Cluster:
     @property
     def has_cilium(self) -> bool:
         return bool(self.cnp.policies)
-
-    def evaluate(self, source: Subject, destination: Subject) -> Decision:
-        """Both sides of a connection from ``source`` to ``destination``, for every port."""
-        return Decision(
-            self.side(source, destination, destination, egress=True),
-            self.side(destination, source, destination, egress=False),
-        )
-
-    def allows(self, source: Subject, destination: Subject, protocol: str, port: int) -> bool:
-        return self.evaluate(source, destination).allows(protocol, 0 if "ICMP" in protocol else port)
 
     def side(self, subject: Subject, peer: Subject, destination: Subject, *, egress: bool) -> Side:
         if isinstance(peer, Node) and not egress:

@@ -297,6 +297,25 @@ class Decision:
         )
 
 
+class Evaluator:
+    """Policies that decide one side of a connection (:meth:`side`); a connection's decision is its
+    egress side at the source and its ingress side at the destination."""
+
+    def side(self, subject: Subject, peer: Subject, destination: Subject, *, egress: bool) -> Side:
+        raise NotImplementedError
+
+    def evaluate(self, source: Subject, destination: Subject) -> Decision:
+        """Both sides of a connection from ``source`` to ``destination``, for every port at once."""
+        return Decision(
+            self.side(source, destination, destination, egress=True),
+            self.side(destination, source, destination, egress=False),
+        )
+
+    def allows(self, source: Subject, destination: Subject, protocol: str, port: int) -> bool:
+        """``protocol`` is TCP/UDP/SCTP, or ICMPv4/ICMPv6 (an echo request; ``port`` ignored)."""
+        return self.evaluate(source, destination).allows(protocol, 0 if "ICMP" in protocol else port)
+
+
 def merge_sides(sides: Iterable[Side]) -> Side:
     """Several evaluators' view of one side (NetworkPolicies and Cilium policies): isolated if any
     isolates, every grant and every deny kept (Cilium enforces both kinds together)."""

@@ -60,6 +60,7 @@ from auditor.kube.model import (
     NAMESPACE_NAME_LABEL,
     NONE,
     Decision,
+    Evaluator,
     External,
     Grant,
     Network,
@@ -90,7 +91,6 @@ __all__ = [
 API_VERSION: Final = "networking.k8s.io/v1"
 KIND: Final = "NetworkPolicy"
 PORT_PROTOCOLS: Final = frozenset({"TCP", "UDP", "SCTP"})
-_OPERATORS: Final = frozenset({"In", "NotIn", "Exists", "DoesNotExist"})
 _SPEC_KEYS: Final = frozenset({"podSelector", "policyTypes", "ingress", "egress"})
 _PEER_KEYS: Final = frozenset({"podSelector", "namespaceSelector", "ipBlock"})
 
@@ -231,7 +231,7 @@ _NOT_A_POD: Final = Side(False, (), (), "not a pod: no NetworkPolicy applies")
 _NODE_LOCAL: Final = Side(False, (), (), "traffic between a pod and its node is always allowed")
 
 
-class PolicySet:
+class PolicySet(Evaluator):
     """Compiled NetworkPolicies, indexed by namespace. Build with :func:`compile_policies`."""
 
     def __init__(self, policies: tuple[NetworkPolicy, ...], notes: Notes | None = None) -> None:
@@ -245,14 +245,7 @@ class PolicySet:
         """Both sides of a connection from ``source`` to ``destination``, for every port at once."""
         if isinstance(source, Node) or isinstance(destination, Node):
             return Decision(_NODE_LOCAL, _NODE_LOCAL)
-        return Decision(
-            self.side(source, destination, destination, egress=True),
-            self.side(destination, source, destination, egress=False),
-        )
-
-    def allows(self, source: Subject, destination: Subject, protocol: str, port: int) -> bool:
-        """``protocol`` is TCP/UDP/SCTP, or ICMPv4/ICMPv6 (an echo request; ``port`` ignored)."""
-        return self.evaluate(source, destination).allows(protocol, 0 if "ICMP" in protocol else port)
+        return super().evaluate(source, destination)
 
     def side(self, pod: Subject, peer: Subject, destination: Subject, *, egress: bool) -> Side:
         if not isinstance(pod, Pod):
@@ -395,33 +388,4 @@ class _Compiler(Checker):
         return LabelSelector(tuple(self.requirements(value, key)))
 
     def requirements(self, value: Any, key: str) -> list[LabelRequirement]:
-        s = self.mapping(value, key, frozenset({"matchLabels", "matchExpressions"}))
-        reqs: list[LabelRequirement] = []
-        labels = s.get("matchLabels") or {}
-        if not isinstance(labels, dict):
-            raise self.err(f"{key}.matchLabels", "expected a mapping of strings")
-        for k, v in labels.items():
-            label = self.label_key(k, f"{key}.matchLabels")
-            reqs.append(
-                LabelRequirement(label, "In", frozenset({self.label_value(v, f"{key}.matchLabels.{k}")}))
-            )
-        for i, e in enumerate(self.sequence(s.get("matchExpressions"), f"{key}.matchExpressions")):
-            reqs.append(self.requirement(e, f"{key}.matchExpressions[{i}]"))
-        return reqs
-
-    def requirement(self, value: Any, key: str) -> LabelRequirement:
-        e = self.mapping(value, key, frozenset({"key", "operator", "values"}))
-        if "key" not in e or "operator" not in e:
-            raise self.err(key, "key and operator are required")
-        op = e["operator"]
-        if op not in _OPERATORS:
-            raise self.err(f"{key}.operator", f"unknown operator {op!r}")
-        values = self.sequence(e.get("values"), f"{key}.values")
-        if op in ("In", "NotIn") and not values:
-            raise self.err(f"{key}.values", f"operator {op} needs values")
-        if op in ("Exists", "DoesNotExist") and values:
-            raise self.err(f"{key}.values", f"operator {op} takes no values")
-        label = self.label_key(e["key"], f"{key}.key")
-        return LabelRequirement(
-            label, op, frozenset(self.label_value(v, f"{key}.values[{i}]") for i, v in enumerate(values))
-        )
+        return [LabelRequirement(*r) for r in self.label_selector(value, key, self.label_key)]

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from auditor.learn import components as comps
-from auditor.learn.observe import CIDR, FQDN, POD, UNKNOWN, EdgeKey, EdgeStats, Observations, Peer
+from auditor.learn.observe import CIDR, FQDN, POD, UNKNOWN, EdgeKey, EdgeStats, Observations, Peer, Tally
 from auditor.matrix import Matrix, parse_matrix
 from auditor.model import ICMP_PROTOCOLS
 
@@ -49,27 +49,10 @@ class Options:
 
 
 @dataclass
-class PortStats:
-    connections: int = 0
-    audited: int = 0
-    first: float = float("inf")
-    last: float = float("-inf")
-    example: tuple[str, str] | None = None
-
-    def add(self, s: EdgeStats | PortStats) -> None:
-        self.connections += s.connections
-        self.audited += s.audited
-        self.first = min(self.first, s.first)
-        self.last = max(self.last, s.last)
-        if self.example is None:
-            self.example = s.example
-
-
-@dataclass
 class Rule:
     source: str
     destination: str
-    ports: dict[tuple[str, int | None], PortStats]
+    ports: dict[tuple[str, int | None], Tally]
     ports_text: list[str] = field(default_factory=list)
 
 
@@ -78,7 +61,7 @@ class ReviewLine:
     source: str
     destination: str
     port: str
-    stats: PortStats
+    stats: Tally
     reasons: dict[str, int] = field(default_factory=dict)
 
 
@@ -126,14 +109,14 @@ def build(obs: Observations, options: Options, existing: Matrix | None = None) -
     matrix = _compile(candidates, existing, options.name)
     candidates, matrix = _pin_conflicts(candidates, matrix, obs, existing, options.name)
     resolve = _resolver(matrix)
-    pairs: dict[tuple[str, str], dict[tuple[str, int | None], PortStats]] = {}
+    pairs: dict[tuple[str, str], dict[tuple[str, int | None], Tally]] = {}
     names = {c.name for c in matrix.components}
     for src, dst, protocol, port, stats in kept:
         a, b = resolve(src), resolve(dst)
         if a not in names or b not in names:
             review["unnamed"].append((src, dst, protocol, port, stats))
         elif existing is None or existing.rule_for(a, b, protocol, port or 0) is None:
-            pairs.setdefault((a, b), {}).setdefault((protocol, port), PortStats()).add(stats)
+            pairs.setdefault((a, b), {}).setdefault((protocol, port), Tally()).add(stats)
     rules, below = _rules(pairs, options)
     used = {r.source for r in rules} | {r.destination for r in rules}
     learned_components = [c for c in candidates if c.name in used]
@@ -173,7 +156,7 @@ def _select(obs: Observations, scope: frozenset[str] | None) -> tuple[list[Item]
 
 
 def _rules(
-    pairs: dict[tuple[str, str], dict[tuple[str, int | None], PortStats]], options: Options
+    pairs: dict[tuple[str, str], dict[tuple[str, int | None], Tally]], options: Options
 ) -> tuple[list[Rule], list[ReviewLine]]:
     """One rule per pair with the ports seen at least ``--min-connections`` times; the rest for review."""
     below: list[ReviewLine] = []
@@ -305,7 +288,7 @@ def _review_lines(
         key = (a, b, port_text(protocol, port))
         line = merged.get(key)
         if line is None:
-            line = merged[key] = ReviewLine(a, b, key[2], PortStats())
+            line = merged[key] = ReviewLine(a, b, key[2], Tally())
         line.stats.add(stats)
         if reasons:
             for r, n in stats.reasons.items():

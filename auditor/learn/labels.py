@@ -12,7 +12,7 @@ Error policy: none needed; label strings without ``=`` are labels with an empty 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Final
 
 VOLATILE_KEYS: Final = frozenset(
@@ -53,14 +53,19 @@ PREFERRED_KEYS: Final = (
 """Keys tried first when choosing the fewest labels that tell a group apart."""
 
 
+def k8s_labels(labels: Iterable[str]) -> Iterator[tuple[str, str]]:
+    """``(key, value)`` of each Cilium label from the ``k8s`` source (``k8s:key=value``), in order."""
+    for label in labels:
+        source, _, rest = label.partition(":")
+        if source == "k8s":
+            key, _, value = rest.partition("=")
+            yield key, value
+
+
 def pod_labels(labels: Iterable[str]) -> dict[str, str]:
     """The selectable Kubernetes pod labels of one endpoint (``k8s:key=value`` → ``{key: value}``)."""
     out: dict[str, str] = {}
-    for label in labels:
-        source, _, rest = label.partition(":")
-        if source != "k8s":
-            continue
-        key, _, value = rest.partition("=")
+    for key, value in k8s_labels(labels):
         if (
             key
             and key not in VOLATILE_KEYS

@@ -80,12 +80,27 @@ class Peer:
 
 
 @dataclass
-class EdgeStats:
+class Tally:
+    """Connections on an edge (or on one port of a learned rule): how many, how many of them with an
+    ``AUDIT`` verdict, the flow time of the first and last, and one example (source, destination)."""
+
     connections: int = 0
     audited: int = 0
     first: float = float("inf")
     last: float = float("-inf")
     example: tuple[str, str] | None = None
+
+    def add(self, s: Tally) -> None:
+        self.connections += s.connections
+        self.audited += s.audited
+        self.first = min(self.first, s.first)
+        self.last = max(self.last, s.last)
+        if self.example is None:
+            self.example = s.example
+
+
+@dataclass
+class EdgeStats(Tally):
     reasons: dict[str, int] = field(default_factory=dict)
 
     def see(self, t: float) -> None:

@@ -37,7 +37,7 @@ from auditor.kube.cluster import Cluster, compile_cluster
 from auditor.kube.flavors import CiliumRenderer, KubernetesRenderer, Renderer
 from auditor.kube.model import NAMESPACE_NAME_LABEL, External, Node, Pod, Reserved, Subject
 from auditor.kube.policies import FLAVORS, Flavor, _Names, _placement
-from auditor.learn.labels import VOLATILE_KEYS, VOLATILE_PREFIXES
+from auditor.learn.labels import VOLATILE_KEYS, VOLATILE_PREFIXES, k8s_labels
 from auditor.matrix import Matrix, Rule, endpoint_labels
 from auditor.model import Endpoint
 
@@ -121,11 +121,7 @@ def _split(labels: Sequence[str]) -> tuple[dict[str, str], dict[str, str]]:
     """Cilium labels → (pod labels worth comparing, namespace labels)."""
     pod: dict[str, str] = {}
     ns: dict[str, str] = {}
-    for label in labels:
-        source, _, rest = label.partition(":")
-        if source != "k8s":
-            continue
-        key, _, value = rest.partition("=")
+    for key, value in k8s_labels(labels):
         if key.startswith(NS_LABEL_PREFIX):
             key = key[len(NS_LABEL_PREFIX) :]
             if key != NAMESPACE_NAME_LABEL:

@@ -20,8 +20,9 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Final
 
-from auditor.learn.build import MAX_REVIEW_LINES, REVIEW_TITLES, Learned, PortStats, Rule, port_text
+from auditor.learn.build import MAX_REVIEW_LINES, REVIEW_TITLES, Learned, Rule, port_text
 from auditor.learn.components import Candidate
+from auditor.learn.observe import Tally
 from auditor.learn.yamltext import comment, flow, scalar
 
 _OUTCOMES: Final = ("judged", "reply", "provisional", "ignored", "out_of_scope", "invalid")
@@ -46,7 +47,7 @@ def components_block(candidates: Sequence[Candidate], indent: str = "  ") -> str
 def rules_block(rules: Sequence[Rule], indent: str = "  ") -> str:
     out = []
     for r in rules:
-        total = PortStats()
+        total = Tally()
         for st in r.ports.values():
             total.add(st)
         out.append(comment(_evidence(total), indent))
@@ -58,7 +59,7 @@ def rules_block(rules: Sequence[Rule], indent: str = "  ") -> str:
     return "".join(out)
 
 
-def _evidence(st: PortStats) -> str:
+def _evidence(st: Tally) -> str:
     conns = f"{st.connections} connection{'s' if st.connections != 1 else ''}"
     if st.audited:
         conns += f" ({st.audited} with an AUDIT verdict: denied once policies are enforced)"

@@ -495,29 +495,19 @@ class _Recorder:
             t = self.pv(t, node, syn, judged, "EGRESS", policy=conn.egress_policy)
         t = self.trace(t, node, syn, judged, "TO_STACK", "EGRESS", reason="NEW")
         rtt = self.rng.randrange(8 * _MS, 40 * _MS)
-        t = self.trace(
-            t + rtt,
-            node,
-            syn.answer(("SYN", "ACK")),
-            reply,
-            "TO_ENDPOINT",
-            "EGRESS",
-            reason="REPLY",
-            interface=iface,
-        )
+
+        def answered(when: int, flags: tuple[str, ...]) -> int:
+            """The peer's answer, delivered back to the source pod."""
+            answer = syn.answer(flags)
+            return self.trace(
+                when, node, answer, reply, "TO_ENDPOINT", "EGRESS", reason="REPLY", interface=iface
+            )
+
+        t = answered(t + rtt, ("SYN", "ACK"))
         if conn.detail >= 1:
             for flags in (("ACK",), ("ACK", "PSH")):
                 t = self.trace(t, node, syn.again(flags), judged, "TO_STACK", "EGRESS", reason="ESTABLISHED")
-            self.trace(
-                t + rtt,
-                node,
-                syn.answer(("ACK", "PSH")),
-                reply,
-                "TO_ENDPOINT",
-                "EGRESS",
-                reason="REPLY",
-                interface=iface,
-            )
+            answered(t + rtt, ("ACK", "PSH"))
         if conn.in_scope:
             self.expect(conn, True, "FORWARDED")
 
