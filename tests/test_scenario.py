@@ -251,7 +251,7 @@ def _yaml_rules() -> list[tuple[int, set[str], str, set[tuple[int, str]]]]:
 def test_ground_truth_agrees_with_matrix_yaml(example: Scenario) -> None:
     rules = _yaml_rules()
     assert [(n, tuple(sorted(s)), d, tuple(sorted(p))) for n, s, d, p in rules] == [
-        (n, tuple(sorted(s)), d, tuple(sorted(p))) for n, s, d, p in scenario.model._RULES
+        (n, tuple(sorted(s)), d, tuple(sorted(p))) for n, s, d, p in scenario.model.RULES
     ]
     for edge in example.expected_edges:
         matching = [

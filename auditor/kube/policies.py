@@ -136,7 +136,7 @@ def build(matrix: Matrix, flavor: Flavor = "kubernetes", *, cluster_cidrs: Seque
         renderer = CiliumRenderer(matrix)
     else:
         raise ValueError(f"unknown flavor {flavor!r} (expected one of: {', '.join(FLAVORS)})")
-    names = _Names()
+    names = ObjectNames()
     objects: list[dict[str, Any]] = []
     notes: list[str] = []
     scope = frozenset(matrix.scope_namespaces or ())
@@ -147,7 +147,7 @@ def build(matrix: Matrix, flavor: Flavor = "kubernetes", *, cluster_cidrs: Seque
     for comp in matrix.components:
         for text in _selector_notes(comp):
             add_note(notes, text)
-        for ns in _placement(comp, scope):
+        for ns in placement(comp, scope):
             obj, obj_notes = renderer.component(comp, names.take(ns, f"{matrix.name}-{comp.name}"), ns)
             objects.append(obj)
             for text in obj_notes:
@@ -182,7 +182,7 @@ def _parse_cidrs(texts: Sequence[str]) -> tuple[Network, ...]:
     return tuple(out)
 
 
-class _Names:
+class ObjectNames:
     """Valid, unique (per namespace) object names."""
 
     def __init__(self) -> None:
@@ -197,7 +197,7 @@ class _Names:
         return candidate
 
 
-def _placement(comp: Component, scope: frozenset[str]) -> list[str]:
+def placement(comp: Component, scope: frozenset[str]) -> list[str]:
     """The scoped namespaces in which the component gets a policy of its own."""
     sel = comp.selector
     if address_kind(sel) is not None or sel.namespaces is None:

@@ -36,7 +36,7 @@ from auditor.classify import Judgement
 from auditor.kube.cluster import Cluster, compile_cluster
 from auditor.kube.flavors import CiliumRenderer, KubernetesRenderer, Renderer
 from auditor.kube.model import NAMESPACE_NAME_LABEL, External, Node, Pod, Reserved, Subject
-from auditor.kube.policies import FLAVORS, Flavor, _Names, _placement
+from auditor.kube.policies import FLAVORS, Flavor, ObjectNames, placement
 from auditor.learn.labels import VOLATILE_KEYS, VOLATILE_PREFIXES, k8s_labels
 from auditor.matrix import Matrix, Rule, endpoint_labels
 from auditor.model import Endpoint
@@ -187,13 +187,13 @@ class _Flavor:
             return _EMPTY
         cached = self._namespaces.get(ns)
         if cached is None:
-            names = _Names()
+            names = ObjectNames()
             matrix, renderer = self.matrix, self.renderer
             out = _Namespace(
                 [renderer.default_deny(names.take(ns, f"{matrix.name}-default-deny"), ns)], {}, []
             )
             for comp in matrix.components:
-                if ns in _placement(comp, self.scope):
+                if ns in placement(comp, self.scope):
                     obj, notes = renderer.component(comp, names.take(ns, f"{matrix.name}-{comp.name}"), ns)
                     out.objects.append(obj)
                     out.by_component[comp.name] = obj

@@ -10,9 +10,9 @@ import random
 from datetime import datetime
 from typing import Final
 
-from auditor.scenario.cluster import _WORKER, _Cluster
-from auditor.scenario.flows import _Conn, _Policy, _Recorder
-from auditor.scenario.model import DEFAULT_START, Scenario, _to_ns
+from auditor.scenario.cluster import WORKER, Cluster
+from auditor.scenario.flows import Conn, Policy, Recorder
+from auditor.scenario.model import DEFAULT_START, Scenario, to_ns
 
 # ------------------------------------------------------------------------------------------------
 # The Airflow example
@@ -24,17 +24,17 @@ _TRAEFIK_UPGRADE_S: Final = 360.0
 _TRAEFIK_POLICY_FIXED_S: Final = 480.0
 
 
-def _np(component: str) -> _Policy:
+def _np(component: str) -> Policy:
     """The Airflow chart's ingress NetworkPolicy of a component."""
-    return _Policy(f"airflow-{component}-policy", "airflow", "NetworkPolicy", 3)
+    return Policy(f"airflow-{component}-policy", "airflow", "NetworkPolicy", 3)
 
 
-def _egress(component: str) -> _Policy:
+def _egress(component: str) -> Policy:
     """The platform team's default-deny-plus-allow egress policy of a component."""
-    return _Policy(f"airflow-{component}-egress", "airflow", "CiliumNetworkPolicy", 7)
+    return Policy(f"airflow-{component}-egress", "airflow", "CiliumNetworkPolicy", 7)
 
 
-_PG_POLICY: Final = _Policy("airflow-postgresql", "airflow", "NetworkPolicy", 2)
+_PG_POLICY: Final = Policy("airflow-postgresql", "airflow", "NetworkPolicy", 2)
 
 
 def airflow_scenario(start: datetime = DEFAULT_START, *, seed: int = 7) -> Scenario:
@@ -54,7 +54,7 @@ def airflow_scenario(start: datetime = DEFAULT_START, *, seed: int = 7) -> Scena
        ``expected_dropped``;
     7. replies, overlay hops, DNS proxy records, out-of-scope traffic and one lost-events record.
     """
-    e = _Episodes(_Recorder(_to_ns(start), random.Random(seed)), _Cluster())
+    e = _Episodes(Recorder(to_ns(start), random.Random(seed)), Cluster())
     _normal_traffic(e)
     _normal_platform_traffic(e)
     _prometheus_loses_its_namespace_label(e)
@@ -70,7 +70,7 @@ class _Episodes:
     """What every episode works with: the recorder, the cluster and the one random generator (the episodes
     run in a fixed order, so the events stay identical for a seed)."""
 
-    def __init__(self, rec: _Recorder, c: _Cluster) -> None:
+    def __init__(self, rec: Recorder, c: Cluster) -> None:
         self.rec, self.c, self.rng = rec, c, rec.rng
 
     def spread(self, count: int, begin: float = 2.0, end: float = _DURATION_S - 10.0) -> list[float]:
@@ -88,8 +88,8 @@ def _normal_traffic(e: _Episodes) -> None:
     for s in spread(10, 1.0):
         rec.connection(
             rec.at(s),
-            _Conn(
-                _Cluster.host(_WORKER),
+            Conn(
+                Cluster.host(WORKER),
                 c.webserver,
                 8080,
                 "kubelet",
@@ -105,7 +105,7 @@ def _normal_traffic(e: _Episodes) -> None:
         for s in spread(count):
             rec.connection(
                 rec.at(s),
-                _Conn(
+                Conn(
                     pod,
                     c.postgresql,
                     5432,
@@ -120,7 +120,7 @@ def _normal_traffic(e: _Episodes) -> None:
         for s in spread(count):
             rec.connection(
                 rec.at(s),
-                _Conn(
+                Conn(
                     pod,
                     c.redis,
                     6379,
@@ -134,7 +134,7 @@ def _normal_traffic(e: _Episodes) -> None:
     for s in spread(3):
         rec.connection(
             rec.at(s),
-            _Conn(
+            Conn(
                 c.scheduler,
                 c.worker,
                 8793,
@@ -160,7 +160,7 @@ def _normal_platform_traffic(e: _Episodes) -> None:
     for i, s in enumerate(spread(8)):
         rec.connection(
             rec.at(s),
-            _Conn(
+            Conn(
                 c.worker,
                 c.coredns1,
                 53,
@@ -174,13 +174,13 @@ def _normal_platform_traffic(e: _Episodes) -> None:
         if i % len(queries) == len(queries) - 1:
             rec.connection(
                 rec.at(s + 0.05),
-                _Conn(c.worker, c.github, 443, "worker", "internet", egress_policy=worker_egress, detail=1),
+                Conn(c.worker, c.github, 443, "worker", "internet", egress_policy=worker_egress, detail=1),
             )
     for component, pod, count in (("worker", c.worker, 5), ("scheduler", c.scheduler, 3)):
         for s in spread(count):
             rec.connection(
                 rec.at(s),
-                _Conn(
+                Conn(
                     pod,
                     c.statsd,
                     9125,
@@ -195,13 +195,13 @@ def _normal_platform_traffic(e: _Episodes) -> None:
         prom = c.prometheus if s < _PROMETHEUS_LABEL_LOST_S else c.prometheus_unlabelled
         rec.connection(
             rec.at(s),
-            _Conn(
+            Conn(
                 prom, c.webserver, 8080, "prometheus", "webserver", ingress_policy=_np("webserver"), detail=1
             ),
         )
         rec.connection(
             rec.at(s + 0.4),
-            _Conn(prom, c.statsd, 9102, "prometheus", "statsd", ingress_policy=_np("statsd"), detail=1),
+            Conn(prom, c.statsd, 9102, "prometheus", "statsd", ingress_policy=_np("statsd"), detail=1),
         )
 
 
@@ -215,13 +215,13 @@ def _prometheus_loses_its_namespace_label(e: _Episodes) -> None:
         name = "postgresql" if target is c.postgresql else "redis"
         rec.connection(
             rec.at(first),
-            _Conn(c.prometheus, target, port, "prometheus", name, ingress_policy=policy, detail=1),
+            Conn(c.prometheus, target, port, "prometheus", name, ingress_policy=policy, detail=1),
         )
         scrape = _PROMETHEUS_LABEL_LOST_S + first + 15.0
         while scrape < _DURATION_S - 5.0:
             rec.connection(
                 rec.at(scrape + rng.uniform(0, 0.05)),
-                _Conn(
+                Conn(
                     c.prometheus_unlabelled,
                     target,
                     port,
@@ -240,7 +240,7 @@ def _debug_pod_reaches_redis(e: _Episodes) -> None:
     for s in (241.0, 247.5, 262.0):
         rec.connection(
             rec.at(s),
-            _Conn(c.debug_shell, c.redis, 6379, "ns:default", "redis", ingress_policy=_np("redis"), detail=1),
+            Conn(c.debug_shell, c.redis, 6379, "ns:default", "redis", ingress_policy=_np("redis"), detail=1),
         )
 
 
@@ -250,7 +250,7 @@ def _attacker_probes_postgresql(e: _Episodes) -> None:
     for s in (402.0, 405.2, 409.9, 431.3):
         rec.connection(
             rec.at(s),
-            _Conn(
+            Conn(
                 c.attacker,
                 c.postgresql,
                 5432,
@@ -268,7 +268,7 @@ def _triggerer_in_audit_mode(e: _Episodes) -> None:
     for s in spread(4, 20.0):
         rec.connection(
             rec.at(s),
-            _Conn(
+            Conn(
                 c.triggerer,
                 c.postgresql,
                 5432,
@@ -291,7 +291,7 @@ def _traefik_upgrade_breaks_the_webserver_policy(e: _Episodes) -> None:
         pod = c.traefik_upgraded if s >= _TRAEFIK_UPGRADE_S else c.traefik
         rec.connection(
             rec.at(s),
-            _Conn(
+            Conn(
                 pod,
                 c.webserver,
                 8080,
@@ -304,7 +304,7 @@ def _traefik_upgrade_breaks_the_webserver_policy(e: _Episodes) -> None:
     for s in (372.4, 389.0, 417.3, 455.8):
         rec.connection(
             rec.at(s),
-            _Conn(
+            Conn(
                 c.traefik_upgraded,
                 c.webserver,
                 8080,
@@ -322,19 +322,19 @@ def _background(e: _Episodes) -> None:
     for i, s in enumerate(spread(4, 30.0)):
         prom = c.prometheus if s < _PROMETHEUS_LABEL_LOST_S else c.prometheus_unlabelled
         rec.connection(
-            rec.at(s), _Conn(prom, c.apiserver, 6443, "prometheus", "kube-apiserver", in_scope=False)
+            rec.at(s), Conn(prom, c.apiserver, 6443, "prometheus", "kube-apiserver", in_scope=False)
         )
         traefik = c.traefik if s < _TRAEFIK_UPGRADE_S else c.traefik_upgraded
         rec.connection(
             rec.at(s + 1.3),
-            _Conn(traefik, c.coredns2, 53, "traefik", "kube-dns", protocol="UDP", in_scope=False),
+            Conn(traefik, c.coredns2, 53, "traefik", "kube-dns", protocol="UDP", in_scope=False),
         )
         coredns = c.coredns1 if i % 2 else c.coredns2
         assert coredns.node is not None
         rec.connection(
             rec.at(s + 2.1),
-            _Conn(
-                _Cluster.host(coredns.node),
+            Conn(
+                Cluster.host(coredns.node),
                 coredns,
                 8080 if i % 2 else 8181,
                 "kubelet",
@@ -343,5 +343,5 @@ def _background(e: _Episodes) -> None:
             ),
         )
     for s in (60.0, 360.0):
-        rec.icmp_health(rec.at(s), _WORKER, c.health_w2)
-    rec.lost(rec.at(251.0), _WORKER, 3, 1)
+        rec.icmp_health(rec.at(s), WORKER, c.health_w2)
+    rec.lost(rec.at(251.0), WORKER, 3, 1)

@@ -13,18 +13,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from auditor.scenario.cluster import _Cluster, _Node, _Peer, _stable_uuid
+from auditor.scenario.cluster import Cluster, Node, Peer, stable_uuid
 from auditor.scenario.model import (
-    _MS,
-    _NS,
-    _RULES,
-    _US,
+    MS,
+    NS,
+    RULES,
+    US,
     Event,
     ExpectedEdge,
     Scenario,
-    _class_of,
-    _rule_for,
-    _TimeFormatter,
+    TimeFormatter,
+    class_of,
+    rule_for,
 )
 
 # ------------------------------------------------------------------------------------------------
@@ -33,7 +33,7 @@ from auditor.scenario.model import (
 
 _TCP_FLAG_FIELDS: Final = ("FIN", "SYN", "RST", "PSH", "ACK")  # protojson (declaration) order
 _TCP_FLAG_SUMMARY: Final = ("SYN", "ACK", "RST", "FIN", "PSH")  # Hubble's summary order
-_VXLAN: Final = {"index": 5, "name": "cilium_vxlan"}
+VXLAN: Final = {"index": 5, "name": "cilium_vxlan"}
 _DROP_CODES: Final = {"POLICY_DENIED": 133}
 
 # Cilium monitor trace sub-types and the observation point Hubble derives from them.
@@ -55,8 +55,8 @@ _TRACE_SUBTYPE: Final = {
 class _Packet:
     """One packet as the datapath sees it (after service translation)."""
 
-    src: _Peer
-    dst: _Peer
+    src: Peer
+    dst: Peer
     sport: int
     dport: int
     protocol: str  # TCP, UDP, ICMPv4
@@ -91,7 +91,7 @@ class _Packet:
 
 
 @dataclass(frozen=True)
-class _Policy:
+class Policy:
     name: str
     namespace: str
     kind: str
@@ -105,7 +105,7 @@ class _Policy:
                 f"k8s:io.cilium.k8s.policy.derived-from={self.kind}",
                 f"k8s:io.cilium.k8s.policy.name={self.name}",
                 f"k8s:io.cilium.k8s.policy.namespace={self.namespace}",
-                f"k8s:io.cilium.k8s.policy.uid={_stable_uuid('policy/' + self.namespace + '/' + self.name)}",
+                f"k8s:io.cilium.k8s.policy.uid={stable_uuid('policy/' + self.namespace + '/' + self.name)}",
             ],
             "revision": str(self.revision),
             "kind": self.kind,
@@ -115,7 +115,7 @@ class _Policy:
 def _flow(
     stamp: str,
     flow_uuid: str,
-    node: _Node,
+    node: Node,
     pkt: _Packet,
     *,
     verdict: str,
@@ -129,7 +129,7 @@ def _flow(
     interface: Mapping[str, Any] | None = None,
     l7: Mapping[str, Any] | None = None,
     summary: str = "",
-    policies: Sequence[_Policy] = (),
+    policies: Sequence[Policy] = (),
 ) -> Event:
     """One ``GetFlowsResponse`` with a flow, keys in Go protojson's order, zero values omitted."""
     f: dict[str, Any] = {"time": stamp, "uuid": flow_uuid, "verdict": verdict}
@@ -188,43 +188,43 @@ class _EdgeTally:
 
 
 @dataclass(frozen=True)
-class _Conn:
+class Conn:
     """The intent of one connection: who talks to whom, and what the datapath does with it."""
 
-    src: _Peer
-    dst: _Peer
+    src: Peer
+    dst: Peer
     dport: int
     src_name: str  # the names the auditor must give both ends
     dst_name: str
     protocol: str = "TCP"
     delivered: bool = True
-    egress_policy: _Policy | None = None  # source endpoint under egress policy → egress policy verdict
-    ingress_policy: _Policy | None = None  # destination under ingress policy → ingress policy verdict
+    egress_policy: Policy | None = None  # source endpoint under egress policy → egress policy verdict
+    ingress_policy: Policy | None = None  # destination under ingress policy → ingress policy verdict
     egress_audit: bool = False  # source endpoint in audit mode and its policy would deny this
     detail: int = 0  # 0: handshake; 1: + first ACK and data; 2: + FIN both ways
     in_scope: bool = True
     dns_query: str = ""  # UDP/53 through Cilium's DNS proxy
 
 
-class _Recorder:
+class Recorder:
     def __init__(self, start_ns: int, rng: random.Random) -> None:
         self.start_ns = start_ns
         self.rng = rng
         self.records: list[tuple[int, int, Event, str]] = []
         self.edges: dict[tuple[str, str, int, str, str], _EdgeTally] = {}
         self.rules_seen: set[int] = set()
-        self._fmt = _TimeFormatter()
+        self._fmt = TimeFormatter()
         self._ports: set[tuple[str, int]] = set()
 
     # -- low level --------------------------------------------------------------------------------
     def _emit(self, ns: int, event: Event, outcome: str) -> None:
         self.records.append((ns, len(self.records), event, outcome))
 
-    def flow(self, ns: int, node: _Node, pkt: _Packet, outcome: str, **kw: Any) -> None:
+    def flow(self, ns: int, node: Node, pkt: _Packet, outcome: str, **kw: Any) -> None:
         flow_uuid = str(_uuid.UUID(int=self.rng.getrandbits(128), version=4))
         self._emit(ns, _flow(self._fmt(ns), flow_uuid, node, pkt, **kw), outcome)
 
-    def lost(self, ns: int, node: _Node, count: int, cpu: int) -> None:
+    def lost(self, ns: int, node: Node, count: int, cpu: int) -> None:
         event = {
             "lost_events": {"source": "PERF_EVENT_RING_BUFFER", "num_events_lost": str(count), "cpu": cpu},
             "node_name": node.name,
@@ -234,15 +234,15 @@ class _Recorder:
 
     def at(self, seconds: float) -> int:
         """Flow time ``seconds`` after the start, with sub-millisecond jitter."""
-        return self.start_ns + int(seconds * _NS) + self.rng.randrange(1, _MS)
+        return self.start_ns + int(seconds * NS) + self.rng.randrange(1, MS)
 
     def hop(self) -> int:
         """Latency of one datapath hop (same connection, next observation point)."""
-        return self.rng.randrange(15 * _US, 90 * _US)
+        return self.rng.randrange(15 * US, 90 * US)
 
     def wire(self) -> int:
         """Latency across the overlay to another node."""
-        return self.rng.randrange(180 * _US, 450 * _US)
+        return self.rng.randrange(180 * US, 450 * US)
 
     def sport(self, ip: str) -> int:
         while True:
@@ -252,10 +252,10 @@ class _Recorder:
                 return port
 
     # -- ground truth -----------------------------------------------------------------------------
-    def expect(self, conn: _Conn, delivered: bool, verdict: str, drop_reason: str = "") -> None:
+    def expect(self, conn: Conn, delivered: bool, verdict: str, drop_reason: str = "") -> None:
         port = conn.dport
-        rule = _rule_for(conn.src_name, conn.dst_name, port, conn.protocol)
-        cls = _class_of(rule is not None, delivered)
+        rule = rule_for(conn.src_name, conn.dst_name, port, conn.protocol)
+        cls = class_of(rule is not None, delivered)
         tally = self.edges.setdefault((conn.src_name, conn.dst_name, port, conn.protocol, cls), _EdgeTally())
         tally.connections += 1
         tally.verdicts[verdict] = tally.verdicts.get(verdict, 0) + 1
@@ -268,14 +268,14 @@ class _Recorder:
     def pv(
         self,
         t: int,
-        node: _Node,
+        node: Node,
         pkt: _Packet,
         outcome: str,
         direction: str,
         verdict: str = "FORWARDED",
         *,
         match_type: int = 2,
-        policy: _Policy | None = None,
+        policy: Policy | None = None,
     ) -> int:
         """A policy-verdict event (type 5); ``is_reply`` is false unless the verdict is a drop."""
         self.flow(
@@ -296,7 +296,7 @@ class _Recorder:
     def trace(
         self,
         t: int,
-        node: _Node,
+        node: Node,
         pkt: _Packet,
         outcome: str,
         point: str,
@@ -321,7 +321,7 @@ class _Recorder:
         )
         return t + self.hop()
 
-    def drop(self, t: int, node: _Node, pkt: _Packet, outcome: str) -> int:
+    def drop(self, t: int, node: Node, pkt: _Packet, outcome: str) -> int:
         """A policy drop notification (type 1, sub-type 133) at the destination's ingress."""
         self.flow(
             t,
@@ -336,7 +336,7 @@ class _Recorder:
         return t + self.hop()
 
     # -- connections ------------------------------------------------------------------------------
-    def connection(self, t: int, conn: _Conn) -> None:
+    def connection(self, t: int, conn: Conn) -> None:
         """All events of one connection attempt starting at ``t``, and its ground truth."""
         sport = self.sport(conn.src.ip)
         flags = ("SYN",) if conn.protocol == "TCP" else ()
@@ -349,10 +349,10 @@ class _Recorder:
             self._dropped(t, conn, syn)
 
     @staticmethod
-    def _out(conn: _Conn, outcome: str) -> str:
+    def _out(conn: Conn, outcome: str) -> str:
         return outcome if conn.in_scope else "out_of_scope"
 
-    def _egress_side(self, t: int, conn: _Conn, pkt: _Packet, *, first: bool) -> int:
+    def _egress_side(self, t: int, conn: Conn, pkt: _Packet, *, first: bool) -> int:
         """Source-node events of an original-direction packet towards a pod; returns the time after them.
 
         Egress-side FORWARDED/REDIRECTED towards a pod proves nothing (provisional); AUDIT is final.
@@ -370,7 +370,7 @@ class _Recorder:
                 t = self.pv(t, node, pkt, maybe, "EGRESS", verdict, policy=conn.egress_policy)
         if conn.dns_query and first:
             t = self.trace(t, node, pkt, maybe, "TO_PROXY", "EGRESS", reason=reason)
-            t += self.rng.randrange(120 * _US, 400 * _US)
+            t += self.rng.randrange(120 * US, 400 * US)
             query = conn.dns_query
             l7 = {"type": "REQUEST", "dns": {"query": query, "observation_source": "proxy", "qtypes": ["A"]}}
             self.flow(
@@ -387,19 +387,19 @@ class _Recorder:
             )
             t += self.hop()
         if conn.dst.node is not node:
-            t = self.trace(t, node, pkt, maybe, "TO_OVERLAY", "EGRESS", reason=reason, interface=_VXLAN)
+            t = self.trace(t, node, pkt, maybe, "TO_OVERLAY", "EGRESS", reason=reason, interface=VXLAN)
             t += self.wire()
         return t
 
-    def _overlay_in(self, t: int, conn: _Conn, pkt: _Packet) -> int:
+    def _overlay_in(self, t: int, conn: Conn, pkt: _Packet) -> int:
         """The overlay hop at the destination node (no direction, no is_reply: ignored)."""
         dst_node = conn.dst.node
         assert dst_node is not None
         if conn.src.node is dst_node or not conn.src.pod_name:
             return t
-        return self.trace(t, dst_node, pkt, self._out(conn, "ignored"), "FROM_OVERLAY", interface=_VXLAN)
+        return self.trace(t, dst_node, pkt, self._out(conn, "ignored"), "FROM_OVERLAY", interface=VXLAN)
 
-    def _reply(self, t: int, conn: _Conn, pkt: _Packet) -> int:
+    def _reply(self, t: int, conn: Conn, pkt: _Packet) -> int:
         """A reply packet from the destination back to the source (``is_reply: true`` everywhere)."""
         src, src_node, dst_node = conn.src, conn.src.node, conn.dst.node
         assert dst_node is not None
@@ -407,7 +407,7 @@ class _Recorder:
         if not src.pod_name:  # back to the host (kubelet probe)
             return self.trace(t, dst_node, pkt, out, "TO_STACK", "INGRESS", reason="REPLY")
         if src_node is not dst_node:
-            t = self.trace(t, dst_node, pkt, out, "TO_OVERLAY", "INGRESS", reason="REPLY", interface=_VXLAN)
+            t = self.trace(t, dst_node, pkt, out, "TO_OVERLAY", "INGRESS", reason="REPLY", interface=VXLAN)
             t += self.wire()
         assert src_node is not None
         return self.trace(
@@ -421,7 +421,7 @@ class _Recorder:
             interface={"index": src.ifindex, "name": src.lxc},
         )
 
-    def _deliver(self, t: int, conn: _Conn, pkt: _Packet, *, first: bool) -> int:
+    def _deliver(self, t: int, conn: Conn, pkt: _Packet, *, first: bool) -> int:
         """Ingress-side evidence at the destination pod for an original-direction packet (final)."""
         dst, dst_node = conn.dst, conn.dst.node
         assert dst_node is not None
@@ -443,8 +443,8 @@ class _Recorder:
             interface={"index": dst.ifindex, "name": dst.lxc},
         )
 
-    def _delivered(self, t: int, conn: _Conn, syn: _Packet) -> None:
-        rtt = self.rng.randrange(200 * _US, 2 * _MS)
+    def _delivered(self, t: int, conn: Conn, syn: _Packet) -> None:
+        rtt = self.rng.randrange(200 * US, 2 * MS)
         t = self._egress_side(t, conn, syn, first=True)
         t = self._overlay_in(t, conn, syn)
         t = self._deliver(t, conn, syn, first=True)
@@ -459,7 +459,7 @@ class _Recorder:
                 t = self._reply(t + rtt, conn, syn.answer(("ACK", "PSH")))
             if conn.detail >= 2:
                 close = syn.again(("ACK", "FIN"))
-                t = self._egress_side(t + self.rng.randrange(5 * _MS, 80 * _MS), conn, close, first=False)
+                t = self._egress_side(t + self.rng.randrange(5 * MS, 80 * MS), conn, close, first=False)
                 t = self._overlay_in(t, conn, close)
                 t = self._deliver(t, conn, close, first=False)
                 self._reply(t + rtt, conn, syn.answer(("ACK", "FIN")))
@@ -470,13 +470,13 @@ class _Recorder:
                 self.expect(conn, False, "AUDIT")
             self.expect(conn, True, "FORWARDED")
 
-    def _dropped(self, t: int, conn: _Conn, syn: _Packet) -> None:
+    def _dropped(self, t: int, conn: Conn, syn: _Packet) -> None:
         """Ingress policy drop at the destination, with SYN retransmits 1 s and 3 s later."""
         dst_node = conn.dst.node
         assert dst_node is not None
         judged = self._out(conn, "judged")
-        for n, delay in enumerate((0, 1 * _NS, 3 * _NS)):
-            when = t + delay + (self.rng.randrange(0, 3 * _MS) if delay else 0)
+        for n, delay in enumerate((0, 1 * NS, 3 * NS)):
+            when = t + delay + (self.rng.randrange(0, 3 * MS) if delay else 0)
             when = self._egress_side(when, conn, syn, first=n == 0)
             when = self._overlay_in(when, conn, syn)
             if conn.ingress_policy is not None:
@@ -485,7 +485,7 @@ class _Recorder:
         if conn.in_scope:
             self.expect(conn, False, "DROPPED", "POLICY_DENIED")
 
-    def _to_outside(self, t: int, conn: _Conn, syn: _Packet) -> None:
+    def _to_outside(self, t: int, conn: Conn, syn: _Packet) -> None:
         """Egress to a peer outside Cilium's endpoints (world, kube-apiserver): egress evidence is final."""
         src, node = conn.src, conn.src.node
         assert node is not None
@@ -494,7 +494,7 @@ class _Recorder:
         if conn.egress_policy is not None:
             t = self.pv(t, node, syn, judged, "EGRESS", policy=conn.egress_policy)
         t = self.trace(t, node, syn, judged, "TO_STACK", "EGRESS", reason="NEW")
-        rtt = self.rng.randrange(8 * _MS, 40 * _MS)
+        rtt = self.rng.randrange(8 * MS, 40 * MS)
 
         def answered(when: int, flags: tuple[str, ...]) -> int:
             """The peer's answer, delivered back to the source pod."""
@@ -511,10 +511,10 @@ class _Recorder:
         if conn.in_scope:
             self.expect(conn, True, "FORWARDED")
 
-    def icmp_health(self, t: int, src_node: _Node, health: _Peer) -> None:
+    def icmp_health(self, t: int, src_node: Node, health: Peer) -> None:
         """Cilium's node-to-node health probe (out of scope: neither end is in a namespace)."""
         assert health.node is not None
-        pkt = _Packet(_Cluster.remote_node(src_node), health, 0, 0, "ICMPv4", icmp_type=8)
+        pkt = _Packet(Cluster.remote_node(src_node), health, 0, 0, "ICMPv4", icmp_type=8)
         self.trace(
             t,
             health.node,
@@ -539,9 +539,9 @@ class _Recorder:
                 tally.connections,
                 dict(sorted(tally.verdicts.items())),
                 dict(sorted(tally.drop_reasons.items())),
-                _rule_for(src, dst, port, proto) if cls.startswith("expected_") else None,
+                rule_for(src, dst, port, proto) if cls.startswith("expected_") else None,
             )
             for (src, dst, port, proto, cls), tally in sorted(self.edges.items(), key=lambda kv: kv[0])
         ]
-        unused = [number for number, *_ in _RULES if number not in self.rules_seen]
+        unused = [number for number, *_ in RULES if number not in self.rules_seen]
         return Scenario([r[2] for r in self.records], [r[3] for r in self.records], edges, unused)

@@ -15,10 +15,10 @@ from typing import Any, Final
 DEFAULT_START: Final = datetime(2026, 11, 23, 9, 0, 0, tzinfo=UTC)
 OUTCOMES: Final = ("judged", "reply", "provisional", "ignored", "out_of_scope", "lost")
 
-_NS: Final = 1_000_000_000
-_MS: Final = 1_000_000
-_US: Final = 1_000
-_CLUSTER: Final = "default"
+NS: Final = 1_000_000_000
+MS: Final = 1_000_000
+US: Final = 1_000
+CLUSTER: Final = "default"
 
 Event = dict[str, Any]
 
@@ -94,7 +94,7 @@ _CLASSES: Final = ("expected_allowed", "expected_dropped", "unexpected_allowed",
 
 # A hand-written mirror of examples/airflow/matrix.yaml's allow list: (rule, from, to, ports).
 # tests/test_scenario.py checks it against the YAML file.
-_RULES: Final[tuple[tuple[int, tuple[str, ...], str, tuple[tuple[int, str], ...]], ...]] = (
+RULES: Final[tuple[tuple[int, tuple[str, ...], str, tuple[tuple[int, str], ...]], ...]] = (
     (1, ("traefik",), "webserver", ((8080, "TCP"),)),
     (2, ("kubelet",), "webserver", ((8080, "TCP"),)),
     (3, ("webserver", "scheduler", "worker", "triggerer"), "postgresql", ((5432, "TCP"),)),
@@ -111,14 +111,14 @@ _RULES: Final[tuple[tuple[int, tuple[str, ...], str, tuple[tuple[int, str], ...]
 )
 
 
-def _rule_for(source: str, destination: str, port: int, protocol: str) -> int | None:
-    for number, sources, dest, ports in _RULES:
+def rule_for(source: str, destination: str, port: int, protocol: str) -> int | None:
+    for number, sources, dest, ports in RULES:
         if source in sources and destination == dest and (port, protocol) in ports:
             return number
     return None
 
 
-def _class_of(allowed: bool, delivered: bool) -> str:
+def class_of(allowed: bool, delivered: bool) -> str:
     return ("expected_" if allowed else "unexpected_") + ("allowed" if delivered else "dropped")
 
 
@@ -127,14 +127,14 @@ def _class_of(allowed: bool, delivered: bool) -> str:
 # ------------------------------------------------------------------------------------------------
 
 
-def _to_ns(moment: datetime) -> int:
+def to_ns(moment: datetime) -> int:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
-    return (delta.days * 86_400 + delta.seconds) * _NS + delta.microseconds * _US
+    return (delta.days * 86_400 + delta.seconds) * NS + delta.microseconds * US
 
 
-class _TimeFormatter:
+class TimeFormatter:
     """RFC 3339 in Go protojson's spelling; caches the date/time prefix of the current second."""
 
     __slots__ = ("_prefix", "_second")
@@ -144,22 +144,22 @@ class _TimeFormatter:
         self._prefix = ""
 
     def __call__(self, ns: int) -> str:
-        second, nanos = divmod(ns, _NS)
+        second, nanos = divmod(ns, NS)
         if second != self._second:
             self._second = second
             self._prefix = _time.strftime("%Y-%m-%dT%H:%M:%S", _time.gmtime(second))
         if nanos == 0:
             return self._prefix + "Z"
-        if nanos % _MS == 0:
-            return f"{self._prefix}.{nanos // _MS:03d}Z"
-        if nanos % _US == 0:
-            return f"{self._prefix}.{nanos // _US:06d}Z"
+        if nanos % MS == 0:
+            return f"{self._prefix}.{nanos // MS:03d}Z"
+        if nanos % US == 0:
+            return f"{self._prefix}.{nanos // US:06d}Z"
         return f"{self._prefix}.{nanos:09d}Z"
 
 
 def format_time(ns: int) -> str:
     """Nanoseconds since the epoch as Hubble's jsonpb writes them (``2026-11-23T09:00:00.123456789Z``)."""
-    return _TimeFormatter()(ns)
+    return TimeFormatter()(ns)
 
 
 def retime(event: Event, ns: int) -> Event:

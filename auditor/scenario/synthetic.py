@@ -13,19 +13,19 @@ from datetime import datetime
 from typing import Any, Final
 
 from auditor.scenario.cluster import (
-    _COREDNS_LABELS,
-    _PG_LABELS,
-    _airflow_labels,
-    _digest,
-    _identity_of,
-    _labels,
-    _mac,
-    _node,
-    _prometheus_labels,
-    _traefik_labels,
+    COREDNS_LABELS,
+    PG_LABELS,
+    airflow_labels,
+    cilium_labels,
+    crc32_of,
+    identity_of,
+    mac_address,
+    make_node,
+    prometheus_labels,
+    traefik_labels,
 )
-from auditor.scenario.flows import _VXLAN
-from auditor.scenario.model import _CLUSTER, DEFAULT_START, Event, _TimeFormatter, _to_ns
+from auditor.scenario.flows import VXLAN
+from auditor.scenario.model import CLUSTER, DEFAULT_START, Event, TimeFormatter, to_ns
 
 # ------------------------------------------------------------------------------------------------
 # Synthetic stream for benchmarks
@@ -69,16 +69,16 @@ _SYNTH_PAIRS: Final = (
 def _synth_labels(component: str) -> tuple[str, str, tuple[str, ...]]:
     """(namespace, service account, labels) of a synthetic component's pods."""
     if component == "postgresql":
-        return "airflow", "airflow-postgresql", _PG_LABELS
+        return "airflow", "airflow-postgresql", PG_LABELS
     if component == "prometheus":
-        return "monitoring", "kube-prometheus-stack-prometheus", _prometheus_labels(False)
+        return "monitoring", "kube-prometheus-stack-prometheus", prometheus_labels(False)
     if component == "traefik":
-        return "kube-system", "traefik", _traefik_labels("traefik", "traefik-27.0.2")
+        return "kube-system", "traefik", traefik_labels("traefik", "traefik-27.0.2")
     if component == "kube-dns":
-        return "kube-system", "coredns", _COREDNS_LABELS
+        return "kube-system", "coredns", COREDNS_LABELS
     if component == "debug":
-        return "default", "default", _labels("default", "default", {"run": "debug-shell"})
-    return "airflow", f"airflow-{component}", _airflow_labels(component)
+        return "default", "default", cilium_labels("default", "default", {"run": "debug-shell"})
+    return "airflow", f"airflow-{component}", airflow_labels(component)
 
 
 class _SynthPod:
@@ -109,14 +109,14 @@ def _synth_pods(distinct_pods: int, n_nodes: int, rng: random.Random) -> dict[st
     for component, weight, kind in _SYNTH_COMPONENTS:
         count = max(1, distinct_pods * weight // total_weight)
         namespace, _sa, labels = _synth_labels(component)
-        identity = _identity_of(labels)
+        identity = identity_of(labels)
         workload_name = {
             "kube-dns": "coredns",
             "traefik": "traefik",
             "debug": "debug-shell",
             "prometheus": "prometheus-kube-prometheus-stack-prometheus",
         }.get(component, f"airflow-{component}")
-        hash_part = format(_digest(component), "x")[:9]
+        hash_part = format(crc32_of(component), "x")[:9]
         members: list[_SynthPod] = []
         for i in range(count):
             if kind == "StatefulSet":
@@ -129,16 +129,16 @@ def _synth_pods(distinct_pods: int, n_nodes: int, rng: random.Random) -> dict[st
             index += 1
             ep: dict[str, Any] = {
                 "identity": identity,
-                "cluster_name": _CLUSTER,
+                "cluster_name": CLUSTER,
                 "namespace": namespace,
                 "labels": list(labels),
                 "pod_name": name,
             }
             if kind:
                 ep["workloads"] = [{"name": workload_name, "kind": kind}]
-            local = {"ID": 100 + (_digest(name) % 3900), **ep}
-            lxc = {"index": 10 + index % 200, "name": "lxc" + format(_digest(name), "08x") + "abcd"}
-            members.append(_SynthPod(ip, _mac(name), node, ep, local, lxc))
+            local = {"ID": 100 + (crc32_of(name) % 3900), **ep}
+            lxc = {"index": 10 + index % 200, "name": "lxc" + format(crc32_of(name), "08x") + "abcd"}
+            members.append(_SynthPod(ip, mac_address(name), node, ep, local, lxc))
         pods[component] = members
     return pods
 
@@ -162,7 +162,7 @@ def synthetic_events(
     rng = random.Random(seed)
     n_nodes = max(2, distinct_pods // 30)
     node_names = ["kind-worker" if i == 0 else f"kind-worker{i + 1}" for i in range(n_nodes)]
-    node_labels = [list(_node(name, "", "").labels) for name in node_names]
+    node_labels = [list(make_node(name, "", "").labels) for name in node_names]
     pods = _synth_pods(distinct_pods, n_nodes, rng)
     pairs = [(pods[s], pods.get(d), port, proto, pattern) for s, d, port, proto, pattern, _ in _SYNTH_PAIRS]
     weights = [w for *_, w in _SYNTH_PAIRS]
@@ -173,8 +173,8 @@ def synthetic_events(
         cum.append(acc)
     world_ep = {"identity": 2, "labels": ["reserved:world"]}
     world_names = ["api.github.com"]
-    fmt = _TimeFormatter()
-    ns = _to_ns(start)
+    fmt = TimeFormatter()
+    ns = to_ns(start)
     randrange, getrandbits, choice = rng.randrange, rng.getrandbits, rng.choice
 
     produced = 0
@@ -251,7 +251,7 @@ def synthetic_events(
             if spec[10] == "lxc":
                 f["interface"] = (src if reply or where == "s" else dst or src).iface
             elif spec[10]:
-                f["interface"] = _VXLAN
+                f["interface"] = VXLAN
             f["Summary"] = spec[11] if proto == "TCP" or kind == "l7" else "UDP"
             produced += 1
             yield {"flow": f, "node_name": node_names[node], "time": f["time"]}
