@@ -42,6 +42,28 @@ class Sink(Protocol):
     def on_invalid(self, where: str, reason: str) -> None: ...
 
 
+class QuietSink:
+    """A sink that takes everything and does nothing: a base for sinks that react to a few calls only."""
+
+    def on_outcome(self, outcome: str) -> None:
+        pass
+
+    def on_judgement(self, judgement: Judgement) -> None:
+        pass
+
+    def on_unproven(self, connection: Unproven) -> None:
+        pass
+
+    def on_lost(self, record: LostEvents) -> None:
+        pass
+
+    def on_node_status(self, record: NodeStatus) -> None:
+        pass
+
+    def on_invalid(self, where: str, reason: str) -> None:
+        pass
+
+
 class Pipeline:
     """Feeds records through the :class:`~auditor.classify.Auditor` into the sinks."""
 

@@ -29,7 +29,7 @@ from daemon_helpers import (
 from auditor.classify import Judgement
 from auditor.daemon import Daemon, DaemonConfig
 from auditor.demo import HubbleServer
-from auditor.model import LostEvents, NodeStatus
+from auditor.pipeline import QuietSink
 from auditor.sources.hubble import HubbleConfig
 
 
@@ -72,7 +72,7 @@ def test_matrix_edits_that_raise_anything_keep_the_old_matrix_and_later_ones_loa
 # -- exceptions in the pipeline ------------------------------------------------------------------------------
 
 
-class Raises:
+class Raises(QuietSink):
     """A sink that raises ``error`` on the judgement of the ``nth`` judged flow."""
 
     def __init__(self, error: BaseException, nth: int = 5) -> None:
@@ -84,18 +84,6 @@ class Raises:
         self.judged += 1
         if self.judged == self.nth:
             raise self.error
-
-    def on_outcome(self, outcome: str) -> None:
-        pass
-
-    def on_lost(self, record: LostEvents) -> None:
-        pass
-
-    def on_node_status(self, record: NodeStatus) -> None:
-        pass
-
-    def on_invalid(self, where: str, reason: str) -> None:
-        pass
 
 
 def test_an_exception_on_one_event_counts_it_invalid_and_the_stream_goes_on(

@@ -61,10 +61,11 @@ from kubernetes.client import (
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config import ConfigException, load_incluster_config, load_kube_config
 
-from auditor.classify import EXPECTED_DROPPED, UNEXPECTED_ALLOWED, Edge, Judgement, Unproven
+from auditor.classify import EXPECTED_DROPPED, UNEXPECTED_ALLOWED, Edge, Judgement
 from auditor.judge import ICMP_REQUEST_TYPE
 from auditor.matrix import Matrix
-from auditor.model import Endpoint, LostEvents, NodeStatus
+from auditor.model import Endpoint
+from auditor.pipeline import QuietSink
 
 REASON_UNEXPECTED_ALLOWED: Final = "NetworkPolicyViolation"
 REASON_EXPECTED_DROPPED: Final = "LegitimateTrafficDropped"
@@ -204,7 +205,7 @@ class _Aggregate:
 _Key = tuple[str, str, Edge]  # (namespace, pod, edge)
 
 
-class KubeEventsSink:
+class KubeEventsSink(QuietSink):
     """Turns violation edges into counted core/v1 Events (see the module docstring).
 
     ``api`` is a configured :class:`~kubernetes.client.ApiClient` or :class:`~kubernetes.client.CoreV1Api`
@@ -265,21 +266,8 @@ class KubeEventsSink:
         """Hot reload (called by the pipeline's feeding thread): the new scope picks the involved pod."""
         self.scope = matrix.scope_namespaces
 
-    # -- Sink ---------------------------------------------------------------------------------------
-    def on_outcome(self, outcome: str) -> None:
-        pass
-
-    def on_lost(self, record: LostEvents) -> None:
-        pass
-
-    def on_node_status(self, record: NodeStatus) -> None:
-        pass
-
-    def on_invalid(self, where: str, reason: str) -> None:
-        pass
-
-    def on_unproven(self, connection: Unproven) -> None:
-        pass  # not a violation: nothing to tell the pod's owners
+    # -- Sink (outcomes, lost events, node states, invalid lines and unproven connections: nothing to
+    # tell the pods' owners) ------------------------------------------------------------------------
 
     def on_judgement(self, judgement: Judgement) -> None:
         if not judgement.new_connection:
