@@ -210,7 +210,7 @@ def _judge_lines(
     edge_index: dict[EdgeKey, int] = {}
     edge_rows: list[list[Any]] = []  # [edge, rule, flows, first, last, kept]
     slot_index: dict[tuple[int, str, str, str, str, str, str, str, str, str], int] = {}
-    unproven_index: dict[tuple[str, str, int | None, str, Example], int] = {}
+    unproven_index: dict[tuple[str, str, int | None, str, str, str, str, str, str, str, str], int] = {}
     samples: dict[int, tuple[dict[tuple[object, ...], Judgement], bool]] = {}
     policy_index: dict[tuple[object, ...], int] = {}
     labels_of: dict[tuple[str, ...], tuple[str, ...]] = {}
@@ -249,9 +249,20 @@ def _judge_lines(
             if result == PROVISIONAL:  # the merge decides whether the pending table holds it
                 assert pending.make is not None
                 u = pending.make()
-                f = u.flow
-                ex = (f.source.pod or f.source_ip, f.destination.pod or f.destination_ip, f.node_name)
-                ukey = (u.source, u.destination, u.port, u.protocol, ex)
+                src, dst = record.source, record.destination
+                ukey = (
+                    u.source,
+                    u.destination,
+                    u.port,
+                    u.protocol,
+                    src.namespace,
+                    src.pod_name,
+                    record.source_ip,
+                    dst.namespace,
+                    dst.pod_name,
+                    record.destination_ip,
+                    record.node_name,
+                )
                 slot = unproven_index.get(ukey)
                 if slot is None:
                     slot = unproven_index[ukey] = len(unproven_index)
@@ -324,7 +335,7 @@ def _judge_lines(
     r.edges = [(e, rule, n, first, last, kept) for e, rule, n, first, last, kept in edge_rows]
     r.samples = samples
     r.slots = [(k[0], k[1], k[2], (_pod(k[3], k[4], k[5]), _pod(k[6], k[7], k[8]), k[9])) for k in slot_index]
-    r.unproven = list(unproven_index)
+    r.unproven = [(*k[:4], (_pod(k[4], k[5], k[6]), _pod(k[7], k[8], k[9]), k[10])) for k in unproven_index]
     return r
 
 
