@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import Final
+from typing import Final, NamedTuple
 
 import msgspec
 
@@ -72,8 +72,19 @@ RULE_CACHE_BYTES: Final = 8 * 1024 * 1024
 _ENTRY_OVERHEAD: Final = 400  # dict slot, key, struct and tuple headers of one cache entry
 _STRING_OVERHEAD: Final = 60  # header of one str object plus its tuple slot
 
-Edge = tuple[str, str, int | None, str, str]
-"""(source, destination, port, protocol, class); port is None for ICMP."""
+
+class Edge(NamedTuple):
+    """Where a connection goes and how it was judged; a plain tuple underneath (hash, equality and order
+    are the tuple's), so an edge is a dictionary key and pickles as such."""
+
+    source: str
+    destination: str
+    port: int | None  # None for ICMP
+    protocol: str
+    cls: str  # one of CLASSES
+
+
+_new_edge: Final = tuple.__new__  # an Edge without NamedTuple's Python-level __new__ (per flow)
 
 
 class Judgement(msgspec.Struct, frozen=True, gc=False):
@@ -93,7 +104,7 @@ class Judgement(msgspec.Struct, frozen=True, gc=False):
 
     @property
     def cls(self) -> str:
-        return self.edge[4]
+        return self.edge.cls
 
     @property
     def outcome(self) -> str:
@@ -336,7 +347,8 @@ class Auditor:
             self.pending.resolve(connection, flow.time)
         new = not self.dedup.seen(hash((connection, cls)), flow.time)
         verdict = VERDICT_NAMES.get(flow.verdict) or str(flow.verdict)
-        return Judgement(flow, (src, dst, None if icmp else port, protocol, cls), verdict, rule, new, reply)
+        edge = _new_edge(Edge, (src, dst, None if icmp else port, protocol, cls))
+        return Judgement(flow, edge, verdict, rule, new, reply)
 
     def _hold(self, flow: Flow, pending: PendingTable) -> None:
         protocol = flow.protocol

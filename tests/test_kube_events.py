@@ -22,7 +22,7 @@ from events_api import EventsServer
 from factory import DEBUG, POSTGRES, REDIS, WORLD, flow, pod
 from kubernetes.client import ApiClient, Configuration
 
-from auditor.classify import EXPECTED_DROPPED, UNEXPECTED_ALLOWED, Auditor, Judgement
+from auditor.classify import EXPECTED_DROPPED, UNEXPECTED_ALLOWED, Auditor, Edge, Judgement
 from auditor.matrix import load_matrix
 from auditor.model import Endpoint, EventType, Verdict
 from auditor.sinks.kube_events import (
@@ -244,11 +244,11 @@ def test_non_violation_classes_and_repeated_connections_post_nothing(server: Eve
 
 
 def test_event_names_are_deterministic_dns_subdomains() -> None:
-    edge = ("prometheus", "postgresql", 9187, "TCP", EXPECTED_DROPPED)
+    edge = Edge("prometheus", "postgresql", 9187, "TCP", EXPECTED_DROPPED)
     name = event_name("airflow-postgresql-0", edge, INSTANCE)
     assert name == event_name("airflow-postgresql-0", edge, INSTANCE)
     assert re.fullmatch(r"airflow-postgresql-0\.[0-9a-f]{16}", name)
-    assert name != event_name("airflow-postgresql-0", (*edge[:2], 5432, *edge[3:]), INSTANCE)
+    assert name != event_name("airflow-postgresql-0", edge._replace(port=5432), INSTANCE)
     assert name != event_name("airflow-postgresql-0", edge, "other-node")
     long = event_name("a" * 250, edge, INSTANCE)
     assert len(long) <= 253 and DNS_SUBDOMAIN.match(long)
