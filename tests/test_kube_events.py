@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import re
 import socket
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -54,12 +53,14 @@ def api_client(url: str) -> ApiClient:
 
 
 class Clock:
-    """A monotonic clock the test moves by hand."""
+    """A monotonic clock the test moves by hand; ``reads`` counts the times the sink looked at it."""
 
     def __init__(self) -> None:
         self.now = 1000.0
+        self.reads = 0
 
     def __call__(self) -> float:
+        self.reads += 1
         return self.now
 
 
@@ -289,7 +290,9 @@ def test_quiet_edge_gets_its_pending_count_after_the_interval_without_another_co
     sink.on_judgement(first)
     sink.on_judgement(second)
     wait_for(lambda: sink.posted == 1)
-    time.sleep(0.1)  # several sweeps inside the interval: nothing to send yet
+    seen = clock.reads  # from now on only a sweep reads the clock (a count is pending)
+    # Three sweeps inside the interval (or a premature update, shown below): nothing to send yet.
+    wait_for(lambda: clock.reads >= seen + 3 or sink.patched > 0, what="three sweeps")
     assert [m for m, _ in server.calls()] == ["POST"]
     clock.now += 300
     wait_for(lambda: sink.patched == 1)
