@@ -5,17 +5,18 @@ either an outcome name (``reply``, ``provisional``, ``ignored``, ``out_of_scope`
 :class:`Judgement` — the edge (source, destination, port, protocol, class), the verdict, the matching
 rule and whether this event opened a new connection (5-tuple and class not seen within the dedup window).
 
-Pure: no I/O. State is bounded: the per-identity resolution cache, the rule cache and the dedup table all
-have caps, so memory does not grow with the length of the stream. The resolution and rule caches are
-bounded by bytes as well as entries (an endpoint carries all its pod's labels, tens of KB are possible):
-each entry is charged an estimate of its size (:func:`_resolved_cost`), and a cache whose budget
-(:data:`IDENTITY_CACHE_BYTES`, :data:`ANON_CACHE_BYTES`, :data:`RULE_CACHE_BYTES`) would be exceeded is
-emptied and refills. The dedup table holds fixed-size entries (an int hash and a float), so its cap in
-entries is a cap in bytes.
+Pure: no I/O. State is bounded: the per-identity resolution cache, the rule and edge caches and the dedup
+table all have caps, so memory does not grow with the length of the stream. The resolution, rule and edge
+caches are bounded by bytes as well as entries (an endpoint carries all its pod's labels, tens of KB are
+possible): each entry is charged an estimate of its size (:func:`_resolved_cost`), and a cache whose budget
+(:data:`IDENTITY_CACHE_BYTES`, :data:`ANON_CACHE_BYTES`, :data:`RULE_CACHE_BYTES`,
+:data:`EDGE_CACHE_BYTES`) would be exceeded is emptied and refills. The dedup table holds fixed-size
+entries (an int hash and a float), so its cap in entries is a cap in bytes.
 
 Per-flow cost is kept small by resolving endpoints once per Cilium identity (the label part of every
 selector), verified against the endpoint's labels on each hit so that a reused identity number cannot
-return a stale answer; only selectors with ``cidrs``/``fqdns`` look at the flow's addresses.
+return a stale answer; only selectors with ``cidrs``/``fqdns`` look at the flow's addresses. Each distinct
+:class:`Edge` is built once and shared by its judgements (the edge cache).
 
 Error policy: never raises on a flow; a matrix is swapped atomically with :meth:`Auditor.set_matrix`.
 """
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import Final
+from typing import Final, NamedTuple
 
 import msgspec
 
@@ -69,11 +70,23 @@ _MAX_CACHE_ENTRIES: Final = 50_000
 IDENTITY_CACHE_BYTES: Final = 48 * 1024 * 1024
 ANON_CACHE_BYTES: Final = 16 * 1024 * 1024
 RULE_CACHE_BYTES: Final = 8 * 1024 * 1024
+EDGE_CACHE_BYTES: Final = 8 * 1024 * 1024
 _ENTRY_OVERHEAD: Final = 400  # dict slot, key, struct and tuple headers of one cache entry
 _STRING_OVERHEAD: Final = 60  # header of one str object plus its tuple slot
 
-Edge = tuple[str, str, int | None, str, str]
-"""(source, destination, port, protocol, class); port is None for ICMP."""
+
+class Edge(NamedTuple):
+    """Where a connection goes and how it was judged; a plain tuple underneath (hash, equality and order
+    are the tuple's), so an edge is a dictionary key and pickles as such."""
+
+    source: str
+    destination: str
+    port: int | None  # None for ICMP
+    protocol: str
+    cls: str  # one of CLASSES
+
+
+_new_edge: Final = tuple.__new__  # an Edge without NamedTuple's Python-level __new__
 
 
 class Judgement(msgspec.Struct, frozen=True, gc=False):
@@ -93,7 +106,7 @@ class Judgement(msgspec.Struct, frozen=True, gc=False):
 
     @property
     def cls(self) -> str:
-        return self.edge[4]
+        return self.edge.cls
 
     @property
     def outcome(self) -> str:
@@ -284,6 +297,8 @@ class Auditor:
         self._anon: dict[tuple[str, tuple[str, ...], tuple[object, ...]], _Resolved] = {}
         self._rules: dict[tuple[str, str, str, int], int] = {}
         self._charged = {"identity": 0, "anon": 0, "rule": 0}
+        self._edges: dict[tuple[str, str, int | None, str, str], Edge] = {}  # one Edge per distinct edge
+        self._edges_charged = 0
 
     def cache_info(self) -> dict[str, int]:
         """Entries and charged bytes of the resolution and rule caches."""
@@ -336,7 +351,21 @@ class Auditor:
             self.pending.resolve(connection, flow.time)
         new = not self.dedup.seen(hash((connection, cls)), flow.time)
         verdict = VERDICT_NAMES.get(flow.verdict) or str(flow.verdict)
-        return Judgement(flow, (src, dst, None if icmp else port, protocol, cls), verdict, rule, new, reply)
+        key = (src, dst, None if icmp else port, protocol, cls)
+        edge = self._edges.get(key)
+        if edge is None:
+            edge = self._edge(key)
+        return Judgement(flow, edge, verdict, rule, new, reply)
+
+    def _edge(self, key: tuple[str, str, int | None, str, str]) -> Edge:
+        """A cache miss: the Edge of ``key``, kept (the cache is bounded like the rule cache)."""
+        cost = 2 * _ENTRY_OVERHEAD + len(key[0]) + len(key[1])
+        if len(self._edges) >= _MAX_CACHE_ENTRIES or self._edges_charged + cost > EDGE_CACHE_BYTES:
+            self._edges.clear()
+            self._edges_charged = 0
+        edge = self._edges[key] = _new_edge(Edge, key)
+        self._edges_charged += cost
+        return edge
 
     def _hold(self, flow: Flow, pending: PendingTable) -> None:
         protocol = flow.protocol

@@ -53,6 +53,7 @@ from auditor.classify import (
     UNEXPECTED_ALLOWED,
     Auditor,
     DedupTable,
+    Edge,
     Judgement,
     PendingTable,
     Unproven,
@@ -77,7 +78,6 @@ DEFAULT_CHUNK_BYTES: Final = 4 * 1024 * 1024
 _PROVISIONAL: Final = -1  # slot values below zero: a provisional event, its Unproven at -slot - 1
 
 Example = tuple[str, str, str]
-EdgeKey = tuple[str, str, int | None, str, str]
 Delivered = tuple[str, str, tuple[str, ...], str, str, tuple[str, ...]]
 """Both ends of a delivered connection as the label history keeps them: component, namespace, labels."""
 
@@ -158,7 +158,7 @@ class ChunkResult:
     unjudgeable_events: int = 0
     unjudgeable_missing: dict[str, int] = field(default_factory=dict)
     # edges in first-appearance order: (edge, rule, flows, first, last, kept); not kept: folded in `other`
-    edges: list[tuple[EdgeKey, int, int, float, float, bool]] = field(default_factory=list)
+    edges: list[tuple[Edge, int, int, float, float, bool]] = field(default_factory=list)
     samples: dict[int, tuple[dict[tuple[object, ...], Judgement], bool]] = field(default_factory=dict)
     slots: list[tuple[int, str, str, Example]] = field(default_factory=list)  # (edge, verdict, drop, ex.)
     unproven: list[tuple[str, str, int | None, str, Example]] = field(default_factory=list)
@@ -207,7 +207,7 @@ def _judge_lines(
     r = ChunkResult()
     unjudgeable = UnjudgeableCheck(matrix)
     outcomes = dict.fromkeys(OUTCOMES, 0)
-    edge_index: dict[EdgeKey, int] = {}
+    edge_index: dict[Edge, int] = {}
     edge_rows: list[list[Any]] = []  # [edge, rule, flows, first, last, kept]
     slot_index: dict[tuple[int, str, str, str, str, str, str, str, str, str], int] = {}
     unproven_index: dict[tuple[str, str, int | None, str, str, str, str, str, str, str, str], int] = {}
@@ -279,7 +279,7 @@ def _judge_lines(
         index = get_edge(edge)
         if index is None:
             if len(edge_rows) >= max_edges:  # beyond the cap in this chunk: beyond it in the input too
-                folded: EdgeKey = (OTHER, OTHER, None, OTHER, edge[4])
+                folded = Edge(OTHER, OTHER, None, OTHER, edge.cls)
                 index = edge_index.get(folded)
                 if index is None:
                     index = edge_index[folded] = len(edge_rows)
@@ -295,7 +295,7 @@ def _judge_lines(
             row[3] = t
         if t > row[4]:
             row[4] = t
-        if edge[4] == UNEXPECTED_ALLOWED and row[5]:
+        if edge.cls == UNEXPECTED_ALLOWED and row[5]:
             _sample(samples, index, j)
         # The example's parts, raw (pod strings are built once per distinct slot, at the end)
         src, dst = (record.destination, record.source) if reply else (record.source, record.destination)
@@ -318,7 +318,7 @@ def _judge_lines(
         add_conn(pending.key)
         add_key(dedup.key)
         add_kind(slot)
-        cls = edge[4]
+        cls = edge.cls
         if not row[5] or cls not in _POLICY_CLASSES:
             add_policy(-1)
         elif cls == EXPECTED_DROPPED:
@@ -367,15 +367,15 @@ def _dropped_slot(
 
 
 def _delivered(
-    edge: EdgeKey, src: Endpoint, dst: Endpoint, labels_of: dict[tuple[str, ...], tuple[str, ...]]
+    edge: Edge, src: Endpoint, dst: Endpoint, labels_of: dict[tuple[str, ...], tuple[str, ...]]
 ) -> Delivered:
     """A delivered connection as the label history reads it: both ends' component, namespace and labels
     (interned, so that a chunk's result carries each label set once)."""
     return (
-        edge[0],
+        edge.source,
         src.namespace,
         labels_of.setdefault(src.labels, src.labels),
-        edge[1],
+        edge.destination,
         dst.namespace,
         labels_of.setdefault(dst.labels, dst.labels),
     )
@@ -432,14 +432,14 @@ class Merger:
         for key, n in r.unjudgeable_missing.items():
             self.unjudgeable.missing[key] += n
         # edges: the first max_edges distinct ones (in input order) are kept, the rest fold per class
-        targets: list[tuple[EdgeKey, EdgeStats, bool]] = []
+        targets: list[tuple[Edge, EdgeStats, bool]] = []
         for index, (edge, rule, flows, first, last, kept) in enumerate(r.edges):
             stats = sink.edges.get(edge) if kept else None
             if stats is None and kept and len(sink.edges) < sink.max_edges:
                 stats = sink.edges[edge] = EdgeStats(rule)
             if stats is None:  # beyond the cap (in the chunk, or in the input so far): folded per class
                 kept = False
-                other: EdgeKey = (OTHER, OTHER, None, OTHER, edge[4])
+                other = Edge(OTHER, OTHER, None, OTHER, edge.cls)
                 stats = sink.edges.get(other)
                 if stats is None:
                     stats = sink.edges[other] = EdgeStats(0)
@@ -448,14 +448,14 @@ class Merger:
             stats.flows += flows
             stats.first = min(stats.first, first)
             stats.last = max(stats.last, last)
-            if kept and edge[4] == UNEXPECTED_ALLOWED:
+            if kept and edge.cls == UNEXPECTED_ALLOWED:
                 got = r.samples.get(index)
                 if got is not None:
                     self._merge_samples(edge, *got)
         slots = [(targets[i], verdict, drop, ex) for i, verdict, drop, ex in r.slots]
         self._apply_events(r, slots, auditor)
 
-    def _merge_samples(self, edge: EdgeKey, taken: dict[tuple[object, ...], Judgement], full: bool) -> None:
+    def _merge_samples(self, edge: Edge, taken: dict[tuple[object, ...], Judgement], full: bool) -> None:
         sink = self.sink
         samples = sink.violation_samples.setdefault(edge, {})
         if edge in sink.samples_full:
@@ -472,7 +472,7 @@ class Merger:
     def _apply_events(
         self,
         r: ChunkResult,
-        slots: list[tuple[tuple[EdgeKey, EdgeStats, bool], str, str, Example]],
+        slots: list[tuple[tuple[Edge, EdgeStats, bool], str, str, Example]],
         auditor: Auditor,
     ) -> None:
         sink = self.sink
@@ -495,7 +495,7 @@ class Merger:
                         remember(*item[3:])
                     else:
                         sample_policy(edge, item)  # type: ignore[arg-type]  # a Judgement
-                classes[edge[4]] += 1
+                classes[edge.cls] += 1
                 stats.connections += 1
                 stats.verdicts[verdict] = stats.verdicts.get(verdict, 0) + 1
                 if drop:

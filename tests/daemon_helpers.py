@@ -1,6 +1,7 @@
 """Helpers shared by the tests that run the daemon or the command line (not a test module): the example's
-paths, bounded waits, scraping the daemon's /metrics, loopback ports, HTTP status codes and the
-``flow-auditor`` command run as a process."""
+paths, bounded waits, scraping the daemon's /metrics, loopback ports, HTTP status codes, the
+``flow-auditor`` command run as a process, and a sentinel flow that tells when every event sent before it
+has been counted."""
 
 from __future__ import annotations
 
@@ -17,7 +18,10 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from auditor._proto.flow import flow_pb2
+from auditor._proto.observer import observer_pb2
 from auditor.daemon import Daemon, DaemonConfig
+from auditor.demo import FlowLog
 from auditor.sources.hubble import HubbleConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,6 +29,9 @@ FLOWS = ROOT / "examples" / "airflow" / "flows.jsonl"
 MATRIX = ROOT / "examples" / "airflow" / "matrix.yaml"
 FLOW_EVENTS = sum(1 for line in FLOWS.read_text().splitlines() if '"flow"' in line)
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+MS = 1_000_000
+SENTINEL_PORT = 5433  # no rule allows worker → postgresql on 5433: the sentinel's edge is its own series
+SENTINEL = 1  # flows the sentinel adds to the counts (one, judged)
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
@@ -122,3 +129,48 @@ def replay_cli(*files: str | Path, matrix: str | Path = MATRIX, fmt: str = "json
     proc = run_cli("replay", *map(str, files), "--matrix", str(matrix), "--format", fmt, "--fail-on", "none")
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
+
+
+def dropped_flow(uid: str, node: str, t_ns: int, port: int = 5432) -> observer_pb2.GetFlowsResponse:
+    """A dropped flow worker → PostgreSQL on ``port`` (judged: a drop is final) seen by ``node`` at ``t_ns``
+    (its clock), with a unique UUID."""
+    msg = flow_pb2.Flow(
+        uuid=uid,
+        verdict=flow_pb2.DROPPED,
+        drop_reason_desc=flow_pb2.POLICY_DENIED,
+        traffic_direction=flow_pb2.INGRESS,
+        source=flow_pb2.Endpoint(
+            namespace="airflow", pod_name="airflow-worker-0", labels=["k8s:component=worker"]
+        ),
+        destination=flow_pb2.Endpoint(
+            namespace="airflow",
+            pod_name="airflow-postgresql-0",
+            labels=["k8s:app.kubernetes.io/name=postgresql"],
+        ),
+        node_name=node,
+    )
+    msg.l4.TCP.source_port = 40000 + hash(uid) % 20000
+    msg.l4.TCP.destination_port = port
+    msg.time.FromNanoseconds(t_ns)
+    resp = observer_pb2.GetFlowsResponse(flow=msg, node_name=node)
+    resp.time.FromNanoseconds(t_ns)
+    return resp
+
+
+def count_through_sentinel(d: Daemon, log: FlowLog, timeout: float = 20.0) -> Samples:
+    """Append a sentinel flow after the flows that matter (same node, 1 ms after the last flow) and wait
+    until the daemon has counted it; return the samples scraped then.
+
+    The stream is consumed in order, one event at a time, and a re-opened stream re-sends its backlog
+    before anything newer: once the sentinel is counted, every event sent before it (re-sent ones
+    included) has been counted or skipped, so the counts are final and can be asserted exactly (the
+    sentinel itself adds :data:`SENTINEL` judged flow)."""
+    _, entries = log.snapshot()
+    last = next(e for e in reversed(entries) if e.is_flow)
+    log.append(dropped_flow("sentinel", last.node_name, last.time_ns + MS, port=SENTINEL_PORT))
+
+    def counted() -> bool:
+        return any(key[2] == str(SENTINEL_PORT) for key in connections(scrape(d.listen_address)))
+
+    wait_for(counted, timeout=timeout, what="the sentinel flow")
+    return scrape(d.listen_address)

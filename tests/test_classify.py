@@ -47,7 +47,7 @@ def test_four_classes() -> None:
 
 def test_wrong_port_is_unexpected() -> None:
     j = judged(Auditor(MATRIX), destination_port=5433)
-    assert j.edge[4] == UNEXPECTED_ALLOWED and j.rule == 0
+    assert j.edge.cls == UNEXPECTED_ALLOWED and j.rule == 0
 
 
 def test_attacker_egress_forwarded_is_provisional_not_allowed() -> None:
@@ -72,7 +72,7 @@ def test_endpoint_known_only_by_labels_gets_its_namespace() -> None:
     # Hubble sometimes sends identity + labels but no namespace (remote endpoints).
     remote_worker = Endpoint(identity=WORKER.identity, labels=WORKER.labels, namespace="airflow")
     j = judged(Auditor(MATRIX), source=remote_worker)
-    assert j.edge[0] == "worker"
+    assert j.edge.source == "worker"
 
 
 def test_reply_is_never_an_edge_of_its_own_in_node_local_mode() -> None:
@@ -135,9 +135,9 @@ def test_dedup_table_is_bounded_and_expires() -> None:
 
 def test_reused_identity_with_new_labels_is_resolved_again() -> None:
     a = Auditor(MATRIX)
-    assert judged(a, source=SCHEDULER).edge[0] == "scheduler"
+    assert judged(a, source=SCHEDULER).edge.source == "scheduler"
     impostor = Endpoint(identity=SCHEDULER.identity, namespace="default", labels=DEBUG.labels, pod_name="x")
-    assert judged(a, source=impostor, source_port=1).edge[0] == "ns:default"
+    assert judged(a, source=impostor, source_port=1).edge.source == "ns:default"
 
 
 def test_set_matrix_swaps_rules_and_keeps_dedup() -> None:

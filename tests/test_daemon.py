@@ -25,6 +25,7 @@ from daemon_helpers import (
     FLOWS,
     MATRIX,
     connections,
+    count_through_sentinel,
     free_port,
     http_status,
     received,
@@ -36,7 +37,6 @@ from daemon_helpers import (
 )
 from events_api import EventsServer
 
-from auditor._proto.flow import flow_pb2
 from auditor._proto.observer import observer_pb2
 from auditor.daemon import Daemon
 from auditor.demo import FlowLog, HubbleServer, ServerTls, lost_events_response
@@ -404,9 +404,8 @@ def test_server_side_filter_asks_for_the_scope_namespaces_only(
         ["k8s:io.kubernetes.pod.namespace=airflow"],
         ["k8s:io.kubernetes.pod.namespace=airflow"],
     ]
-    samples = scrape(d.listen_address)
+    samples = count_through_sentinel(d, example_server.log)  # the counts are final: nothing out of scope came
     assert value(samples, "flow_auditor_flows_total", outcome="out_of_scope") == 0.0
-    assert isinstance(flow_pb2.FlowFilter, type)
 
 
 def test_kube_events_are_posted_for_violation_edges(
@@ -453,12 +452,12 @@ def test_kube_events_are_posted_for_violation_edges(
 
 
 def test_sigterm_while_the_server_is_unreachable_stops_quickly() -> None:
-    proc, address = run_daemon_process(
+    proc, _ = run_daemon_process(
         "run", "--server", f"127.0.0.1:{free_port()}", "--matrix", str(MATRIX), "--timeout", "30s"
     )
     try:
-        wait_for(lambda: value(scrape(address), "flow_auditor_hubble_reconnects_total") >= 0, what="metrics")
-        time.sleep(0.5)  # inside a connection attempt that would last 30 s
+        wait_for(lambda: "flow-auditor started" in process_log(proc), what="the stream thread started")
+        time.sleep(0.5)  # pacing only: very likely inside the connection attempt (30 s); proves nothing
         started = time.monotonic()
         os.kill(proc.pid, signal.SIGTERM)
         assert proc.wait(timeout=10) == 0

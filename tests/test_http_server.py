@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -243,8 +242,10 @@ except OSError:
     pass
 print(f"{server.server_address[1]} {server.limits.max_connections}", flush=True)
 threading.Thread(target=server.serve_forever, daemon=True).start()
-sys.stdin.readline()
-print(json.dumps(server.stats.__dict__), flush=True)
+for line in sys.stdin:  # each line: print the counters; "release": give the descriptors back
+    print(json.dumps(server.stats.__dict__), flush=True)
+    if line.strip() == "release":
+        break
 for fd in held:
     os.close(fd)
 sys.stdin.readline()
@@ -267,17 +268,30 @@ def test_at_the_descriptor_limit_accept_pauses_instead_of_spinning(sockets: list
         assert int(cap) == 16  # a quarter of the 64 descriptors
         address = f"127.0.0.1:{port}"
         sockets.extend(slow_sockets(address, 20))  # queued in the backlog; no descriptor to accept them
-        time.sleep(1.0)  # let a failing accept() spin, if it does (the count below would show it)
-        proc.stdin.write("report\n")
-        proc.stdin.flush()
-        stats = json.loads(_last_json_line(proc))
-        assert stats["accept_errors"] >= 1  # the limit was really hit
-        assert stats["accept_errors"] <= 100  # paused after each failure: not millions of retries
+        errors: list[int] = []
+
+        def failed_accepts(n: int) -> bool:
+            errors.append(stats(proc)["accept_errors"])
+            return errors[-1] >= n
+
+        # The third failure comes after two pauses (0.1 s each); a loop that spins instead would have
+        # failed thousands of times by then.
+        wait_for(lambda: failed_accepts(3), what="the limit hit three times")
+        assert errors[-1] <= 100, errors  # paused after each failure: not thousands of retries
+        stats(proc, "release")
         # Descriptors back: the queued slow sockets are taken in (the oldest evicted) and probes answer.
         wait_for(lambda: get(address, "/healthz", 2.0) == (200, b"ok\n"), what="a probe answered")
     finally:
         proc.kill()
         proc.wait(10)
+
+
+def stats(proc: subprocess.Popen[str], command: str = "report") -> dict[str, int]:
+    """The FD-limited server's counters, after ``command``."""
+    assert proc.stdin is not None
+    proc.stdin.write(command + "\n")
+    proc.stdin.flush()
+    return dict(json.loads(_last_json_line(proc)))
 
 
 def _last_json_line(proc: subprocess.Popen[str]) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import re
 import socket
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from events_api import EventsServer
 from factory import DEBUG, POSTGRES, REDIS, WORLD, flow, pod
 from kubernetes.client import ApiClient, Configuration
 
-from auditor.classify import EXPECTED_DROPPED, UNEXPECTED_ALLOWED, Auditor, Judgement
+from auditor.classify import EXPECTED_DROPPED, UNEXPECTED_ALLOWED, Auditor, Edge, Judgement
 from auditor.matrix import load_matrix
 from auditor.model import Endpoint, EventType, Verdict
 from auditor.sinks.kube_events import (
@@ -54,12 +53,14 @@ def api_client(url: str) -> ApiClient:
 
 
 class Clock:
-    """A monotonic clock the test moves by hand."""
+    """A monotonic clock the test moves by hand; ``reads`` counts the times the sink looked at it."""
 
     def __init__(self) -> None:
         self.now = 1000.0
+        self.reads = 0
 
     def __call__(self) -> float:
+        self.reads += 1
         return self.now
 
 
@@ -244,11 +245,11 @@ def test_non_violation_classes_and_repeated_connections_post_nothing(server: Eve
 
 
 def test_event_names_are_deterministic_dns_subdomains() -> None:
-    edge = ("prometheus", "postgresql", 9187, "TCP", EXPECTED_DROPPED)
+    edge = Edge("prometheus", "postgresql", 9187, "TCP", EXPECTED_DROPPED)
     name = event_name("airflow-postgresql-0", edge, INSTANCE)
     assert name == event_name("airflow-postgresql-0", edge, INSTANCE)
     assert re.fullmatch(r"airflow-postgresql-0\.[0-9a-f]{16}", name)
-    assert name != event_name("airflow-postgresql-0", (*edge[:2], 5432, *edge[3:]), INSTANCE)
+    assert name != event_name("airflow-postgresql-0", edge._replace(port=5432), INSTANCE)
     assert name != event_name("airflow-postgresql-0", edge, "other-node")
     long = event_name("a" * 250, edge, INSTANCE)
     assert len(long) <= 253 and DNS_SUBDOMAIN.match(long)
@@ -289,7 +290,9 @@ def test_quiet_edge_gets_its_pending_count_after_the_interval_without_another_co
     sink.on_judgement(first)
     sink.on_judgement(second)
     wait_for(lambda: sink.posted == 1)
-    time.sleep(0.1)  # several sweeps inside the interval: nothing to send yet
+    seen = clock.reads  # from now on only a sweep reads the clock (a count is pending)
+    # Three sweeps inside the interval (or a premature update, shown below): nothing to send yet.
+    wait_for(lambda: clock.reads >= seen + 3 or sink.patched > 0, what="three sweeps")
     assert [m for m, _ in server.calls()] == ["POST"]
     clock.now += 300
     wait_for(lambda: sink.patched == 1)

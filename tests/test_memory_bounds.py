@@ -17,7 +17,7 @@ from factory import REDIS, flow, pod
 
 from auditor import classify, decode_pb
 from auditor._proto.flow import flow_pb2
-from auditor.classify import Auditor
+from auditor.classify import Auditor, Judgement
 from auditor.matrix import load_matrix
 from auditor.model import Endpoint
 
@@ -109,3 +109,17 @@ def test_the_live_decoder_uses_the_bounded_cache(monkeypatch: pytest.MonkeyPatch
         assert sum(len(k) for k in decode_pb.ENDPOINTS.entries) <= BUDGET
     finally:
         decode_pb.ENDPOINTS.clear()
+
+
+def test_edge_cache_holds_no_more_name_bytes_than_its_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each distinct edge is built once and kept; its names come from the cluster (here a namespace of
+    the source's own choosing, 20 KB long), so the cache is bounded by bytes too."""
+    monkeypatch.setattr(classify, "EDGE_CACHE_BYTES", BUDGET, raising=False)
+    auditor = Auditor(MATRIX)
+    for i in range(200):
+        source = pod(f"{i:04d}-" + "n" * 20 * KB, "shell", 0, "run=shell")
+        j = auditor.process(flow(source=source, destination=REDIS, destination_port=6379, source_port=i + 1))
+        assert isinstance(j, Judgement) and j.edge.source == f"ns:{source.namespace}"
+    names = sum(len(e.source) + len(e.destination) for e in auditor._edges.values())
+    assert 0 < names <= BUDGET
+    assert len(auditor._edges) < 200

@@ -27,6 +27,7 @@ from auditor.classify import (
     UNEXPECTED_ALLOWED,
     UNEXPECTED_DROPPED,
     Auditor,
+    Edge,
     Judgement,
 )
 from auditor.matrix import Matrix, load_matrix, parse_matrix
@@ -420,7 +421,7 @@ def test_series_cap_counts_verdict_and_reason_pairs_per_family() -> None:
 
 def test_unknown_verdict_is_folded_into_other() -> None:
     rig = Rig()
-    edge = ("worker", "postgresql", 5432, "TCP", EXPECTED_ALLOWED)
+    edge = Edge("worker", "postgresql", 5432, "TCP", EXPECTED_ALLOWED)
     rig.metrics.on_judgement(Judgement(flow(), edge, "42", 3, True))
     assert rig.value("flow_auditor_connections_total", **edge_labels(*edge), verdict="other") == 1
     assert rig.value("flow_auditor_label_overflow_total", label="verdict") == 1

@@ -164,7 +164,7 @@ def test_what_a_flavor_cannot_express_is_named(tmp_path: Path) -> None:
             drop_reason="POLICY_DENIED",
         )
     )
-    assert isinstance(j, Judgement) and j.edge[4] == "expected_dropped"
+    assert isinstance(j, Judgement) and j.edge.cls == "expected_dropped"
     advice = PolicyAdvisor(matrix).advise(j, [])
     assert advice is not None
     k8s, cilium = advice["flavors"]["kubernetes"], advice["flavors"]["cilium"]

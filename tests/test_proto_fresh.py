@@ -31,7 +31,6 @@ def test_generated_code_imports_as_a_package_only() -> None:
         "from auditor._proto.observer import observer_pb2, observer_pb2_grpc\n"
         "assert observer_pb2.GetFlowsResponse.DESCRIPTOR.fields_by_name['flow'].message_type.full_name"
         " == 'flow.Flow'\n"
-        "assert observer_pb2_grpc.ObserverStub\n"
         "assert 'flow' not in sys.modules and 'observer' not in sys.modules, sorted(sys.modules)\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

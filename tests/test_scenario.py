@@ -13,6 +13,7 @@ import yaml
 
 from auditor import scenario
 from auditor._proto.observer import observer_pb2
+from auditor.classify import Edge
 from auditor.scenario import DEFAULT_START, ExpectedEdge, Scenario, airflow_scenario, synthetic_events
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,8 +26,8 @@ def example() -> Scenario:
     return airflow_scenario(DEFAULT_START)
 
 
-def _edges(sc: Scenario) -> dict[tuple[str, str, int | None, str, str], ExpectedEdge]:
-    return {(e.source, e.destination, e.port, e.protocol, e.cls): e for e in sc.expected_edges}
+def _edges(sc: Scenario) -> dict[Edge, ExpectedEdge]:
+    return {Edge(e.source, e.destination, e.port, e.protocol, e.cls): e for e in sc.expected_edges}
 
 
 # -- determinism and the committed example ---------------------------------------------------------
@@ -180,7 +181,8 @@ def test_episode_2_prometheus_scrapes_dropped_after_namespace_label_loss(example
 def test_episode_3_debug_pod_reaching_redis_is_unexpected_allowed(example: Scenario) -> None:
     edge = _edges(example)[("ns:default", "redis", 6379, "TCP", "unexpected_allowed")]
     assert edge.connections == 3 and edge.rule is None
-    assert not any(k[:2] == ("ns:default", "redis") and k[4] != "unexpected_allowed" for k in _edges(example))
+    redis = [k.cls for k in _edges(example) if (k.source, k.destination) == ("ns:default", "redis")]
+    assert set(redis) == {"unexpected_allowed"}
 
 
 def test_episode_4_attacker_is_unexpected_dropped_never_allowed(example: Scenario) -> None:

@@ -1,7 +1,8 @@
 """The live stream against misbehaving servers on 127.0.0.1: clock skew, a flow from the far future,
 oversized messages, calls that fail at once, a server that freezes. Flows sent = flows counted, exactly.
 
-Every server binds loopback with an ephemeral port (re-used for a restart); every wait is bounded.
+Every server binds loopback with an ephemeral port (re-used for a restart); every wait is bounded and ends
+on something observed (a count, a sentinel flow, answered probes, failed calls), never on a sleep.
 """
 
 from __future__ import annotations
@@ -14,47 +15,32 @@ from typing import Any
 
 import grpc
 import pytest
-from daemon_helpers import MATRIX, free_port, http_status, scrape, value, wait_for
+from daemon_helpers import (
+    MATRIX,
+    MS,
+    SENTINEL,
+    Samples,
+    count_through_sentinel,
+    dropped_flow,
+    free_port,
+    http_status,
+    scrape,
+    total,
+    value,
+    wait_for,
+)
 
-from auditor._proto.flow import flow_pb2
 from auditor._proto.observer import observer_pb2
 from auditor.daemon import Daemon, DaemonConfig
 from auditor.demo import FlowLog, HubbleServer
 from auditor.sources.hubble import HubbleConfig
 
 NS = 1_000_000_000
-MS = 1_000_000
 Response = observer_pb2.GetFlowsResponse
 
 
-def flow(uid: str, node: str, t_ns: int) -> Response:
-    """A dropped flow worker → PostgreSQL (judged: a drop is final) seen by ``node`` at ``t_ns`` (its
-    clock), with a unique UUID."""
-    msg = flow_pb2.Flow(
-        uuid=uid,
-        verdict=flow_pb2.DROPPED,
-        drop_reason_desc=flow_pb2.POLICY_DENIED,
-        traffic_direction=flow_pb2.INGRESS,
-        source=flow_pb2.Endpoint(
-            namespace="airflow", pod_name="airflow-worker-0", labels=["k8s:component=worker"]
-        ),
-        destination=flow_pb2.Endpoint(
-            namespace="airflow",
-            pod_name="airflow-postgresql-0",
-            labels=["k8s:app.kubernetes.io/name=postgresql"],
-        ),
-        node_name=node,
-    )
-    msg.l4.TCP.source_port = 40000 + hash(uid) % 20000
-    msg.l4.TCP.destination_port = 5432
-    msg.time.FromNanoseconds(t_ns)
-    resp = Response(flow=msg, node_name=node)
-    resp.time.FromNanoseconds(t_ns)
-    return resp
-
-
 def batch(prefix: str, node: str, start_ns: int, n: int, step_ns: int = MS) -> list[Response]:
-    return [flow(f"{prefix}-{i}", node, start_ns + i * step_ns) for i in range(n)]
+    return [dropped_flow(f"{prefix}-{i}", node, start_ns + i * step_ns) for i in range(n)]
 
 
 def start(address: str, ready_grace: float = 30.0, **hubble: Any) -> Daemon:
@@ -77,15 +63,11 @@ def received(d: Daemon) -> float:
     return sum(v for (name, _), v in samples.items() if name == "flow_auditor_flows_total")
 
 
-def judged(d: Daemon) -> float:
-    return value(scrape(d.listen_address), "flow_auditor_flows_total", outcome="judged")
-
-
-def settle_and_count(d: Daemon, expected: int) -> float:
-    """Wait for ``expected`` flows, then give a re-sent or late event the time to show up (bounded)."""
-    wait_for(lambda: received(d) >= expected, timeout=20, what=f"{expected} flows")
-    time.sleep(0.5)
-    return received(d)
+def flows(samples: Samples, outcome: str | None = None) -> float:
+    """Flows counted (all, or of one outcome), the sentinel (one judged flow) taken out."""
+    name = "flow_auditor_flows_total"
+    counted = total(samples, name) if outcome is None else value(samples, name, outcome=outcome)
+    return counted - (SENTINEL if outcome in (None, "judged") else 0)
 
 
 class Servers:
@@ -142,9 +124,8 @@ def test_server_restarted_with_its_clock_600s_behind_loses_nothing(
     servers.start(second)
     wait_for(lambda: d.source.connected, what="the stream to come back")
     second.extend(batch("live", "node-1", behind + NS, 80))
-    assert settle_and_count(d, 240) == 240
-    assert judged(d) == 240  # every flow sent is judged, once
-    samples = scrape(d.listen_address)
+    samples = count_through_sentinel(d, second)
+    assert flows(samples) == flows(samples, "judged") == 240  # every flow sent is judged, once
     assert value(samples, "flow_auditor_hubble_clock_anomalies_total", kind="backwards") == 1
 
 
@@ -157,14 +138,13 @@ def test_one_flow_an_hour_ahead_then_a_reconnect_loses_and_repeats_nothing(
     daemons.append(d)
     now = time.time_ns()
     log.extend(batch("a", "node-1", now - NS, 50))
-    log.append(flow("future", "node-1", now + 3600 * NS))
+    log.append(dropped_flow("future", "node-1", now + 3600 * NS))
     log.extend(batch("b", "node-1", now, 20))
     wait_for(lambda: received(d) == 71, what="the flows around the future one")
     restart(servers, d, log)  # Relay keeps its buffer: everything is sent again
     log.extend(batch("c", "node-1", time.time_ns(), 30))
-    assert settle_and_count(d, 101) == 101
-    assert judged(d) == 101  # every flow sent is judged, once
-    samples = scrape(d.listen_address)
+    samples = count_through_sentinel(d, log)
+    assert flows(samples) == flows(samples, "judged") == 101  # every flow sent is judged, once
     assert value(samples, "flow_auditor_hubble_clock_anomalies_total", kind="ahead") == 1
     assert value(samples, "flow_auditor_hubble_resent_events_skipped_total") == 71
     assert d.source.newest_time < time.time() + 60  # the future flow is not the watermark
@@ -191,9 +171,8 @@ def test_two_nodes_two_seconds_apart_and_an_outage_lose_and_repeat_nothing(
     servers.start(log)
     wait_for(lambda: d.source.connected, what="the stream to come back")
     log.extend(interleaved("after", 20))
-    assert settle_and_count(d, 160) == 160
-    assert judged(d) == 160  # every flow sent is judged, once
-    samples = scrape(d.listen_address)
+    samples = count_through_sentinel(d, log)
+    assert flows(samples) == flows(samples, "judged") == 160  # every flow sent is judged, once
     assert value(samples, "flow_auditor_hubble_resent_events_skipped_total") == 80
     assert value(samples, "flow_auditor_hubble_clock_anomalies_total", kind="backwards") == 0
 
@@ -206,14 +185,14 @@ def test_a_flow_stamped_beyond_year_9999_does_not_stop_the_stream(
     d = start(servers.address)
     daemons.append(d)
     log.extend(batch("a", "node-1", time.time_ns(), 10))
-    far = flow("far", "node-1", 0)
+    far = dropped_flow("far", "node-1", 0)
     far.flow.time.seconds = far.time.seconds = 2**40  # valid on the wire, past any calendar
     log.append(far)
     wait_for(lambda: received(d) == 11, what="the far-future flow")
     restart(servers, d, log)
     log.extend(batch("b", "node-1", time.time_ns(), 10))
-    assert settle_and_count(d, 21) == 21
-    samples = scrape(d.listen_address)
+    samples = count_through_sentinel(d, log)
+    assert flows(samples) == 21
     # Counted either as invalid (a decoder that refuses such times) or as a clock anomaly: never trusted.
     assert (
         value(samples, "flow_auditor_flows_total", outcome="invalid")
@@ -244,8 +223,8 @@ def test_an_oversized_message_is_counted_skipped_and_reported_not_re_requested(
     )
     wait_for(lambda: d.source.reconnects == 1 and d.source.connected, what="the stream past it")
     log.extend(batch("b", "node-1", time.time_ns(), 30))
-    assert settle_and_count(d, 51) == 51
-    samples = scrape(d.listen_address)
+    samples = count_through_sentinel(d, log)
+    assert flows(samples) == 51
     assert value(samples, "flow_auditor_flows_total", outcome="invalid") == 1
     assert value(samples, "flow_auditor_hubble_stream_gaps_total") == 1
     assert value(samples, "flow_auditor_hubble_reconnects_total") <= 1  # one re-open, no loop
@@ -279,13 +258,15 @@ def test_readyz_is_503_when_every_call_fails_right_after_connecting(daemons: lis
         d = start(address, backoff_initial=0.05, backoff_max=0.2, healthy_after=3.0)
         daemons.append(d)
         url = f"http://{d.listen_address}/readyz"
-        wait_for(lambda: d.source.reconnects >= 3, what="failing calls")
-        codes = []
-        deadline = time.monotonic() + 3.0
-        while time.monotonic() < deadline:
-            codes.append(http_status(url))
-            time.sleep(0.1)
+        codes: list[int] = []
+
+        def failed_calls(n: int) -> bool:
+            codes.append(http_status(url))  # asked all along, not only at the end
+            return d.source.reconnects >= n
+
+        wait_for(lambda: failed_calls(30), what="30 calls that fail right after connecting")
         assert set(codes) == {503}, codes
+        assert d.source.last_healthy == 0.0  # not one of them ever counted as a healthy stream
         assert value(scrape(d.listen_address), "flow_auditor_hubble_up") == 0.0
         assert "no connection to any Hubble node" in d.ready()[1]
     finally:
@@ -298,7 +279,14 @@ def test_a_quiet_but_open_stream_is_ready_and_kept(servers: Servers, daemons: li
     daemons.append(d)
     wait_for(lambda: http_status(f"http://{d.listen_address}/readyz") == 200, what="ready")
     assert value(scrape(d.listen_address), "flow_auditor_hubble_up") == 1.0
-    time.sleep(1.5)  # several silent periods: each probe is answered, the stream stays open
+    # In a silent stream only an answered probe moves last_healthy on (a reconnect would count).
+    marks: set[float] = set()
+
+    def probes_answered(n: int) -> bool:
+        marks.add(d.source.last_healthy)
+        return len(marks) > n
+
+    wait_for(lambda: probes_answered(3), what="three silent periods, each probe answered")
     assert d.source.reconnects == 0 and d.source.connected
 
 
@@ -386,8 +374,8 @@ def test_a_frozen_server_is_noticed_within_seconds_and_nothing_is_lost(
         proxy.thawed.set()
         wait_for(lambda: d.source.connected, timeout=15, what="the stream to come back")
         log.extend(batch("b", "node-1", time.time_ns(), 10))
-        assert settle_and_count(d, 40) == 40
-        assert judged(d) == 40  # every flow sent is judged, once
+        samples = count_through_sentinel(d, log)
+        assert flows(samples) == flows(samples, "judged") == 40  # every flow sent is judged, once
     finally:
         proxy.close()
 

@@ -67,8 +67,8 @@ class LabelHistory:
         """Remember both ends of a delivered connection (cheap once known: a lookup and a length check)."""
         edge, flow = j.edge, j.flow
         source, destination = (flow.destination, flow.source) if j.reply else (flow.source, flow.destination)
-        self.remember(edge[0], source.namespace, source.labels)
-        self.remember(edge[1], destination.namespace, destination.labels)
+        self.remember(edge.source, source.namespace, source.labels)
+        self.remember(edge.destination, destination.namespace, destination.labels)
 
     def remember(self, component: str, namespace: str, labels: tuple[str, ...]) -> None:
         """Remember the labels one end of a delivered connection carried (ends outside a namespace: not)."""
@@ -91,7 +91,10 @@ class LabelHistory:
     def changes_of(self, j: Judgement) -> list[dict[str, Any]]:
         """How the labels of both ends of ``j`` differ from those remembered (see :meth:`changes`)."""
         out = []
-        for end, name, ep in (("source", j.edge[0], j.source), ("destination", j.edge[1], j.destination)):
+        for end, name, ep in (
+            ("source", j.edge.source, j.source),
+            ("destination", j.edge.destination, j.destination),
+        ):
             diff = self.changes(name, ep)
             if diff is not None:
                 out.append({"end": end, "component": name, "namespace": ep.namespace, **diff})

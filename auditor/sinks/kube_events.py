@@ -272,7 +272,7 @@ class KubeEventsSink(QuietSink):
     def on_judgement(self, judgement: Judgement) -> None:
         if not judgement.new_connection:
             return
-        reason = REASONS.get(judgement.edge[4])
+        reason = REASONS.get(judgement.edge.cls)
         if reason is None:
             return
         flow = judgement.flow

@@ -128,7 +128,7 @@ class LiveSink:
         stats = self._edges.get(edge)
         if stats is None:
             if len(self._edges) >= self.max_edges:
-                edge = (OTHER, OTHER, None, OTHER, edge[4])
+                edge = Edge(OTHER, OTHER, None, OTHER, edge.cls)
                 stats = self._edges.get(edge)
             if stats is None:
                 stats = self._edges[edge] = _EdgeStats(j.rule if edge is j.edge else 0, t)

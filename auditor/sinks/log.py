@@ -181,11 +181,11 @@ class LogSink:
     def on_judgement(self, j: Judgement) -> None:
         self.received += 1
         edge = j.edge
-        if edge[4] not in VIOLATIONS:
-            if edge[4] == EXPECTED_ALLOWED and j.new_connection:
+        if edge.cls not in VIOLATIONS:
+            if edge.cls == EXPECTED_ALLOWED and j.new_connection:
                 self._history.on_delivered(j)
             return
-        if edge[4] == UNEXPECTED_ALLOWED and j.new_connection:
+        if edge.cls == UNEXPECTED_ALLOWED and j.new_connection:
             self._history.on_delivered(j)
         if len(self._active) < self.max_edges:
             self._active.add(edge)
@@ -242,7 +242,7 @@ class LogSink:
                 hint = self._compute_hint(j)
                 if len(self._hints) >= self.max_edges:
                     self._hints.clear()
-                if j.edge[4] == UNEXPECTED_ALLOWED:  # policy_change depends on the label history: not cached
+                if j.edge.cls == UNEXPECTED_ALLOWED:  # policy_change depends on the label history: not cached
                     self._hints[key] = hint
             return hint
         except Exception as e:  # a suggestion must never stop the pipeline
@@ -252,10 +252,10 @@ class LogSink:
         matrix = self._matrix
         if matrix is None:
             return {}
-        if j.edge[4] == UNEXPECTED_ALLOWED:
+        if j.edge.cls == UNEXPECTED_ALLOWED:
             suggestion = suggestions(matrix, [[j]])[0]
             return {"suggestion": suggestion_text(suggestion)[:MAX_HINT_CHARS]} if suggestion else {}
-        if j.edge[4] == EXPECTED_DROPPED:
+        if j.edge.cls == EXPECTED_DROPPED:
             if self._advisor is None:
                 self._advisor = PolicyAdvisor(matrix)
             advice = self._advisor.advise(j, self._history.changes_of(j))

@@ -383,7 +383,7 @@ class MetricsSink:
         return slot
 
     def _rule_seen(self, rule: int, edge: Edge) -> _RuleSeen | None:
-        return self._rules_seen.get((rule, edge[0], edge[1]))
+        return self._rules_seen.get((rule, edge.source, edge.destination))
 
     def _peer_label(self, name: str, label: str, overflow: list[str]) -> str:
         if name in self._peers or name in self._namespaces:

@@ -111,7 +111,7 @@ class ReportSink:
         stats = self.edges.get(edge)
         if stats is None:
             if len(self.edges) >= self.max_edges:
-                edge = (OTHER, OTHER, None, OTHER, edge[4])
+                edge = Edge(OTHER, OTHER, None, OTHER, edge.cls)
                 stats = self.edges.get(edge)
                 if j.new_connection:
                     self.aggregated["edges"] += 1
@@ -124,13 +124,13 @@ class ReportSink:
             stats.first = t
         if t > stats.last:
             stats.last = t
-        if edge[4] == UNEXPECTED_ALLOWED and edge is j.edge:
+        if edge.cls == UNEXPECTED_ALLOWED and edge is j.edge:
             self._sample_violation(edge, j)
-        if j.new_connection and edge is j.edge and edge[4] != UNEXPECTED_DROPPED:
+        if j.new_connection and edge is j.edge and edge.cls != UNEXPECTED_DROPPED:
             self.sample_policy(edge, j)
         if not j.new_connection:
             return
-        self.classes[edge[4]] += 1
+        self.classes[edge.cls] += 1
         stats.connections += 1
         stats.verdicts[j.verdict] = stats.verdicts.get(j.verdict, 0) + 1
         if flow.drop_reason:
@@ -168,7 +168,7 @@ class ReportSink:
     def sample_policy(self, edge: Edge, j: Judgement) -> None:
         """Remember the labels of delivered connections, and the first connection of a dropped edge
         (called for each new connection of a detailed edge, in input order; parallel replay calls it too)."""
-        cls = edge[4]
+        cls = edge.cls
         if cls in (EXPECTED_ALLOWED, UNEXPECTED_ALLOWED):
             self.label_history.on_delivered(j)
         elif cls == EXPECTED_DROPPED and edge not in self.dropped_samples:
