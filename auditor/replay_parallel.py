@@ -60,7 +60,7 @@ from auditor.classify import (
 )
 from auditor.decode import DecodeError, decode_line
 from auditor.matrix import Matrix
-from auditor.model import EMPTY_ENDPOINT, Endpoint, Flow, LostEvents, NodeStatus, OtherRecord
+from auditor.model import EMPTY_ENDPOINT, Endpoint, Flow, LostEvents, NodeStatus, OtherRecord, Record
 from auditor.pipeline import Pipeline
 from auditor.replay_input import UNKNOWN_KIND, InputSummary, UnjudgeableCheck
 from auditor.sinks.report import (
@@ -204,20 +204,9 @@ def _judge_lines(
     max_edges: int,
     matrix: Matrix,
 ) -> ChunkResult:
-    r = ChunkResult()
-    unjudgeable = UnjudgeableCheck(matrix)
-    outcomes = dict.fromkeys(OUTCOMES, 0)
-    edge_index: dict[Edge, int] = {}
-    edge_rows: list[list[Any]] = []  # [edge, rule, flows, first, last, kept]
-    slot_index: dict[tuple[int, str, str, str, str, str, str, str, str, str], int] = {}
-    unproven_index: dict[tuple[str, str, int | None, str, str, str, str, str, str, str, str], int] = {}
-    samples: dict[int, tuple[dict[tuple[object, ...], Judgement], bool]] = {}
-    policy_index: dict[tuple[object, ...], int] = {}
-    labels_of: dict[tuple[str, ...], tuple[str, ...]] = {}
-    add_time, add_conn, add_key, add_kind = r.times.append, r.conns.append, r.keys.append, r.kinds.append
-    add_policy = r.policy_slots.append
-    get_edge, get_slot = edge_index.get, slot_index.get
-    process, decode, lost = auditor.process, decode_line, r.lost
+    chunk = _Chunk(UnjudgeableCheck(matrix), max_edges)
+    outcomes, check = chunk.outcomes, chunk.unjudgeable.check
+    process, decode = auditor.process, decode_line
     number = nonblank = events = 0
     for number, line in enumerate(stream, 1):
         if not line.strip():
@@ -226,77 +215,106 @@ def _judge_lines(
         try:
             record = decode(line)
         except DecodeError as e:
-            outcomes[INVALID] += 1
-            if len(r.invalid) < MAX_INVALID_SAMPLES:
-                r.invalid.append((number, str(e)))
-            if r.first_error is None:
-                r.first_error = (number, str(e))
+            chunk.invalid(number, str(e))
             continue
         if type(record) is not Flow:
-            if type(record) is not OtherRecord or record.kind != UNKNOWN_KIND:
-                events += 1
-            if type(record) is LostEvents:
-                lost[record.source] = lost.get(record.source, 0) + record.num_events
-            elif type(record) is not NodeStatus:
-                outcomes[IGNORED] += 1
+            events += chunk.other(record)
             continue
         events += 1
         if not record.event_type or not (record.traffic_direction or record.observation_point):
-            unjudgeable.check(record)
+            check(record)
         result = process(record)
         if type(result) is str:
             outcomes[result] += 1
             if result == PROVISIONAL:  # the merge decides whether the pending table holds it
-                assert pending.make is not None
-                u = pending.make()
-                src, dst = record.source, record.destination
-                ukey = (
-                    u.source,
-                    u.destination,
-                    u.port,
-                    u.protocol,
-                    src.namespace,
-                    src.pod_name,
-                    record.source_ip,
-                    dst.namespace,
-                    dst.pod_name,
-                    record.destination_ip,
-                    record.node_name,
-                )
-                slot = unproven_index.get(ukey)
-                if slot is None:
-                    slot = unproven_index[ukey] = len(unproven_index)
-                add_time(record.time)
-                add_conn(pending.key)
-                add_key(0)
-                add_kind(_PROVISIONAL - slot)
-                add_policy(-1)
-            continue
-        j = cast(Judgement, result)
+                chunk.provisional(record, pending)
+        else:
+            chunk.judged(record, cast(Judgement, result), dedup.key, pending.key)
+    return chunk.result(number, nonblank, events)
+
+
+class _Chunk:
+    """What a worker gathers over one chunk: counts, edges in first-appearance order, and per event the
+    keys and slots the merge replays (see :class:`ChunkResult`)."""
+
+    def __init__(self, unjudgeable: UnjudgeableCheck, max_edges: int) -> None:
+        self.r = r = ChunkResult()
+        self.unjudgeable = unjudgeable
+        self.max_edges = max_edges
+        self.outcomes = dict.fromkeys(OUTCOMES, 0)
+        self.edge_index: dict[Edge, int] = {}
+        self.edge_rows: list[list[Any]] = []  # [edge, rule, flows, first, last, kept]
+        self.slot_index: dict[tuple[int, str, str, str, str, str, str, str, str, str], int] = {}
+        self.unproven_index: dict[
+            tuple[str, str, int | None, str, str, str, str, str, str, str, str], int
+        ] = {}
+        self.samples: dict[int, tuple[dict[tuple[object, ...], Judgement], bool]] = {}
+        self.policy_index: dict[tuple[object, ...], int] = {}
+        self.labels_of: dict[tuple[str, ...], tuple[str, ...]] = {}
+        self.add_time, self.add_conn, self.add_key = r.times.append, r.conns.append, r.keys.append
+        self.add_kind, self.add_policy = r.kinds.append, r.policy_slots.append
+
+    def invalid(self, number: int, reason: str) -> None:
+        r = self.r
+        self.outcomes[INVALID] += 1
+        if len(r.invalid) < MAX_INVALID_SAMPLES:
+            r.invalid.append((number, reason))
+        if r.first_error is None:
+            r.first_error = (number, reason)
+
+    def other(self, record: Record) -> int:
+        """A record that is not a flow; 1 when it is a Hubble event (counted in ``events``)."""
+        if type(record) is LostEvents:
+            self.r.lost[record.source] = self.r.lost.get(record.source, 0) + record.num_events
+        elif type(record) is not NodeStatus:
+            self.outcomes[IGNORED] += 1
+        return 0 if type(record) is OtherRecord and record.kind == UNKNOWN_KIND else 1
+
+    def provisional(self, record: Flow, pending: _PendingRecorder) -> None:
+        """A provisional event: its connection key and the unproven connection it would open."""
+        assert pending.make is not None
+        u = pending.make()
+        src, dst = record.source, record.destination
+        ukey = (
+            u.source,
+            u.destination,
+            u.port,
+            u.protocol,
+            src.namespace,
+            src.pod_name,
+            record.source_ip,
+            dst.namespace,
+            dst.pod_name,
+            record.destination_ip,
+            record.node_name,
+        )
+        slot = self.unproven_index.get(ukey)
+        if slot is None:
+            slot = self.unproven_index[ukey] = len(self.unproven_index)
+        self.add_time(record.time)
+        self.add_conn(pending.key)
+        self.add_key(0)
+        self.add_kind(_PROVISIONAL - slot)
+        self.add_policy(-1)
+
+    def judged(self, record: Flow, j: Judgement, dedup_key: int, connection: int) -> None:
+        """A final verdict: its edge's counts and times, its example slot and its policy candidate."""
         reply = j.reply
-        outcomes[REPLY if reply else JUDGED] += 1
+        self.outcomes[REPLY if reply else JUDGED] += 1
         edge = j.edge
-        index = get_edge(edge)
+        index = self.edge_index.get(edge)
         if index is None:
-            if len(edge_rows) >= max_edges:  # beyond the cap in this chunk: beyond it in the input too
-                folded = Edge(OTHER, OTHER, None, OTHER, edge.cls)
-                index = edge_index.get(folded)
-                if index is None:
-                    index = edge_index[folded] = len(edge_rows)
-                    edge_rows.append([folded, 0, 0, float("inf"), float("-inf"), False])
-                edge_index[edge] = index  # bounded by the chunk's lines
-            else:
-                index = edge_index[edge] = len(edge_rows)
-                edge_rows.append([edge, j.rule, 0, float("inf"), float("-inf"), True])
-        row = edge_rows[index]
+            index = self._new_edge(edge, j.rule)
+        row = self.edge_rows[index]
         t = record.time
         row[2] += 1
         if t < row[3]:
             row[3] = t
         if t > row[4]:
             row[4] = t
-        if edge.cls == UNEXPECTED_ALLOWED and row[5]:
-            _sample(samples, index, j)
+        cls = edge.cls
+        if cls == UNEXPECTED_ALLOWED and row[5]:
+            _sample(self.samples, index, j)
         # The example's parts, raw (pod strings are built once per distinct slot, at the end)
         src, dst = (record.destination, record.source) if reply else (record.source, record.destination)
         skey = (
@@ -311,32 +329,54 @@ def _judge_lines(
             record.source_ip if reply else record.destination_ip,
             record.node_name,
         )
-        slot = get_slot(skey)
+        slot = self.slot_index.get(skey)
         if slot is None:
-            slot = slot_index[skey] = len(slot_index)
-        add_time(t)
-        add_conn(pending.key)
-        add_key(dedup.key)
-        add_kind(slot)
-        cls = edge.cls
+            slot = self.slot_index[skey] = len(self.slot_index)
+        self.add_time(t)
+        self.add_conn(connection)
+        self.add_key(dedup_key)
+        self.add_kind(slot)
         if not row[5] or cls not in _POLICY_CLASSES:
-            add_policy(-1)
+            self.add_policy(-1)
         elif cls == EXPECTED_DROPPED:
-            add_policy(_dropped_slot(policy_index, r.policy, index, j))
+            self.add_policy(_dropped_slot(self.policy_index, self.r.policy, index, j))
         else:  # delivered: the label sets of both ends, what the label history reads
             pkey = (index, src.namespace, src.labels, dst.namespace, dst.labels)
-            pslot = policy_index.get(pkey)
+            pslot = self.policy_index.get(pkey)
             if pslot is None:
-                pslot = policy_index[pkey] = len(r.policy)
-                r.policy.append(_delivered(edge, src, dst, labels_of))
-            add_policy(pslot)
-    r.lines, r.nonblank, r.events, r.outcomes = number, nonblank, events, outcomes
-    r.unjudgeable_events, r.unjudgeable_missing = unjudgeable.events, unjudgeable.missing
-    r.edges = [(e, rule, n, first, last, kept) for e, rule, n, first, last, kept in edge_rows]
-    r.samples = samples
-    r.slots = [(k[0], k[1], k[2], (_pod(k[3], k[4], k[5]), _pod(k[6], k[7], k[8]), k[9])) for k in slot_index]
-    r.unproven = [(*k[:4], (_pod(k[4], k[5], k[6]), _pod(k[7], k[8], k[9]), k[10])) for k in unproven_index]
-    return r
+                pslot = self.policy_index[pkey] = len(self.r.policy)
+                self.r.policy.append(_delivered(edge, src, dst, self.labels_of))
+            self.add_policy(pslot)
+
+    def _new_edge(self, edge: Edge, rule: int) -> int:
+        rows, index_of = self.edge_rows, self.edge_index
+        if len(rows) < self.max_edges:
+            index = index_of[edge] = len(rows)
+            rows.append([edge, rule, 0, float("inf"), float("-inf"), True])
+            return index
+        # beyond the cap in this chunk: beyond it in the input too
+        folded = Edge(OTHER, OTHER, None, OTHER, edge.cls)
+        found = index_of.get(folded)
+        if found is None:
+            found = index_of[folded] = len(rows)
+            rows.append([folded, 0, 0, float("inf"), float("-inf"), False])
+        index_of[edge] = found  # bounded by the chunk's lines
+        return found
+
+    def result(self, lines: int, nonblank: int, events: int) -> ChunkResult:
+        r = self.r
+        r.lines, r.nonblank, r.events, r.outcomes = lines, nonblank, events, self.outcomes
+        r.unjudgeable_events, r.unjudgeable_missing = self.unjudgeable.events, self.unjudgeable.missing
+        r.edges = [(e, rule, n, first, last, kept) for e, rule, n, first, last, kept in self.edge_rows]
+        r.samples = self.samples
+        r.slots = [
+            (k[0], k[1], k[2], (_pod(k[3], k[4], k[5]), _pod(k[6], k[7], k[8]), k[9]))
+            for k in self.slot_index
+        ]
+        r.unproven = [
+            (*k[:4], (_pod(k[4], k[5], k[6]), _pod(k[7], k[8], k[9]), k[10])) for k in self.unproven_index
+        ]
+        return r
 
 
 _POLICY_CLASSES: Final = frozenset({EXPECTED_ALLOWED, UNEXPECTED_ALLOWED, EXPECTED_DROPPED})
