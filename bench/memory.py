@@ -70,7 +70,11 @@ def main() -> int:
     )
     parser.add_argument("--flows", type=int, default=24_000)
     parser.add_argument("--endpoint-bytes", type=int, default=33_000)
+    parser.add_argument("--smoke", action="store_true", help="200 flows of 2 KB endpoints (make test)")
+    parser.add_argument("--out", type=Path, default=OUT, help="where the JSON result goes")
     args = parser.parse_args()
+    if args.smoke:
+        args.flows, args.endpoint_bytes = 200, 2_000
 
     from auditor.sinks.log import LogSink
 
@@ -104,8 +108,8 @@ def main() -> int:
         "seconds": round(elapsed, 1),
         **cache_sizes(pipeline),
     }
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(result, indent=2) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     return 0
 

@@ -142,7 +142,11 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--components", type=int, default=50)
     parser.add_argument("--policies", type=int, default=200)
+    parser.add_argument("--smoke", action="store_true", help="one run, 10 components, 12 policies (make test)")
+    parser.add_argument("--out", type=Path, default=OUT, help="the directory of policies-diff.json")
     args = parser.parse_args()
+    if args.smoke:
+        args.runs, args.components, args.policies = 1, 10, 12
     rnd = random.Random(7)
     matrix = build_matrix(rnd, args.components)
     objects = policies_for(matrix, rnd, args.policies)
@@ -162,8 +166,8 @@ def main() -> None:
         "load_average": os.getloadavg()[0],
         "runs": args.runs,
     }
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "policies-diff.json").write_text(json.dumps(out, indent=2) + "\n")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "policies-diff.json").write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out, indent=2))
 
 

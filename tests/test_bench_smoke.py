@@ -6,6 +6,7 @@ leave nothing generated behind; ``bench/learn.py`` and ``bench/live.py`` print t
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -58,3 +59,18 @@ def test_instructions_runs_every_stage_and_reads_callgrind(tmp_path: Path) -> No
     found = re.search(r"setup under callgrind: ([\d,]+) instructions", out)
     assert found and int(found.group(1).replace(",", "")) > 1_000_000, out  # an interpreter's start, counted
     assert not any(tmp_path.iterdir())
+
+
+def test_memory_reports_rss_and_every_cache(tmp_path: Path) -> None:
+    out = tmp_path / "memory.json"
+    bench("memory.py", "--out", str(out))
+    result = json.loads(out.read_text())
+    assert result["flows"] == 200 and result["rss_peak_mib"] > 0
+    assert result["decoder_misses"] >= 200  # every source endpoint is new, as the bench means it to be
+    assert {"auditor_identity_entries", "dedup_entries"} <= set(result)
+
+
+def test_policies_diff_reports_its_rates(tmp_path: Path) -> None:
+    bench("policies_diff.py", "--out", str(tmp_path))
+    result = json.loads((tmp_path / "policies-diff.json").read_text())
+    assert result["components"] >= 10 and result["policies"] >= 12 and result["pairs_per_second"] > 0
