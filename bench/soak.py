@@ -44,8 +44,9 @@ import sys
 import threading
 import time
 import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -166,7 +167,7 @@ def write_matrix(path: Path, version: int, valid: bool = True) -> None:
     path.write_text(text + f"\n# soak version {version}\n")
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -177,7 +178,28 @@ def main() -> int:
     parser.add_argument("--no-clock-steps", action="store_true")
     parser.add_argument("--rss-bound-mib", type=float, default=512.0)
     parser.add_argument("--series-bound", type=int, default=3 * 10_000 + 2_000)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+@dataclass
+class Rig:
+    """What runs during the soak: the flow log and its feeder, the Hubble server, the daemon, the scrapers."""
+
+    work: Path
+    matrix: Path
+    log: FlowLog
+    feeder: Feeder
+    hubble_port: int
+    address: str  # the daemon's metrics and probes
+    server: HubbleServer  # replaced on every restart
+    daemon: subprocess.Popen[bytes]
+    daemon_log: IO[str]
+    baseline_threads: int
+    scraper: Scraper
+
+
+def start_rig(args: argparse.Namespace) -> Rig:
+    """Setup: the matrix, the feeder's generations, the server, the daemon (ready within 30 s), the load."""
     OUT.mkdir(parents=True, exist_ok=True)
     work = OUT / "soak"
     work.mkdir(exist_ok=True)
@@ -214,93 +236,153 @@ def main() -> int:
     scraper = Scraper(address, args.scrapers)
     for t in scraper.threads:
         t.start()
+    return Rig(
+        work, matrix, log, feeder, hubble_port, address, server, daemon, daemon_log, baseline_threads, scraper
+    )
 
-    events: dict[str, int] = {
-        "restarts": 0,
-        "sighup_storms": 0,
-        "reloads": 0,
-        "bad_reloads": 0,
-        "clock_steps": 0,
-    }
-    rss_peak = 0
-    min_threads = baseline_threads
-    probe_max = {"/healthz": 0.0, "/readyz": 0.0}
-    probe_fail = {"/healthz": 0, "/readyz": 0}
-    start = time.monotonic()
-    end = start + args.minutes * 60
-    next_probe = next_sample = start
-    next_storm, next_restart, next_step = start + 20, start + 45, start + 60
-    version = 0
-    print(f"soak: {args.minutes} min, {args.rate} flows/s, daemon pid {daemon.pid}, metrics on {address}")
+
+@dataclass
+class Tally:
+    """What the drivers did and what the samplers saw while the soak ran."""
+
+    start: float
+    min_threads: int
+    rss_peak: int = 0
+    version: int = 0  # of the matrix
+    events: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(
+            ("restarts", "sighup_storms", "reloads", "bad_reloads", "clock_steps"), 0
+        )
+    )
+    probe_max: dict[str, float] = field(default_factory=lambda: {"/healthz": 0.0, "/readyz": 0.0})
+    probe_fail: dict[str, int] = field(default_factory=lambda: {"/healthz": 0, "/readyz": 0})
+
+
+def sample_process(rig: Rig, tally: Tally) -> None:
+    """RSS peak and the fewest OS threads of the daemon."""
+    st = proc_status(rig.daemon.pid)
+    tally.rss_peak = max(tally.rss_peak, st["rss_kib"])
+    if st["threads"]:
+        tally.min_threads = min(tally.min_threads, st["threads"])
+
+
+def probe(rig: Rig, tally: Tally) -> None:
+    """One probe of ``/healthz`` and ``/readyz``: their latency, and whether ``/healthz`` failed."""
+    for path in tally.probe_max:
+        status, _, took = http_get(f"http://{rig.address}{path}", timeout=5)
+        tally.probe_max[path] = max(tally.probe_max[path], took)
+        if path == "/healthz" and status != 200:
+            tally.probe_fail[path] += 1
+
+
+def sighup_storm(rig: Rig, tally: Tally, sighups: int) -> None:
+    """A matrix rewrite (every fourth one invalid) and a burst of SIGHUPs, a valid rewrite halfway."""
+    tally.version += 1
+    bad = tally.version % 4 == 0
+    write_matrix(rig.matrix, tally.version, valid=not bad)
+    tally.events["bad_reloads" if bad else "reloads"] += 1
+    for k in range(sighups):
+        os.kill(rig.daemon.pid, signal.SIGHUP)
+        if k == sighups // 2:
+            write_matrix(rig.matrix, tally.version, valid=True)  # interleaved with matrix writes
+        time.sleep(0.002)
+    tally.events["sighup_storms"] += 1
+
+
+def restart_server(rig: Rig, tally: Tally) -> None:
+    """Stop the Hubble server, 2 s outage, start a new one on the same port over the same flow log."""
+    rig.server.stop(0)
+    time.sleep(2.0)
+    rig.server = HubbleServer(rig.log, address=f"127.0.0.1:{rig.hubble_port}")
+    rig.server.start()
+    tally.events["restarts"] += 1
+
+
+def clock_step(rig: Rig, tally: Tally) -> None:
+    """Flow times jump back 10 minutes, or forward again."""
+    rig.feeder.offset_ns = -600 * 10**9 if rig.feeder.offset_ns == 0 else 0
+    tally.events["clock_steps"] += 1
+
+
+def drive(rig: Rig, args: argparse.Namespace) -> Tally:
+    """The soak itself: samplers and drivers on their schedules until the time is up or the daemon died."""
+    tally = Tally(start=time.monotonic(), min_threads=rig.baseline_threads)
+    end = tally.start + args.minutes * 60
+    next_probe = next_sample = tally.start
+    next_storm, next_restart, next_step = tally.start + 20, tally.start + 45, tally.start + 60
+    daemon = rig.daemon
+    print(f"soak: {args.minutes} min, {args.rate} flows/s, daemon pid {daemon.pid}, metrics on {rig.address}")
     while time.monotonic() < end and daemon.poll() is None:
         now = time.monotonic()
         if now >= next_sample:
-            st = proc_status(daemon.pid)
-            rss_peak = max(rss_peak, st["rss_kib"])
-            if st["threads"]:
-                min_threads = min(min_threads, st["threads"])
+            sample_process(rig, tally)
             next_sample = now + 1.0
         if now >= next_probe:
-            for path in probe_max:
-                status, _, took = http_get(f"http://{address}{path}", timeout=5)
-                probe_max[path] = max(probe_max[path], took)
-                if path == "/healthz" and status != 200:
-                    probe_fail[path] += 1
+            probe(rig, tally)
             next_probe = now + 0.5
         if now >= next_storm:
-            version += 1
-            bad = version % 4 == 0
-            write_matrix(matrix, version, valid=not bad)
-            events["bad_reloads" if bad else "reloads"] += 1
-            for k in range(args.sighups):
-                os.kill(daemon.pid, signal.SIGHUP)
-                if k == args.sighups // 2:
-                    write_matrix(matrix, version, valid=True)  # interleaved with matrix writes
-                time.sleep(0.002)
-            events["sighup_storms"] += 1
+            sighup_storm(rig, tally, args.sighups)
             next_storm = now + 20
         if now >= next_restart:
-            server.stop(0)
-            time.sleep(2.0)
-            server = HubbleServer(log, address=f"127.0.0.1:{hubble_port}")
-            server.start()
-            events["restarts"] += 1
+            restart_server(rig, tally)
             next_restart = now + 45
         if now >= next_step and not args.no_clock_steps:
-            feeder.offset_ns = -600 * 10**9 if feeder.offset_ns == 0 else 0
-            events["clock_steps"] += 1
+            clock_step(rig, tally)
             next_step = now + 60
         time.sleep(0.05)
+    return tally
 
-    feeder.stop.set()
-    feeder.thread.join(5)
-    scraper.stop.set()
-    for t in scraper.threads:
+
+@dataclass
+class Ending:
+    """How the soak ended: flows sent and counted, the last scrape, and how the daemon stopped."""
+
+    sent: int
+    counted: float
+    flows: dict[str, float]  # Σ flows_total by outcome
+    samples: int  # series in the last scrape
+    alive: bool
+    health: int  # /healthz status at the end
+    final: dict[str, int]  # proc_status at the end
+    exit_code: int
+
+
+def wind_down(rig: Rig) -> Ending:
+    """Stop the load, wait (bounded) for the daemon to count every flow sent, then SIGTERM it."""
+    rig.feeder.stop.set()
+    rig.feeder.thread.join(5)
+    rig.scraper.stop.set()
+    for t in rig.scraper.threads:
         t.join(15)
-    sent = feeder.sent
+    sent = rig.feeder.sent
     counted = 0.0
     flows: dict[str, float] = {}
     samples = 0
     catch_up = time.monotonic() + 60
-    while time.monotonic() < catch_up and daemon.poll() is None:
-        flows, samples = scrape(address)
+    while time.monotonic() < catch_up and rig.daemon.poll() is None:
+        flows, samples = scrape(rig.address)
         counted = sum(flows.values())
         if counted >= sent:
             break
         time.sleep(1)
-    alive = daemon.poll() is None
-    health = http_get(f"http://{address}/healthz")[0] if alive else 0
-    final = proc_status(daemon.pid) if alive else {"rss_kib": 0, "threads": 0}
+    alive = rig.daemon.poll() is None
+    health = http_get(f"http://{rig.address}/healthz")[0] if alive else 0
+    final = proc_status(rig.daemon.pid) if alive else {"rss_kib": 0, "threads": 0}
     if alive:
-        daemon.send_signal(signal.SIGTERM)
+        rig.daemon.send_signal(signal.SIGTERM)
     try:
-        exit_code = daemon.wait(15)
+        exit_code = rig.daemon.wait(15)
     except subprocess.TimeoutExpired:
-        daemon.kill()
-        exit_code = daemon.wait(5)
-    server.stop(0)
-    daemon_log.close()
-    text = (work / "daemon.log").read_text(errors="replace")
+        rig.daemon.kill()
+        exit_code = rig.daemon.wait(5)
+    rig.server.stop(0)
+    rig.daemon_log.close()
+    return Ending(sent, counted, flows, samples, alive, health, final, exit_code)
+
+
+def summarise(args: argparse.Namespace, rig: Rig, tally: Tally, ending: Ending) -> dict[str, Any]:
+    """The JSON summary: figures, driver counts, checks and (if it died) the daemon's last words."""
+    text = (rig.work / "daemon.log").read_text(errors="replace")
     lines = text.splitlines()
     events_by_name: dict[str, int] = {}
     for line in lines:
@@ -308,48 +390,61 @@ def main() -> int:
         if m:
             events_by_name[m.group(1)] = events_by_name.get(m.group(1), 0) + 1
     thread_errors = [line for line in lines if "thread" in line.lower() and '"level": "error"' in line]
-    minutes = (time.monotonic() - start) / 60
+    minutes = (time.monotonic() - tally.start) / 60
     result: dict[str, Any] = {
         "minutes": round(minutes, 2),
-        "flows_sent": sent,
-        "flows_counted": int(counted),
-        "outcomes": {k: int(v) for k, v in flows.items()},
-        "rss_peak_mib": round(rss_peak / 1024, 1),
-        "rss_final_mib": round(final["rss_kib"] / 1024, 1),
-        "threads_after_start": baseline_threads,
-        "threads_min": min_threads,
-        "threads_final": final["threads"],
-        "series": samples,
-        "scrapes": scraper.scrapes,
-        "scrape_failures": scraper.failures,
-        "probe_max_seconds": {k: round(v, 3) for k, v in probe_max.items()},
-        "healthz_failures": probe_fail["/healthz"],
+        "flows_sent": ending.sent,
+        "flows_counted": int(ending.counted),
+        "outcomes": {k: int(v) for k, v in ending.flows.items()},
+        "rss_peak_mib": round(tally.rss_peak / 1024, 1),
+        "rss_final_mib": round(ending.final["rss_kib"] / 1024, 1),
+        "threads_after_start": rig.baseline_threads,
+        "threads_min": tally.min_threads,
+        "threads_final": ending.final["threads"],
+        "series": ending.samples,
+        "scrapes": rig.scraper.scrapes,
+        "scrape_failures": rig.scraper.failures,
+        "probe_max_seconds": {k: round(v, 3) for k, v in tally.probe_max.items()},
+        "healthz_failures": tally.probe_fail["/healthz"],
         "log_lines": len(lines),
         "log_lines_per_minute": round(len(lines) / max(minutes, 1e-9), 1),
         "log_events": events_by_name,
         "tracebacks": text.count("Traceback"),
         "thread_errors": len(thread_errors),
-        "exit_code": exit_code,
-        **events,
+        "exit_code": ending.exit_code,
+        **tally.events,
     }
-    checks = {
-        "daemon alive until SIGTERM": alive,
-        "exit code 0 on SIGTERM": exit_code == 0,
-        "/healthz 200 at the end": health == 200,
-        "no thread died (/healthz never failed, no traceback, no thread error logged)": (
-            probe_fail["/healthz"] == 0 and result["tracebacks"] == 0 and not thread_errors
-        ),
-        "flows sent = flows counted": sent == int(counted),
-        f"RSS within {args.rss_bound_mib:.0f} MiB": rss_peak / 1024 <= args.rss_bound_mib,
-        f"series within {args.series_bound}": 0 < samples <= args.series_bound,
-        "probes answered in < 1 s": max(probe_max.values()) < 1.0,
-    }
-    result["checks"] = checks
-    if not alive:  # why it died: the lines of the log that are not structured log lines
+    result["checks"] = checks(args, tally, ending, result["tracebacks"] == 0 and not thread_errors)
+    if not ending.alive:  # why it died: the lines of the log that are not structured log lines
         result["death"] = [line for line in lines if not line.startswith("{")][-8:]
+    return result
+
+
+def checks(args: argparse.Namespace, tally: Tally, ending: Ending, log_clean: bool) -> dict[str, bool]:
+    """Each check by name: passed or not (``log_clean``: no traceback and no thread error in the log)."""
+    return {
+        "daemon alive until SIGTERM": ending.alive,
+        "exit code 0 on SIGTERM": ending.exit_code == 0,
+        "/healthz 200 at the end": ending.health == 200,
+        "no thread died (/healthz never failed, no traceback, no thread error logged)": (
+            tally.probe_fail["/healthz"] == 0 and log_clean
+        ),
+        "flows sent = flows counted": ending.sent == int(ending.counted),
+        f"RSS within {args.rss_bound_mib:.0f} MiB": tally.rss_peak / 1024 <= args.rss_bound_mib,
+        f"series within {args.series_bound}": 0 < ending.samples <= args.series_bound,
+        "probes answered in < 1 s": max(tally.probe_max.values()) < 1.0,
+    }
+
+
+def main() -> int:
+    args = parse_args()
+    rig = start_rig(args)
+    tally = drive(rig, args)
+    ending = wind_down(rig)
+    result = summarise(args, rig, tally, ending)
     (OUT / "soak.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
-    failed = [name for name, ok in checks.items() if not ok]
+    failed = [name for name, ok in result["checks"].items() if not ok]
     print("soak:", "all checks passed" if not failed else "FAILED: " + "; ".join(failed))
     return 1 if failed else 0
 

@@ -77,6 +77,8 @@ _EDGE_TEXT: Final = (
     "{{ if $labels.port }}{{ $labels.port }}/{{ end }}{{ $labels.protocol }}"
 )
 _COUNT_TEXT: Final = '{{ printf "%.0f" $value }}'
+# The auditor an alert is about, in a description.
+_TARGET: Final = "{{ $labels.instance }} (job {{ $labels.job }})"
 
 
 @dataclass(frozen=True)
@@ -218,16 +220,16 @@ def _traffic_alerts(timing: Timing) -> list[Alert]:
 
 
 def _health_alerts(timing: Timing) -> list[Alert]:
+    return _stream_alerts(timing) + _auditor_alerts(timing)
+
+
+def _stream_alerts(timing: Timing) -> list[Alert]:
+    """The Hubble flow stream: down, connected but silent, losing events, skipping past a gap."""
     hubble_up = _sel("flow_auditor_hubble_up")
     flows = _sel("flow_auditor_flows_total")
     lost = _sel("flow_auditor_hubble_lost_events_total")
-    reload_errors = _sel("flow_auditor_matrix_reloads_total", 'result="error"')
-    series_overflow = _sel("flow_auditor_series_overflow_total")
     gaps = _sel("flow_auditor_hubble_stream_gaps_total")
-    up = f"up{{{JOB_SELECTOR}}}"
-    target = "{{ $labels.instance }} (job {{ $labels.job }})"
     stream_down, no_flows, losing = timing.hold("5m"), timing.hold("15m"), timing.hold("15m")
-    scrape_down = timing.hold("5m")
     return [
         Alert(
             "FlowAuditorHubbleStreamDown",
@@ -236,7 +238,7 @@ def _health_alerts(timing: Timing) -> list[Alert]:
             stream_down,
             f"{hubble_up} == 0",
             "flow-auditor is not receiving the Hubble flow stream.",
-            f"flow-auditor {target} has not been connected to Hubble for {stream_down}: "
+            f"flow-auditor {_TARGET} has not been connected to Hubble for {stream_down}: "
             "no connection is judged and no violation is reported.",
         ),
         Alert(
@@ -248,7 +250,7 @@ def _health_alerts(timing: Timing) -> list[Alert]:
             f"(\n  sum without (outcome) (rate({flows}[{timing.window}]))\n  or 0 * {hubble_up}\n) == 0\n"
             f"and {hubble_up} == 1",
             "flow-auditor is connected to Hubble but receives no flows.",
-            f"flow-auditor {target} is connected to Hubble but has received no flow event for "
+            f"flow-auditor {_TARGET} is connected to Hubble but has received no flow event for "
             f"{timing.window} (condition true for {no_flows}): it is blind, violations go unreported.",
         ),
         Alert(
@@ -259,7 +261,7 @@ def _health_alerts(timing: Timing) -> list[Alert]:
             f"increase({lost}[{timing.window}]) > 0",
             "Hubble keeps losing flow events: the audit is incomplete.",
             f"Hubble reported {_COUNT_TEXT} lost event(s) at {{{{ $labels.source }}}} to flow-auditor "
-            f"{target} in the last {timing.window}, and has kept losing events for {losing}: "
+            f"{_TARGET} in the last {timing.window}, and has kept losing events for {losing}: "
             "connections are missing from the audit.",
         ),
         Alert(
@@ -269,10 +271,20 @@ def _health_alerts(timing: Timing) -> list[Alert]:
             timing.hold("0m"),
             f"increase({gaps}[{timing.window}]) > 0",
             "flow-auditor skipped Hubble events it could not receive.",
-            f"flow-auditor {target} skipped past {_COUNT_TEXT} message(s) larger than its receive limit in "
+            f"flow-auditor {_TARGET} skipped past {_COUNT_TEXT} message(s) larger than its receive limit in "
             f"the last {timing.window}; the events Hubble held after each were not judged (see its log: "
             "hubble stream gap).",
         ),
+    ]
+
+
+def _auditor_alerts(timing: Timing) -> list[Alert]:
+    """The auditor itself: a matrix it refused, a series cap it hit, a target Prometheus cannot scrape."""
+    reload_errors = _sel("flow_auditor_matrix_reloads_total", 'result="error"')
+    series_overflow = _sel("flow_auditor_series_overflow_total")
+    up = f"up{{{JOB_SELECTOR}}}"
+    scrape_down = timing.hold("5m")
+    return [
         Alert(
             "FlowAuditorMatrixReloadFailed",
             HEALTH_GROUP,
@@ -280,7 +292,7 @@ def _health_alerts(timing: Timing) -> list[Alert]:
             timing.hold("0m"),
             f"(\n{_indent(recent_increase(reload_errors, timing.window))}\n) > 0",
             "flow-auditor rejected a new communication matrix and keeps using the previous one.",
-            f"flow-auditor {target} failed to reload the communication matrix {_COUNT_TEXT} time(s) in the "
+            f"flow-auditor {_TARGET} failed to reload the communication matrix {_COUNT_TEXT} time(s) in the "
             f"last {timing.window}; it keeps judging with the previous matrix (its log names the file, "
             "line and key).",
         ),
@@ -291,7 +303,7 @@ def _health_alerts(timing: Timing) -> list[Alert]:
             timing.hold("0m"),
             f"sum by ({SCOPE_LABELS}, instance, metric) (increase({series_overflow}[{timing.window}])) > 0",
             "flow-auditor hit its series cap: some edges are only counted in an aggregated 'other' series.",
-            f"flow-auditor {target} aggregated {_COUNT_TEXT} event(s) of {{{{ $labels.metric }}}} into the "
+            f"flow-auditor {_TARGET} aggregated {_COUNT_TEXT} event(s) of {{{{ $labels.metric }}}} into the "
             f"'other' series of their class in the last {timing.window}: the metric family reached its "
             "series cap, so the edges beyond it cannot be told apart (the violation alerts still fire, on "
             "the 'other' edge).",
@@ -305,7 +317,7 @@ def _health_alerts(timing: Timing) -> list[Alert]:
             f"{up} == 0 or absent({up})",
             "Prometheus cannot scrape flow-auditor.",
             "{{ if $labels.instance }}Prometheus has failed to scrape flow-auditor "
-            f'{target}{{{{ else }}}}Prometheus has no flow-auditor target (job=~".*flow-auditor.*")'
+            f'{_TARGET}{{{{ else }}}}Prometheus has no flow-auditor target (job=~".*flow-auditor.*")'
             f"{{{{ end }}}} for {scrape_down}: violations are not reported.",
         ),
     ]

@@ -7,6 +7,7 @@ policy.
 from __future__ import annotations
 
 import bisect
+import itertools
 import random
 from collections.abc import Iterator, Mapping
 from datetime import datetime
@@ -163,98 +164,144 @@ def synthetic_events(
     n_nodes = max(2, distinct_pods // 30)
     node_names = ["kind-worker" if i == 0 else f"kind-worker{i + 1}" for i in range(n_nodes)]
     node_labels = [list(make_node(name, "", "").labels) for name in node_names]
-    pods = _synth_pods(distinct_pods, n_nodes, rng)
-    pairs = [(pods[s], pods.get(d), port, proto, pattern) for s, d, port, proto, pattern, _ in _SYNTH_PAIRS]
-    weights = [w for *_, w in _SYNTH_PAIRS]
-    cum: list[int] = []
-    acc = 0
-    for w in weights:
-        acc += w
-        cum.append(acc)
-    world_ep = {"identity": 2, "labels": ["reserved:world"]}
-    world_names = ["api.github.com"]
+    pairs, cum = _synth_pairs(_synth_pods(distinct_pods, n_nodes, rng))
     fmt = TimeFormatter()
     ns = to_ns(start)
-    randrange, getrandbits, choice = rng.randrange, rng.getrandbits, rng.choice
+    randrange, getrandbits = rng.randrange, rng.getrandbits
 
     produced = 0
     while produced < n:
-        src_pool, dst_pool, dport, proto, pattern = pairs[bisect.bisect_right(cum, randrange(acc))]
-        src = choice(src_pool)
-        dst = choice(dst_pool) if dst_pool is not None else None
-        sport = randrange(32_768, 61_000)
-        src_node = src.node
-        dst_node = dst.node if dst is not None else src_node
-        if dst_node == src_node and dst is not None and n_nodes > 1:
-            dst_node = (src_node + 1) % n_nodes  # keep most connections cross-node, as in real clusters
-        for spec in _SYNTH_PATTERNS[pattern]:
+        conn = _synth_connection(pairs, cum, n_nodes, rng)
+        for spec in _SYNTH_PATTERNS[conn.pattern]:
             if produced >= n:
                 return
             ns += 3_000 + randrange(40_000)  # ~45k events per second of flow time
-            where, kind = spec[0], spec[1]
-            node = src_node if where == "s" else dst_node
-            reply = kind.startswith("r")
-            f: dict[str, Any] = {"time": fmt(ns), "uuid": _fast_uuid(getrandbits(128)), "verdict": spec[2]}
-            if spec[2] == "DROPPED":
-                f["drop_reason"] = 133
-            if dst is None:
-                dst_ep: dict[str, Any] = world_ep
-                dst_ip, dst_mac = "140.82.112.3", "02:42:ac:12:00:01"
-            else:
-                dst_ep = dst.local if node == dst_node else dst.remote
-                dst_ip, dst_mac = dst.ip, dst.mac
-            src_ep = src.local if node == src_node else src.remote
-            if kind != "l7":
-                f["ethernet"] = (
-                    {"source": dst_mac, "destination": src.mac}
-                    if reply
-                    else {"source": src.mac, "destination": dst_mac}
-                )
-            if reply:
-                f["IP"] = {"source": dst_ip, "destination": src.ip, "ipVersion": "IPv4"}
-                f["l4"] = (
-                    {"TCP": {"source_port": dport, "destination_port": sport, "flags": spec[3]}}
-                    if proto == "TCP"
-                    else {"UDP": {"source_port": dport, "destination_port": sport}}
-                )
-                f["source"], f["destination"] = dst_ep, src_ep
-            else:
-                f["IP"] = {"source": src.ip, "destination": dst_ip, "ipVersion": "IPv4"}
-                f["l4"] = (
-                    {"TCP": {"source_port": sport, "destination_port": dport, "flags": spec[3]}}
-                    if proto == "TCP"
-                    else {"UDP": {"source_port": sport, "destination_port": dport}}
-                )
-                f["source"], f["destination"] = src_ep, dst_ep
-            f["Type"] = "L7" if kind == "l7" else "L3_L4"
+            node = conn.src_node if spec[0] == "s" else conn.dst_node
+            f = _synth_flow(spec, conn, node, fmt(ns), _fast_uuid(getrandbits(128)))
             f["node_name"] = node_names[node]
             f["node_labels"] = node_labels[node]
-            if dst is None:
-                f["destination_names"] = world_names
-            if kind == "l7":
-                f["l7"] = _SYNTH_DNS_L7
-            if reply:
-                f["reply"] = True
-            f["event_type"] = spec[4]
-            if spec[5]:
-                f["traffic_direction"] = spec[5]
-            if spec[6]:
-                f["policy_match_type"] = spec[6]
-            if spec[7]:
-                f["trace_observation_point"] = spec[7]
-                if spec[8]:
-                    f["trace_reason"] = spec[8]
-            if spec[2] == "DROPPED":
-                f["drop_reason_desc"] = "POLICY_DENIED"
-            if spec[9] is not None:
-                f["is_reply"] = spec[9]
-            if spec[10] == "lxc":
-                f["interface"] = (src if reply or where == "s" else dst or src).iface
-            elif spec[10]:
-                f["interface"] = VXLAN
-            f["Summary"] = spec[11] if proto == "TCP" or kind == "l7" else "UDP"
+            _put_annotations(f, spec, conn)
             produced += 1
             yield {"flow": f, "node_name": node_names[node], "time": f["time"]}
+
+
+# A pair of :data:`_SYNTH_PAIRS` over the pods: (source pods, destination pods or None for the world,
+# port, protocol, pattern).
+_Pair = tuple[list[_SynthPod], list[_SynthPod] | None, int, str, str]
+
+
+def _synth_pairs(pods: Mapping[str, list[_SynthPod]]) -> tuple[list[_Pair], list[int]]:
+    """The pairs of :data:`_SYNTH_PAIRS` over ``pods``, and their cumulative weights (for bisection)."""
+    pairs = [(pods[s], pods.get(d), port, proto, pattern) for s, d, port, proto, pattern, _ in _SYNTH_PAIRS]
+    return pairs, list(itertools.accumulate(w for *_, w in _SYNTH_PAIRS))
+
+
+class _SynthConn:
+    """One synthetic connection: its ends, ports and pattern, and the nodes its events are seen on."""
+
+    __slots__ = ("dport", "dst", "dst_node", "pattern", "proto", "sport", "src", "src_node")
+
+    def __init__(
+        self,
+        src: _SynthPod,
+        dst: _SynthPod | None,  # None: the world
+        dport: int,
+        proto: str,
+        pattern: str,
+        sport: int,
+        src_node: int,
+        dst_node: int,
+    ) -> None:
+        self.src, self.dst, self.dport, self.proto, self.pattern = src, dst, dport, proto, pattern
+        self.sport, self.src_node, self.dst_node = sport, src_node, dst_node
+
+
+def _synth_connection(pairs: list[_Pair], cum: list[int], n_nodes: int, rng: random.Random) -> _SynthConn:
+    """A connection of a pair drawn by weight, between pods drawn from its pools, on a fresh source port."""
+    src_pool, dst_pool, dport, proto, pattern = pairs[bisect.bisect_right(cum, rng.randrange(cum[-1]))]
+    src = rng.choice(src_pool)
+    dst = rng.choice(dst_pool) if dst_pool is not None else None
+    sport = rng.randrange(32_768, 61_000)
+    src_node = src.node
+    dst_node = dst.node if dst is not None else src_node
+    if dst_node == src_node and dst is not None and n_nodes > 1:
+        dst_node = (src_node + 1) % n_nodes  # keep most connections cross-node, as in real clusters
+    return _SynthConn(src, dst, dport, proto, pattern, sport, src_node, dst_node)
+
+
+def _synth_flow(spec: _Spec, c: _SynthConn, node: int, time: str, uuid: str) -> dict[str, Any]:
+    """The addressing part of one event of ``c`` seen on ``node``: verdict, Ethernet, IP, L4, endpoints, type.
+
+    Endpoints are seen as the event's node sees them (with an endpoint ID on their own node only); a reply
+    swaps the ends. Key order is that of Hubble's jsonpb.
+    """
+    kind = spec[1]
+    reply = kind.startswith("r")
+    src, dst, proto = c.src, c.dst, c.proto
+    f: dict[str, Any] = {"time": time, "uuid": uuid, "verdict": spec[2]}
+    if spec[2] == "DROPPED":
+        f["drop_reason"] = 133
+    if dst is None:
+        dst_ep: dict[str, Any] = _WORLD_EP
+        dst_ip, dst_mac = _WORLD_IP, _WORLD_MAC
+    else:
+        dst_ep = dst.local if node == c.dst_node else dst.remote
+        dst_ip, dst_mac = dst.ip, dst.mac
+    src_ep = src.local if node == c.src_node else src.remote
+    if kind != "l7":
+        f["ethernet"] = (
+            {"source": dst_mac, "destination": src.mac}
+            if reply
+            else {"source": src.mac, "destination": dst_mac}
+        )
+    if reply:
+        f["IP"] = {"source": dst_ip, "destination": src.ip, "ipVersion": "IPv4"}
+        f["l4"] = (
+            {"TCP": {"source_port": c.dport, "destination_port": c.sport, "flags": spec[3]}}
+            if proto == "TCP"
+            else {"UDP": {"source_port": c.dport, "destination_port": c.sport}}
+        )
+        f["source"], f["destination"] = dst_ep, src_ep
+    else:
+        f["IP"] = {"source": src.ip, "destination": dst_ip, "ipVersion": "IPv4"}
+        f["l4"] = (
+            {"TCP": {"source_port": c.sport, "destination_port": c.dport, "flags": spec[3]}}
+            if proto == "TCP"
+            else {"UDP": {"source_port": c.sport, "destination_port": c.dport}}
+        )
+        f["source"], f["destination"] = src_ep, dst_ep
+    f["Type"] = "L7" if kind == "l7" else "L3_L4"
+    return f
+
+
+def _put_annotations(f: dict[str, Any], spec: _Spec, c: _SynthConn) -> None:
+    """Add what Cilium says about the event after its node: names, L7, event type, trace, interface."""
+    kind = spec[1]
+    reply = kind.startswith("r")
+    if c.dst is None:
+        f["destination_names"] = _WORLD_NAMES
+    if kind == "l7":
+        f["l7"] = _SYNTH_DNS_L7
+    if reply:
+        f["reply"] = True
+    f["event_type"] = spec[4]
+    if spec[5]:
+        f["traffic_direction"] = spec[5]
+    if spec[6]:
+        f["policy_match_type"] = spec[6]
+    if spec[7]:
+        f["trace_observation_point"] = spec[7]
+        if spec[8]:
+            f["trace_reason"] = spec[8]
+    if spec[2] == "DROPPED":
+        f["drop_reason_desc"] = "POLICY_DENIED"
+    if spec[9] is not None:
+        f["is_reply"] = spec[9]
+    if spec[10] == "lxc":
+        f["interface"] = (c.src if reply or spec[0] == "s" else c.dst or c.src).iface
+    elif spec[10]:
+        f["interface"] = VXLAN
+    f["Summary"] = spec[11] if c.proto == "TCP" or kind == "l7" else "UDP"
 
 
 def _fast_uuid(bits: int) -> str:
@@ -265,6 +312,10 @@ def _fast_uuid(bits: int) -> str:
 _SYN: Final = {"SYN": True}
 _SYNACK: Final = {"SYN": True, "ACK": True}
 _ACKPSH: Final = {"PSH": True, "ACK": True}
+_WORLD_EP: Final[dict[str, Any]] = {"identity": 2, "labels": ["reserved:world"]}
+_WORLD_NAMES: Final = ["api.github.com"]
+_WORLD_IP: Final = "140.82.112.3"
+_WORLD_MAC: Final = "02:42:ac:12:00:01"
 _SYNTH_DNS_L7: Final = {
     "type": "REQUEST",
     "dns": {
