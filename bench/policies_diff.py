@@ -142,7 +142,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--components", type=int, default=50)
     parser.add_argument("--policies", type=int, default=200)
-    parser.add_argument("--smoke", action="store_true", help="one run, 10 components, 12 policies (make test)")
+    parser.add_argument("--smoke", action="store_true", help="1 run, 10 components, 12 policies (make test)")
     parser.add_argument("--out", type=Path, default=OUT, help="the directory of policies-diff.json")
     args = parser.parse_args()
     if args.smoke:

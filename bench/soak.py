@@ -178,7 +178,17 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--no-clock-steps", action="store_true")
     parser.add_argument("--rss-bound-mib", type=float, default=512.0)
     parser.add_argument("--series-bound", type=int, default=3 * 10_000 + 2_000)
-    return parser.parse_args()
+    parser.add_argument("--out", type=Path, default=OUT, help="where soak.json and soak/daemon.log go")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="12 s, every driver at least once on a compressed schedule (make test)",
+    )
+    args = parser.parse_args()
+    args.schedule = 1.0  # seconds of the drivers' schedule per real second
+    if args.smoke:
+        args.minutes, args.rate, args.scrapers, args.sighups, args.schedule = 0.2, 100, 2, 20, 0.15
+    return args
 
 
 @dataclass
@@ -200,8 +210,8 @@ class Rig:
 
 def start_rig(args: argparse.Namespace) -> Rig:
     """Setup: the matrix, the feeder's generations, the server, the daemon (ready within 30 s), the load."""
-    OUT.mkdir(parents=True, exist_ok=True)
-    work = OUT / "soak"
+    args.out.mkdir(parents=True, exist_ok=True)
+    work = args.out / "soak"
     work.mkdir(exist_ok=True)
     matrix = work / "matrix.yaml"
     write_matrix(matrix, 0)
@@ -309,7 +319,8 @@ def drive(rig: Rig, args: argparse.Namespace) -> Tally:
     tally = Tally(start=time.monotonic(), min_threads=rig.baseline_threads)
     end = tally.start + args.minutes * 60
     next_probe = next_sample = tally.start
-    next_storm, next_restart, next_step = tally.start + 20, tally.start + 45, tally.start + 60
+    storms, restarts, steps = 20 * args.schedule, 45 * args.schedule, 60 * args.schedule  # seconds apart
+    next_storm, next_restart, next_step = tally.start + storms, tally.start + restarts, tally.start + steps
     daemon = rig.daemon
     print(f"soak: {args.minutes} min, {args.rate} flows/s, daemon pid {daemon.pid}, metrics on {rig.address}")
     while time.monotonic() < end and daemon.poll() is None:
@@ -322,13 +333,13 @@ def drive(rig: Rig, args: argparse.Namespace) -> Tally:
             next_probe = now + 0.5
         if now >= next_storm:
             sighup_storm(rig, tally, args.sighups)
-            next_storm = now + 20
+            next_storm = now + storms
         if now >= next_restart:
             restart_server(rig, tally)
-            next_restart = now + 45
+            next_restart = now + restarts
         if now >= next_step and not args.no_clock_steps:
             clock_step(rig, tally)
-            next_step = now + 60
+            next_step = now + steps
         time.sleep(0.05)
     return tally
 
@@ -442,7 +453,7 @@ def main() -> int:
     tally = drive(rig, args)
     ending = wind_down(rig)
     result = summarise(args, rig, tally, ending)
-    (OUT / "soak.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / "soak.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     failed = [name for name, ok in result["checks"].items() if not ok]
     print("soak:", "all checks passed" if not failed else "FAILED: " + "; ".join(failed))

@@ -74,3 +74,11 @@ def test_policies_diff_reports_its_rates(tmp_path: Path) -> None:
     bench("policies_diff.py", "--out", str(tmp_path))
     result = json.loads((tmp_path / "policies-diff.json").read_text())
     assert result["components"] >= 10 and result["policies"] >= 12 and result["pairs_per_second"] > 0
+
+
+def test_soak_runs_every_driver_and_passes_its_checks(tmp_path: Path) -> None:
+    bench("soak.py", "--out", str(tmp_path))
+    result = json.loads((tmp_path / "soak.json").read_text())
+    assert all(result["checks"].values()), result["checks"]
+    assert min(result[k] for k in ("restarts", "sighup_storms", "reloads", "clock_steps")) >= 1, result
+    assert (tmp_path / "soak" / "daemon.log").stat().st_size > 0
