@@ -43,6 +43,15 @@ def batch(prefix: str, node: str, start_ns: int, n: int, step_ns: int = MS) -> l
     return [dropped_flow(f"{prefix}-{i}", node, start_ns + i * step_ns) for i in range(n)]
 
 
+def served(servers: Servers, daemons: list[Daemon], **hubble: Any) -> tuple[FlowLog, Daemon]:
+    """An empty flow log served by a fresh server, and a daemon following it (stopped by the fixture)."""
+    log = FlowLog()
+    servers.start(log)
+    d = start(servers.address, **hubble)
+    daemons.append(d)
+    return log, d
+
+
 def start(address: str, ready_grace: float = 30.0, **hubble: Any) -> Daemon:
     options: dict[str, Any] = {"since": 0.0, "timeout": 2.0, "backoff_initial": 0.1, "backoff_max": 0.5}
     options.update(hubble)
@@ -132,10 +141,7 @@ def test_server_restarted_with_its_clock_600s_behind_loses_nothing(
 def test_one_flow_an_hour_ahead_then_a_reconnect_loses_and_repeats_nothing(
     servers: Servers, daemons: list[Daemon]
 ) -> None:
-    log = FlowLog()
-    servers.start(log)
-    d = start(servers.address)
-    daemons.append(d)
+    log, d = served(servers, daemons)
     now = time.time_ns()
     log.extend(batch("a", "node-1", now - NS, 50))
     log.append(dropped_flow("future", "node-1", now + 3600 * NS))
@@ -153,10 +159,7 @@ def test_one_flow_an_hour_ahead_then_a_reconnect_loses_and_repeats_nothing(
 def test_two_nodes_two_seconds_apart_and_an_outage_lose_and_repeat_nothing(
     servers: Servers, daemons: list[Daemon]
 ) -> None:
-    log = FlowLog()
-    servers.start(log)
-    d = start(servers.address)
-    daemons.append(d)
+    log, d = served(servers, daemons)
 
     def interleaved(prefix: str, n: int) -> list[Response]:
         now = time.time_ns()  # node-b's clock runs two seconds behind node-a's
@@ -180,10 +183,7 @@ def test_two_nodes_two_seconds_apart_and_an_outage_lose_and_repeat_nothing(
 def test_a_flow_stamped_beyond_year_9999_does_not_stop_the_stream(
     servers: Servers, daemons: list[Daemon]
 ) -> None:
-    log = FlowLog()
-    servers.start(log)
-    d = start(servers.address)
-    daemons.append(d)
+    log, d = served(servers, daemons)
     log.extend(batch("a", "node-1", time.time_ns(), 10))
     far = dropped_flow("far", "node-1", 0)
     far.flow.time.seconds = far.time.seconds = 2**40  # valid on the wire, past any calendar
@@ -210,10 +210,7 @@ def test_an_oversized_message_is_counted_skipped_and_reported_not_re_requested(
     servers: Servers, daemons: list[Daemon]
 ) -> None:
     limit = 256 * 1024
-    log = FlowLog()
-    servers.start(log)
-    d = start(servers.address, max_message_bytes=limit)
-    daemons.append(d)
+    log, d = served(servers, daemons, max_message_bytes=limit)
     log.extend(batch("a", "node-1", time.time_ns(), 20))
     wait_for(lambda: received(d) == 20, what="the flows before")
     log.append_raw(b"\x0a" + b"\xff" * (4 * limit), time_ns=time.time_ns())  # 4x the receive limit
