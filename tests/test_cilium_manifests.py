@@ -8,19 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from cilium_objects import (
-    DB,
-    NODE,
-    OTHER,
-    REMOTE,
-    WEB,
-    WORLD,
-    allows,
-    ccnp,
-    cnp,
-    knp,
-    web_egress,
-)
+from cilium_objects import DB, NODE, OTHER, REMOTE, WEB, WORLD, allows, ccnp, cnp, knp, web_egress
 
 from auditor.kube.checks import PolicyError
 from auditor.kube.cluster import compile_cluster

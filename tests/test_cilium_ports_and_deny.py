@@ -11,20 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from cilium_objects import (
-    CORP,
-    CORP_EXCEPT,
-    DB,
-    MON,
-    NODE,
-    OTHER,
-    WEB,
-    WORLD,
-    allows,
-    cnp,
-    db_ingress,
-    knp,
-)
+from cilium_objects import CORP, CORP_EXCEPT, DB, MON, NODE, OTHER, WEB, WORLD, allows, cnp, db_ingress, knp
 
 from auditor.kube.cluster import compile_cluster
 

@@ -21,28 +21,11 @@ from pathlib import Path
 import grpc
 import pytest
 from certs import SERVER_NAME, TestPki
-from demo_helpers import (
-    DEADLINE,
-    NS,
-    ROOT,
-    Request,
-    Response,
-    collect,
-    flow,
-    ids,
-    take,
-)
+from demo_helpers import DEADLINE, NS, ROOT, Request, Response, collect, flow, ids, take
 from google.protobuf import json_format
 
 from auditor._proto.observer import observer_pb2_grpc
-from auditor.demo import (
-    FlowLog,
-    LiveScenario,
-    Player,
-    load_jsonl,
-    response_from_event,
-    start_demo,
-)
+from auditor.demo import FlowLog, LiveScenario, Player, load_jsonl, response_from_event, start_demo
 from auditor.scenario import airflow_scenario, write_jsonl
 
 # ------------------------------------------------------------------------------------------------

@@ -11,20 +11,7 @@ from typing import Any
 
 import grpc
 import pytest
-from demo_helpers import (
-    DEADLINE,
-    NS,
-    T0,
-    Request,
-    Response,
-    collect,
-    flow,
-    ids,
-    serving,
-    take,
-    timed_log,
-    ts,
-)
+from demo_helpers import DEADLINE, NS, T0, Request, Response, collect, flow, ids, serving, take, timed_log, ts
 
 from auditor._proto.flow import flow_pb2
 from auditor.demo import (

@@ -14,23 +14,10 @@ from pathlib import Path
 import grpc
 import pytest
 from certs import SERVER_NAME, TestPki
-from demo_helpers import (
-    DEADLINE,
-    Request,
-    flow,
-    serving,
-    take,
-    timed_log,
-)
+from demo_helpers import DEADLINE, Request, flow, serving, take, timed_log
 
 from auditor._proto.observer import observer_pb2, observer_pb2_grpc
-from auditor.demo import (
-    FlowLog,
-    HubbleServer,
-    ServerTls,
-    lost_events_response,
-    node_status_response,
-)
+from auditor.demo import FlowLog, HubbleServer, ServerTls, lost_events_response, node_status_response
 
 # ------------------------------------------------------------------------------------------------
 # ServerStatus, GetNodes, life cycle
