@@ -27,31 +27,20 @@ APISERVER = Reserved("kube-apiserver")
 REMOTE = Reserved("remote-node")
 
 
+def manifest(api_version: str, kind: str, metadata: dict[str, str], spec: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": api_version, "kind": kind, "metadata": metadata, "spec": spec}
+
+
 def cnp(spec: dict[str, Any], name: str = "p", namespace: str = "shop") -> dict[str, Any]:
-    return {
-        "apiVersion": "cilium.io/v2",
-        "kind": "CiliumNetworkPolicy",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": spec,
-    }
+    return manifest("cilium.io/v2", "CiliumNetworkPolicy", {"name": name, "namespace": namespace}, spec)
 
 
 def ccnp(spec: dict[str, Any], name: str = "c") -> dict[str, Any]:
-    return {
-        "apiVersion": "cilium.io/v2",
-        "kind": "CiliumClusterwideNetworkPolicy",
-        "metadata": {"name": name},
-        "spec": spec,
-    }
+    return manifest("cilium.io/v2", "CiliumClusterwideNetworkPolicy", {"name": name}, spec)
 
 
 def knp(spec: dict[str, Any], name: str = "k", namespace: str = "shop") -> dict[str, Any]:
-    return {
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "NetworkPolicy",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": spec,
-    }
+    return manifest("networking.k8s.io/v1", "NetworkPolicy", {"name": name, "namespace": namespace}, spec)
 
 
 def db_ingress(rule: dict[str, Any]) -> dict[str, Any]:
