@@ -184,6 +184,27 @@ def test_unknown_verdict_is_folded_into_other() -> None:
     assert rig.value("flow_auditor_label_overflow_total", label="verdict") == 1
 
 
+def test_provisional_series_are_capped_per_family() -> None:
+    from auditor.classify import Unproven
+
+    rig = Rig(max_series=5)
+    for i in range(20):
+        rig.metrics.on_unproven(Unproven(flow(), "worker", "postgresql", 30000 + i, "TCP"))
+    text = scrape(rig)
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    samples = [
+        s for s in families["flow_auditor_provisional_connections"].samples if s.name.endswith("_total")
+    ]
+    assert len(samples) <= 6  # five series, then one "other"
+    assert sum(s.value for s in samples) == 20
+    overflow = {
+        s.labels["metric"]: s.value
+        for s in families["flow_auditor_series_overflow"].samples
+        if s.name.endswith("_total")
+    }
+    assert overflow["flow_auditor_provisional_connections_total"] > 0
+
+
 # -- drop reasons -----------------------------------------------------------------------------------------
 
 
@@ -215,24 +236,3 @@ def test_repeated_events_of_one_connection_count_once_but_move_last_seen() -> No
     assert rig.value("flow_auditor_connections_total", **labels, verdict="FORWARDED") == 1
     assert rig.value("flow_auditor_edge_last_seen_timestamp_seconds", **labels) == 101.0
     assert rig.value("flow_auditor_flows_total", outcome="judged") == 3
-
-
-def test_provisional_series_are_capped_per_family() -> None:
-    from auditor.classify import Unproven
-
-    rig = Rig(max_series=5)
-    for i in range(20):
-        rig.metrics.on_unproven(Unproven(flow(), "worker", "postgresql", 30000 + i, "TCP"))
-    text = scrape(rig)
-    families = {f.name: f for f in text_string_to_metric_families(text)}
-    samples = [
-        s for s in families["flow_auditor_provisional_connections"].samples if s.name.endswith("_total")
-    ]
-    assert len(samples) <= 6  # five series, then one "other"
-    assert sum(s.value for s in samples) == 20
-    overflow = {
-        s.labels["metric"]: s.value
-        for s in families["flow_auditor_series_overflow"].samples
-        if s.name.endswith("_total")
-    }
-    assert overflow["flow_auditor_provisional_connections_total"] > 0
