@@ -1,7 +1,7 @@
 """Shared fixtures: a headless Chromium from Debian's packages (as a person sees pages), the folder where
 tests keep their screenshots (``build/test-output/screenshots``, to be looked at after a run), the
-daemons a test starts (stopped after it, whatever happens), the example's flows served by a Hubble server on
-loopback, and the golden files under ``tests/golden/``."""
+daemons a test starts (stopped after it, whatever happens), test certificates made once per module, the
+example's flows served by a Hubble server on loopback, and the golden files under ``tests/golden/``."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from certs import TestPki, make_pki
 
 from auditor.demo import FlowLog, HubbleServer, load_jsonl
 
@@ -91,6 +92,12 @@ def _check_golden(name: str, text: str) -> None:
     assert text == path.read_text(), (
         f"{name} differs from the golden file; rerun with UPDATE_GOLDEN=1 if intended"
     )
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
+    """A test CA with server and client certificates (and untrusted ones), made once per test module."""
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture
