@@ -85,6 +85,13 @@ class Edge(NamedTuple):
     protocol: str
     cls: str  # one of CLASSES
 
+    def folded(self) -> Edge:
+        """The edge of its class that every edge past a cap is counted in (``other`` in every field)."""
+        return Edge(OTHER, OTHER, None, OTHER, self.cls)
+
+
+OTHER: Final = "other"
+"""The name of what edges, series and connections past a cap are folded into."""
 
 _new_edge: Final = tuple.__new__  # an Edge without NamedTuple's Python-level __new__
 

@@ -67,10 +67,9 @@ from auditor.sinks.report import (
     MAX_EXAMPLES,
     MAX_INVALID_SAMPLES,
     MAX_SUGGESTION_SAMPLES,
-    OTHER,
     EdgeStats,
     ReportSink,
-    _add_example,
+    add_example,
 )
 from auditor.sources.files import SourceError
 
@@ -355,7 +354,7 @@ class _Chunk:
             rows.append([edge, rule, 0, float("inf"), float("-inf"), True])
             return index
         # beyond the cap in this chunk: beyond it in the input too
-        folded = Edge(OTHER, OTHER, None, OTHER, edge.cls)
+        folded = edge.folded()
         found = index_of.get(folded)
         if found is None:
             found = index_of[folded] = len(rows)
@@ -479,7 +478,7 @@ class Merger:
                 stats = sink.edges[edge] = EdgeStats(rule)
             if stats is None:  # beyond the cap (in the chunk, or in the input so far): folded per class
                 kept = False
-                other = Edge(OTHER, OTHER, None, OTHER, edge.cls)
+                other = edge.folded()
                 stats = sink.edges.get(other)
                 if stats is None:
                     stats = sink.edges[other] = EdgeStats(0)
@@ -541,7 +540,7 @@ class Merger:
                 if drop:
                     stats.drop_reasons[drop] = stats.drop_reasons.get(drop, 0) + 1
                 if len(stats.examples) < MAX_EXAMPLES:
-                    _add_example(stats.examples, ex)
+                    add_example(stats.examples, ex)
                 if folded:
                     aggregated["edges"] += 1
             elif pending is not None:

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from auditor.classify import CLASSES, VIOLATIONS, Edge, Judgement, Unproven
+from auditor.classify import CLASSES, OTHER, VIOLATIONS, Edge, Judgement, Unproven
 from auditor.matrix import Matrix
 from auditor.model import LostEvents, NodeStatus
 
@@ -32,7 +32,6 @@ WINDOW: Final = 900.0
 BUCKET: Final = 60.0
 DEFAULT_MAX_EDGES: Final = 5_000
 DEFAULT_MAX_NODES: Final = 5_000
-OTHER: Final = "other"
 _BUCKETS: Final = int(WINDOW // BUCKET) + 1
 
 
@@ -128,7 +127,7 @@ class LiveSink:
         stats = self._edges.get(edge)
         if stats is None:
             if len(self._edges) >= self.max_edges:
-                edge = Edge(OTHER, OTHER, None, OTHER, edge.cls)
+                edge = edge.folded()
                 stats = self._edges.get(edge)
             if stats is None:
                 stats = self._edges[edge] = _EdgeStats(j.rule if edge is j.edge else 0, t)

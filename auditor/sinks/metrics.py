@@ -50,7 +50,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import CollectorRegistry
 
 import auditor
-from auditor.classify import EXPECTED_DROPPED, OUTCOMES, UNEXPECTED_DROPPED, Edge, Judgement, Unproven
+from auditor.classify import EXPECTED_DROPPED, OTHER, OUTCOMES, UNEXPECTED_DROPPED, Edge, Judgement, Unproven
 from auditor.matrix import ENTITIES, Matrix
 from auditor.model import ICMP_PROTOCOLS, VERDICT_NAMES, LostEvents, NodeStatus
 from auditor.names import (
@@ -63,7 +63,6 @@ from auditor.names import (
 from auditor.sources.resume import ANOMALY_KINDS
 
 PREFIX: Final = "flow_auditor_"
-OTHER: Final = "other"
 UNKNOWN_PEER: Final = "unknown"
 NAMESPACE_PREFIX: Final = "ns:"
 

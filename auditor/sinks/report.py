@@ -29,6 +29,7 @@ from auditor.classify import (
     CLASSES,
     EXPECTED_ALLOWED,
     EXPECTED_DROPPED,
+    OTHER,
     OUTCOMES,
     UNEXPECTED_ALLOWED,
     UNEXPECTED_DROPPED,
@@ -46,7 +47,6 @@ MAX_EXAMPLES: Final = 3
 MAX_INVALID_SAMPLES: Final = 10
 MAX_SUGGESTION_SAMPLES: Final = 32  # distinct endpoint pairs per unexpected_allowed edge
 DEFAULT_MAX_EDGES: Final = 10_000
-OTHER: Final = "other"
 REMOTE_NODE: Final = "remote-node"
 # Violations first, then the rest.
 CLASS_ORDER: Final = {c: i for i, c in enumerate((*VIOLATIONS, UNEXPECTED_DROPPED, EXPECTED_ALLOWED))}
@@ -111,7 +111,7 @@ class ReportSink:
         stats = self.edges.get(edge)
         if stats is None:
             if len(self.edges) >= self.max_edges:
-                edge = Edge(OTHER, OTHER, None, OTHER, edge.cls)
+                edge = edge.folded()
                 stats = self.edges.get(edge)
                 if j.new_connection:
                     self.aggregated["edges"] += 1
@@ -136,7 +136,7 @@ class ReportSink:
         if flow.drop_reason:
             stats.drop_reasons[flow.drop_reason] = stats.drop_reasons.get(flow.drop_reason, 0) + 1
         if len(stats.examples) < MAX_EXAMPLES:
-            _add_example(
+            add_example(
                 stats.examples,
                 (j.source.pod or j.source_ip, j.destination.pod or j.destination_ip, flow.node_name),
             )
@@ -187,7 +187,7 @@ class ReportSink:
         stats.connections += 1
         if len(stats.examples) < MAX_EXAMPLES:
             f = connection.flow
-            _add_example(
+            add_example(
                 stats.examples,
                 (f.source.pod or f.source_ip, f.destination.pod or f.destination_ip, f.node_name),
             )
@@ -293,7 +293,7 @@ class ReportSink:
         }
 
 
-def _add_example(examples: list[tuple[str, str, str]], example: tuple[str, str, str]) -> None:
+def add_example(examples: list[tuple[str, str, str]], example: tuple[str, str, str]) -> None:
     if example not in examples:
         examples.append(example)
 
