@@ -9,10 +9,13 @@ no dictionaries in between). Endpoints repeat across flows, so each distinct one
 keyed by its serialized bytes) and shared; absent endpoints are ``EMPTY_ENDPOINT``.
 
 Memory: the endpoint cache is bounded by bytes, not entries (an endpoint is whatever labels the pod has:
-tens of KB are possible, and 16,384 entries of 33 KB once took the process past 1.8 GB). Each entry is
-charged :data:`ENDPOINT_COST_FACTOR` times its wire size plus :data:`ENDPOINT_OVERHEAD` (the key, the
-decoded strings, the tuples); when :data:`ENDPOINT_CACHE_BYTES` would be exceeded the cache is emptied and
-refills with what is current (one cheap step on a rare path, instead of LRU bookkeeping on every hit).
+tens of KB are possible, and 16,384 entries of 33 KB once took the process past 1.8 GB). Label sets and
+workload lists are interned: the replicas of a workload carry the same labels, so 100,000 pods share a few
+hundred label tuples, and an entry costs its key (the wire bytes), its struct and its pod name. Each entry
+is charged its wire size, its pod name and :data:`ENDPOINT_OVERHEAD`; each label set or workload list the
+first time it is seen is charged what its strings and tuple take (:func:`_strings_cost`). When
+:data:`ENDPOINT_CACHE_BYTES` would be exceeded, the cache and its interned values are emptied and refill
+with what is current (one cheap step on a rare path, instead of LRU bookkeeping on every hit).
 
 Mapping notes:
 
@@ -75,10 +78,19 @@ from auditor.names import (
 OTHER_PAYLOAD_KINDS: Final[dict[int, str]] = {4: "agent_event", 5: "debug_event"}
 UNKNOWN_PAYLOAD: Final = "unknown"
 
-ENDPOINT_CACHE_BYTES: Final = 64 * 1024 * 1024
+ENDPOINT_CACHE_BYTES: Final = 96 * 1024 * 1024
 """Memory charged to the decoder's endpoint cache before it is emptied."""
-ENDPOINT_COST_FACTOR: Final = 3  # measured: key bytes + decoded label strings ≈ 2.9 x the wire size
-ENDPOINT_OVERHEAD: Final = 1024
+ENDPOINT_OVERHEAD: Final = 256
+"""Bytes of one entry beside its key's and pod name's characters: the key and pod name objects, the dict
+slot with its share of free slots, the ``Endpoint`` struct (measured by ``tests/test_memory_bounds.py``)."""
+_STRING: Final = 49 + 8  # a str object (sys.getsizeof("")) and the tuple slot that holds it
+_TUPLE: Final = 40 + 100  # an empty tuple, and the interning dict's slot for it
+_WORKLOAD: Final = 32 + 8  # a Workload struct and its slot
+
+
+def _strings_cost(strings: tuple[str, ...]) -> int:
+    """Bytes of a tuple of strings, charged once when it is interned."""
+    return _TUPLE + sum(_STRING + len(text) for text in strings)
 
 
 Response = observer_pb2.GetFlowsResponse | live_pb2.GetFlowsResponse
@@ -139,37 +151,82 @@ class EndpointCache:
     """Decoded endpoints by their exact wire bytes (a hit is always right), bounded by charged bytes.
 
     A cluster has far fewer endpoints than flows: decoding each distinct one once saves most of the
-    per-flow cost and shares the objects. Hits are a plain ``dict.get`` (see :func:`_endpoint`).
+    per-flow cost and shares the objects. Hits are a plain ``dict.get`` (see :func:`_endpoint`). Label
+    tuples, workload tuples and namespaces are interned, so the pods of one workload share them.
     """
 
     def __init__(self, budget: int = ENDPOINT_CACHE_BYTES) -> None:
         self.budget = budget
         self.entries: dict[bytes, Endpoint] = {}
+        self._labels: dict[tuple[str, ...], tuple[str, ...]] = {}
+        self._workloads: dict[tuple[tuple[str, str], ...], tuple[Workload, ...]] = {}
+        self._names: dict[str, str] = {}  # namespaces and cluster names
         self.charged = 0
         self.misses = 0
         self.resets = 0
 
     def decode(self, data: bytes) -> Endpoint:
         """The miss path: decode, and remember unless the endpoint alone exceeds the budget."""
-        endpoint = endpoint_from_pb(flow_pb2.Endpoint.FromString(data))
+        msg = flow_pb2.Endpoint.FromString(data)
         self.misses += 1
-        cost = ENDPOINT_COST_FACTOR * len(data) + ENDPOINT_OVERHEAD
+        labels = tuple(msg.labels)
+        workloads = tuple([(w.kind, w.name) for w in msg.workloads])
+        namespace = msg.namespace or (namespace_from_labels(labels) if labels else "")
+        cluster = msg.cluster_name
+        cost = self._cost(data, msg.pod_name, labels, workloads, namespace, cluster)
         if self.charged + cost > self.budget:
             self.clear()
             self.resets += 1
+            cost = self._cost(data, msg.pod_name, labels, workloads, namespace, cluster)
             if cost > self.budget:
-                return endpoint
-        self.entries[data] = endpoint
+                return endpoint_from_pb(msg)
+        shared_labels = self._labels.setdefault(labels, labels)
+        shared_workloads = self._workloads.get(workloads) if workloads else ()
+        if shared_workloads is None:
+            shared_workloads = self._workloads[workloads] = tuple([Workload(k, n) for k, n in workloads])
+        names = self._names
+        endpoint = self.entries[data] = Endpoint(
+            identity=msg.identity,
+            namespace=names.setdefault(namespace, namespace),
+            labels=shared_labels,
+            pod_name=msg.pod_name,
+            workloads=shared_workloads,
+            cluster_name=names.setdefault(cluster, cluster),
+        )
         self.charged += cost
         return endpoint
 
+    def _cost(
+        self,
+        data: bytes,
+        pod_name: str,
+        labels: tuple[str, ...],
+        workloads: tuple[tuple[str, str], ...],
+        namespace: str,
+        cluster: str,
+    ) -> int:
+        """Bytes an entry adds: its own, plus the values it interns first."""
+        cost = len(data) + len(pod_name) + ENDPOINT_OVERHEAD
+        if labels not in self._labels:
+            cost += _strings_cost(labels)
+        if workloads and workloads not in self._workloads:
+            cost += _strings_cost(tuple(text for pair in workloads for text in pair)) + _WORKLOAD * len(workloads)
+        for name in (namespace, cluster):
+            if name not in self._names:
+                cost += _TUPLE + _STRING + len(name)
+        return cost
+
     def clear(self) -> None:
         self.entries.clear()  # the same dict: the module's bound ``get`` stays valid
+        self._labels.clear()
+        self._workloads.clear()
+        self._names.clear()
         self.charged = 0
 
     def info(self) -> dict[str, int]:
         return {
             "entries": len(self.entries),
+            "label_sets": len(self._labels),
             "charged_bytes": self.charged,
             "budget_bytes": self.budget,
             "misses": self.misses,

@@ -139,8 +139,9 @@ def _run(args: argparse.Namespace, out: Path) -> int:
         if "b" in parts:
             results["b"] = live_grpc.part_b(args, path)
     if "c" in parts:
-        base = generate(out / f"live-{args.base}-{args.big_pods}.pb", args.base, args.big_pods, seed=2)
-        results["c"] = live_memory.part_c_in_child(args, base, out)
+        small = generate(out / f"live-{args.base}-{args.pods}-c.pb", args.base, args.pods, seed=2)
+        big = generate(out / f"live-{args.base}-{args.big_pods}.pb", args.base, args.big_pods, seed=2)
+        results["c"] = live_memory.part_c_both(args, small, big, out)
     results["seconds"] = round(time.perf_counter() - started, 1)
     _summary(results, args.runs)
     out.mkdir(parents=True, exist_ok=True)

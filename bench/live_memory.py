@@ -5,7 +5,10 @@ lazily from disk, each pass later in flow time and with its ephemeral ports rota
 brings new connections; the shift is a small protobuf suffix appended to each message (protobuf merge
 semantics: the last value of a field wins). VmRSS and the sizes of the bounded structures are sampled
 every ``--sample`` events, in a fresh child process (``bench/live.py --memory-child``), so that RSS holds
-the pipeline's state only. Target: RSS at the end within ±:data:`TARGET_RSS_DRIFT` of RSS after 1M events.
+the pipeline's state only. Targets: RSS at the end within ±:data:`TARGET_RSS_DRIFT` of RSS after 1M events
+and at most :data:`TARGET_RSS_MB`. The same child runs first with ``--pods`` (1,000) distinct pods over 1M
+events (at most ``--events``): the rate over the first 1M events with ``--big-pods`` over that rate is the
+cost of many pods (target :data:`TARGET_PODS_RATIO`; the decoder's endpoint cache must not thrash).
 
 Error policy: a child that fails or outlives :data:`MEMORY_CHILD_TIMEOUT` raises ``RuntimeError`` (it is
 killed by its PID); counts that do not add up abort the run (``AssertionError``).
@@ -48,6 +51,8 @@ from auditor.daemon import Daemon
 from auditor.sinks.log import LogSink
 
 TARGET_RSS_DRIFT: Final = 0.10
+TARGET_RSS_MB: Final = 250.0
+TARGET_PODS_RATIO: Final = 0.8
 MEMORY_CHILD_TIMEOUT: Final = 1800.0
 
 
@@ -149,22 +154,26 @@ def part_c(args: argparse.Namespace, path: Path) -> dict[str, Any]:
         "distinct_pods": args.big_pods,
         "base_messages": args.base,
         "events_per_s": round(received / elapsed),
+        "events_per_s_to_1m": round(at_1m["events"] / at_1m["seconds"]) if at_1m.get("seconds") else 0,
         "rss_mb_start": samples[0]["rss_mb"],
         "rss_mb_at_1m": at_1m["rss_mb"],
         "rss_mb_at_end": final["rss_mb"],
+        "rss_mb_peak": max(sample["rss_mb"] for sample in [*samples, final]),
         "rss_ratio_end_to_1m": round(final["rss_mb"] / at_1m["rss_mb"], 3),
         "samples": samples,
         "load_average": round(load_average(), 2),
     }
 
 
-def part_c_in_child(args: argparse.Namespace, path: Path, out_dir: Path) -> dict[str, Any]:
+def part_c_in_child(
+    args: argparse.Namespace, path: Path, out_dir: Path, pods: int, events: int
+) -> dict[str, Any]:
     """Part (c) in a fresh process of ``bench/live.py``, so that its RSS holds the pipeline's state only
     (not what parts (a) and (b) or the generation of the base left in this process's allocator)."""
     out = out_dir / "live-memory.json"
     cmd = [sys.executable, str(LIVE_SCRIPT), "--memory-child", str(path), "--memory-out", str(out)]
-    for flag in ("events", "base", "sample", "big_pods"):
-        cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    cmd += ["--events", str(events), "--base", str(args.base), "--sample", str(args.sample)]
+    cmd += ["--big-pods", str(pods)]
     proc = subprocess.Popen(cmd)
     try:
         code = proc.wait(timeout=MEMORY_CHILD_TIMEOUT)
@@ -178,13 +187,31 @@ def part_c_in_child(args: argparse.Namespace, path: Path, out_dir: Path) -> dict
     return result
 
 
+def part_c_both(args: argparse.Namespace, small: Path, big: Path, out_dir: Path) -> dict[str, Any]:
+    """Part (c) with ``--pods`` over 1M events, then with ``--big-pods`` over ``--events``."""
+    baseline = part_c_in_child(args, small, out_dir, args.pods, min(args.events, 1_000_000))
+    result = part_c_in_child(args, big, out_dir, args.big_pods, args.events)
+    result["few_pods"] = {key: baseline[key] for key in ("distinct_pods", "events", "events_per_s_to_1m")}
+    few = baseline["events_per_s_to_1m"]
+    result["pods_ratio"] = round(result["events_per_s_to_1m"] / few, 3) if few else 0.0
+    return result
+
+
 def print_summary(c: dict[str, Any]) -> None:
-    """The summary lines of part (c), against its target."""
+    """The summary lines of part (c), against its targets."""
     drift = c["rss_ratio_end_to_1m"] - 1
+    few = c["few_pods"]
     print(f"(c) memory, {c['events']:,} events, {c['distinct_pods']:,} pods, {c['events_per_s']:,} events/s")
+    first = min(1_000_000, c["events"]) / 1e6
+    print(
+        f"  rate over the first {first:g}M events: {c['events_per_s_to_1m']:,}/s with"
+        f" {c['distinct_pods']:,} pods, {few['events_per_s_to_1m']:,}/s with {few['distinct_pods']:,}:"
+        f" ratio {c['pods_ratio']:.2f} (target >= {TARGET_PODS_RATIO})"
+    )
     print(
         f"  RSS {c['rss_mb_start']:.0f} MB at start, {c['rss_mb_at_1m']:.0f} MB at"
         f" {min(1_000_000, c['events']) / 1e6:g}M,"
         f" {c['rss_mb_at_end']:.0f} MB at {c['events'] / 1e6:g}M: {drift:+.1%}"
-        f" ({'flat' if abs(drift) <= TARGET_RSS_DRIFT else 'GROWS'}, target ±{TARGET_RSS_DRIFT:.0%})"
+        f" ({'flat' if abs(drift) <= TARGET_RSS_DRIFT else 'GROWS'}, target ±{TARGET_RSS_DRIFT:.0%});"
+        f" peak {c['rss_mb_peak']:.0f} MB (target <= {TARGET_RSS_MB:.0f})"
     )

@@ -9,6 +9,7 @@ underestimate.
 from __future__ import annotations
 
 import gc
+import sys
 import tracemalloc
 from pathlib import Path
 
@@ -73,7 +74,7 @@ def test_decoder_endpoint_cache_is_bounded_by_charged_bytes() -> None:
         assert cache.decode(data).pod_name == f"shell-{i}"
         assert cache.charged <= BUDGET
     assert 0 < len(cache.entries) < 100 and cache.resets >= 1
-    assert sum(len(k) for k in cache.entries) * decode_pb.ENDPOINT_COST_FACTOR <= BUDGET
+    assert sum(len(k) for k in cache.entries) <= BUDGET
     alone = wire_endpoint(1000, size=2 * BUDGET)  # larger than the whole budget: decoded, not kept
     assert cache.decode(alone).pod_name == "shell-1000"
     assert alone not in cache.entries
@@ -95,6 +96,59 @@ def test_decoder_endpoint_charge_is_not_an_underestimate() -> None:
         tracemalloc.stop()
     keys = sum(len(b) for b in blobs)  # the keys existed before (the test holds them): add them back
     assert cache.charged >= kept + keys
+
+
+def replica_endpoint(i: int) -> bytes:
+    """A pod of a 2,000-replica Deployment: the labels of every replica, its own name (as Hubble sends it)."""
+    ep = flow_pb2.Endpoint(identity=51_234, namespace="airflow", pod_name=f"airflow-worker-7d9c6b5f4-{i:05d}")
+    ep.labels.extend(
+        [
+            "k8s:app.kubernetes.io/component=worker",
+            "k8s:app.kubernetes.io/name=airflow",
+            "k8s:io.cilium.k8s.namespace.labels.kubernetes.io/metadata.name=airflow",
+            "k8s:io.cilium.k8s.policy.cluster=default",
+            "k8s:io.cilium.k8s.policy.serviceaccount=airflow-worker",
+            "k8s:io.kubernetes.pod.namespace=airflow",
+        ]
+    )
+    ep.workloads.add(kind="Deployment", name="airflow-worker")
+    return ep.SerializeToString()
+
+
+def test_replicas_share_their_labels_and_the_charge_still_covers_what_is_kept() -> None:
+    """Interned label sets: 2,000 replicas keep one label tuple, and each entry is charged what it keeps
+    (key, struct, pod name, dict slot) — measured, so the budget holds 100,000 pods in tens of MB."""
+    blobs = [replica_endpoint(i) for i in range(2000)]
+    cache = decode_pb.EndpointCache(budget=1 << 40)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        decoded = [cache.decode(data) for data in blobs]
+        gc.collect()
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    kept -= sys.getsizeof(decoded)  # the test's own list
+    keys = sum(sys.getsizeof(b) for b in blobs)  # the keys existed before (the test holds them)
+    assert cache.charged >= kept + keys
+    assert cache.charged <= 2 * (kept + keys)  # not a gross overestimate either: 100k pods must fit
+    assert all(e.labels is decoded[0].labels and e.workloads is decoded[0].workloads for e in decoded)
+    assert {e.pod_name for e in decoded} == {f"airflow-worker-7d9c6b5f4-{i:05d}" for i in range(2000)}
+    assert cache.info()["label_sets"] == 1
+
+
+def test_an_emptied_cache_interns_again_and_charges_again() -> None:
+    """When the budget is reached, the interned label sets go with the entries and are charged again."""
+    first = replica_endpoint(0)
+    cache = decode_pb.EndpointCache(budget=1 << 40)
+    cache.decode(first)
+    one = cache.charged
+    cache.budget = one + 1  # the second replica does not fit: emptied, then kept alone
+    second = cache.decode(replica_endpoint(1))
+    assert cache.resets == 1 and list(cache.entries) == [replica_endpoint(1)]
+    assert cache.charged == one  # the label set and names charged again (same-length pod names)
+    assert second.labels == cache.decode(first).labels
 
 
 def test_the_live_decoder_uses_the_bounded_cache(monkeypatch: pytest.MonkeyPatch) -> None:
