@@ -210,7 +210,8 @@ class EndpointCache:
         if labels not in self._labels:
             cost += _strings_cost(labels)
         if workloads and workloads not in self._workloads:
-            cost += _strings_cost(tuple(text for pair in workloads for text in pair)) + _WORKLOAD * len(workloads)
+            texts = tuple(text for pair in workloads for text in pair)
+            cost += _strings_cost(texts) + _WORKLOAD * len(workloads)
         for name in (namespace, cluster):
             if name not in self._names:
                 cost += _TUPLE + _STRING + len(name)
