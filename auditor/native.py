@@ -1,9 +1,10 @@
 """The compiled judging core (``make native``): which modules are compiled, which are loaded, pure mode.
 
 Stage: none (packaging). The per-event hot path — the conversion half of the JSON decoder, judging,
-classification, the pipeline, replay's input loop and ``--jobs`` workers, the report sink — is compiled
-with mypyc by ``scripts/build_native.py`` into extension modules that sit beside their sources in this
-package; Python imports an extension module in preference to the ``.py`` file of the same name. The
+classification, the pipeline, replay's input loop and ``--jobs`` workers, the report sink, and on the live
+path the protobuf decoder and the metrics and live-page sinks — is compiled with mypyc by
+``scripts/build_native.py`` into extension modules that sit beside their sources in this package; Python
+imports an extension module in preference to the ``.py`` file of the same name. The
 Python sources stay the truth: the build records in :data:`MANIFEST` the sha256 of every source it
 compiled and of every ``auditor`` module those import (mypyc reads their types and inlines their ``Final``
 constants), ``make`` rebuilds when one of them changes, and :func:`stale` names the ones that changed since
@@ -38,6 +39,9 @@ MODULES: Final = (
     "auditor.replay_input",
     "auditor.replay_parallel",
     "auditor.sinks.report",
+    "auditor.decode_pb",
+    "auditor.sinks.metrics",
+    "auditor.sinks.live",
 )
 """The modules ``make native`` compiles (into one group, ``auditor._native``)."""
 
