@@ -1,17 +1,14 @@
 """flow-auditor: judge Hubble flows against a declared communication matrix.
 
-With ``FLOW_AUDITOR_PURE=1`` every submodule is loaded from its ``.py`` source even where ``make native``
-left a compiled one (``auditor.native``).
+Submodules load from the compiled core when ``make native`` built it and it matches the sources, else (and
+always with ``FLOW_AUDITOR_PURE=1``) from their ``.py`` sources: :func:`auditor.native.select_build`.
 """
 
-import os
 from importlib.metadata import PackageNotFoundError, version
 
-if os.environ.get("FLOW_AUDITOR_PURE"):
-    from auditor.native import install_pure_finder, pure_requested
+from auditor import native as _native
 
-    if pure_requested():
-        install_pure_finder()
+_native.select_build()
 
 try:
     __version__ = version("flow-auditor")

@@ -7,14 +7,16 @@ path the protobuf decoder and the metrics and live-page sinks — is compiled wi
 imports an extension module in preference to the ``.py`` file of the same name. The
 Python sources stay the truth: the build records in :data:`MANIFEST` the sha256 of every source it
 compiled and of every ``auditor`` module those import (mypyc reads their types and inlines their ``Final``
-constants), ``make`` rebuilds when one of them changes, and :func:`stale` names the ones that changed since
-(``tests/test_native.py`` fails on a stale build with "run make native").
+constants), ``make`` rebuilds when one of them changes, and :func:`stale` names the ones that changed since.
+A stale build is never run: :func:`select_build`, called by ``auditor/__init__.py``, then loads the
+sources instead and warns ("run make native"); ``tests/test_native.py`` fails on it.
 
 ``FLOW_AUDITOR_PURE=1`` loads every ``auditor`` module from its ``.py`` source even when a compiled one is
-present (:class:`SourceOnlyFinder`, installed by ``auditor/__init__.py``): mutation tests, debugging and
-comparing the two builds. Without a build, everything is pure Python anyway.
+present (:class:`SourceOnlyFinder`): mutation tests, debugging and comparing the two builds. Without a
+build, everything is pure Python anyway.
 
-Error policy: describing the build never raises; a missing or unreadable manifest is "not built".
+Error policy: describing the build never raises; a missing or unreadable manifest is "not built" when no
+compiled module is present, and stale when one is.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import importlib.util
 import json
 import os
 import sys
+import warnings
 from collections.abc import Mapping, Sequence
 from importlib.abc import MetaPathFinder
 from importlib.machinery import SOURCE_SUFFIXES, FileFinder, ModuleSpec, SourceFileLoader
@@ -99,6 +102,32 @@ def install_pure_finder() -> None:
         sys.meta_path.insert(0, SourceOnlyFinder())
 
 
+stale_fallback: list[str] = []
+"""The changed sources when :func:`select_build` fell back to them (a stale build), else empty."""
+
+
+def select_build() -> None:
+    """Choose what ``auditor`` submodules load from, once, when the package is imported: the ``.py`` sources
+    when ``FLOW_AUDITOR_PURE`` asks for them or when a compiled build is present but stale (with a
+    warning), else whatever Python finds first (the compiled modules when built)."""
+    if pure_requested():
+        install_pure_finder()
+        return
+    if not (MANIFEST.is_file() or any(PACKAGE_DIR.glob("_native__mypyc*"))):
+        return  # not built: the sources are all there is
+    changed = stale()
+    if changed:
+        stale_fallback[:] = changed
+        install_pure_finder()
+        shown = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
+        warnings.warn(
+            f"flow-auditor: the compiled core is stale ({shown} changed since the build): "
+            f"running the Python sources; {STALE_HINT}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
+
 def _origin(module: str) -> str:
     """Where ``module`` is (or would be) loaded from; ``""`` when it cannot be found."""
     loaded = sys.modules.get(module)
@@ -142,6 +171,8 @@ def stale(recorded: dict[str, Any] | None = None) -> list[str]:
 
 def describe() -> str:
     """One phrase for ``--version`` and the daemon's start line: ``native: 7 modules`` or ``pure Python``."""
+    if stale_fallback:
+        return f"pure Python: the compiled core is stale, {STALE_HINT}"
     loaded = compiled()
     if not loaded:
         return "pure Python"

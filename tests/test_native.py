@@ -8,6 +8,7 @@ import importlib
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -81,6 +82,32 @@ def test_a_missing_build_record_is_reported_as_stale(monkeypatch: pytest.MonkeyP
     assert native.stale() == [relative(native.source_path(m)) for m in native.MODULES]
     if native.compiled():
         assert native.describe().endswith("stale (run make native)")
+
+
+def load_judge_from(package_parent: Path) -> subprocess.CompletedProcess[str]:
+    """Import ``auditor.judge`` from the copy of the package under ``package_parent`` (first on the path)."""
+    env = {k: v for k, v in os.environ.items() if k != native.PURE_ENV}
+    env["PYTHONPATH"] = str(package_parent)
+    code = "import auditor.judge as j, auditor.native as n; print(j.__file__); print(n.describe())"
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=package_parent, env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_a_stale_build_is_never_run_the_sources_are_with_a_warning(tmp_path: Path) -> None:
+    shutil.copytree(ROOT / "auditor", tmp_path / "auditor", ignore=shutil.ignore_patterns("__pycache__"))
+    fresh = load_judge_from(tmp_path)
+    assert fresh.returncode == 0, fresh.stderr
+    assert fresh.stdout.splitlines()[0].endswith(".so") and "stale" not in fresh.stderr  # the copy is built
+    model = tmp_path / "auditor" / "model.py"  # an input, not a compiled module: its constants are inlined
+    model.write_text(model.read_text() + "# changed\n")
+    proc = load_judge_from(tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    where, described = proc.stdout.splitlines()
+    assert where == str(tmp_path / "auditor" / "judge.py")
+    assert described == "pure Python: the compiled core is stale, run make native"
+    assert "compiled core is stale (auditor/model.py changed since the build)" in proc.stderr
+    assert "run make native" in proc.stderr
 
 
 @pytest.mark.parametrize("pure", [False, True], ids=["compiled", "pure"])
