@@ -9,25 +9,36 @@
 #
 # Kubernetes manifests: deploy/ (see deploy/README.md).
 #
-# Two stages from the same pinned base: the builder installs the project and its dependencies into a
+# Two stages from the same pinned Python and Debian release: the builder compiles the judging core with
+# mypyc (make native, scripts/build_native.py) and installs the project, compiled modules included, into a
 # virtual environment in /opt/venv; the runtime stage copies only that environment. Every dependency ships
-# binary wheels for CPython 3.11 (amd64 and arm64), so neither stage needs a compiler.
+# binary wheels for CPython 3.11 (amd64 and arm64); only the compiled core needs a C compiler, so the
+# builder uses the full image of the release (gcc and the C library headers included) and the runtime the
+# slim one, which has no compiler.
 
-# Both stages use the same base, pinned to a patch release (written out, not an ARG, so that hadolint checks
-# the pin); bump both lines together.
-FROM python:3.11.14-slim-bookworm AS builder
+# Both stages are pinned to a patch release (written out, not an ARG, so that hadolint checks the pin);
+# bump both lines together.
+FROM python:3.11.14-bookworm AS builder
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
-RUN python -m venv /opt/venv
-# Only what the wheel is built from (see .dockerignore): the package metadata, the README it names and
-# the package itself, generated protobuf code included.
+RUN python -m venv /opt/venv \
+    && python -m venv /opt/build
+# Only what the wheel is built from (see .dockerignore): the package metadata, the README it names, the
+# package itself (generated protobuf code included) and the script that compiles its core.
 COPY pyproject.toml README.md ./
 COPY auditor/ ./auditor/
+COPY scripts/build_native.py ./scripts/
+# /opt/build holds mypy (mypyc) and the type stubs it checks against (the project's "native" extra); the
+# runtime stage never sees it. The compiled modules land beside their sources in auditor/ and go into the
+# wheel; the build fails unless the installed auditor loads every one of them and they match the sources.
 # The dependencies are pinned by the ranges in pyproject.toml; "." is the project itself, not a package
 # from an index, so there is no version to pin here.
-RUN /opt/venv/bin/pip install --no-cache-dir . \
+RUN /opt/build/bin/pip install --no-cache-dir ".[native]" \
+    && /opt/build/bin/python scripts/build_native.py \
+    && /opt/venv/bin/pip install --no-cache-dir . \
+    && /opt/venv/bin/python -c "from auditor import native as n; assert n.compiled() == list(n.MODULES) and not n.stale(), n.describe()" \
     && /opt/venv/bin/flow-auditor --version
 
 FROM python:3.11.14-slim-bookworm AS runtime

@@ -9,9 +9,9 @@ Pure: no I/O. State is bounded: the per-identity resolution cache, the rule and 
 table all have caps, so memory does not grow with the length of the stream. The resolution, rule and edge
 caches are bounded by bytes as well as entries (an endpoint carries all its pod's labels, tens of KB are
 possible): each entry is charged an estimate of its size (:func:`_resolved_cost`), and a cache whose budget
-(:data:`IDENTITY_CACHE_BYTES`, :data:`ANON_CACHE_BYTES`, :data:`RULE_CACHE_BYTES`,
-:data:`EDGE_CACHE_BYTES`) would be exceeded is emptied and refills. The dedup table holds fixed-size
-entries (an int hash and a float), so its cap in entries is a cap in bytes.
+(:class:`CacheBudgets`, by default :data:`IDENTITY_CACHE_BYTES`, :data:`ANON_CACHE_BYTES`,
+:data:`RULE_CACHE_BYTES`, :data:`EDGE_CACHE_BYTES`) would be exceeded is emptied and refills. The dedup
+table holds fixed-size entries (an int hash and a float), so its cap in entries is a cap in bytes.
 
 Per-flow cost is kept small by resolving endpoints once per Cilium identity (the label part of every
 selector), verified against the endpoint's labels on each hit so that a reused identity number cannot
@@ -71,6 +71,18 @@ IDENTITY_CACHE_BYTES: Final = 48 * 1024 * 1024
 ANON_CACHE_BYTES: Final = 16 * 1024 * 1024
 RULE_CACHE_BYTES: Final = 8 * 1024 * 1024
 EDGE_CACHE_BYTES: Final = 8 * 1024 * 1024
+
+
+class CacheBudgets(NamedTuple):
+    """The byte budgets of an :class:`Auditor`'s caches (see the module docstring)."""
+
+    identity: int = IDENTITY_CACHE_BYTES
+    anon: int = ANON_CACHE_BYTES
+    rule: int = RULE_CACHE_BYTES
+    edge: int = EDGE_CACHE_BYTES
+
+
+DEFAULT_BUDGETS: Final = CacheBudgets()
 _ENTRY_OVERHEAD: Final = 400  # dict slot, key, struct and tuple headers of one cache entry
 _STRING_OVERHEAD: Final = 60  # header of one str object plus its tuple slot
 
@@ -284,12 +296,19 @@ class Auditor:
     """Judges and classifies flows against a matrix. One instance per pipeline.
 
     ``node_local``: this auditor sees one node of the cluster (DESIGN §5 rule 1): replies prove nothing,
-    and provisional connections are not tracked (their destination's node judges them).
+    and provisional connections are not tracked (their destination's node judges them). ``budgets``: the
+    byte budgets of the resolution, rule and edge caches.
     """
 
     def __init__(
-        self, matrix: Matrix, dedup_window: float = DEFAULT_DEDUP_WINDOW, *, node_local: bool = False
+        self,
+        matrix: Matrix,
+        dedup_window: float = DEFAULT_DEDUP_WINDOW,
+        *,
+        node_local: bool = False,
+        budgets: CacheBudgets = DEFAULT_BUDGETS,
     ) -> None:
+        self.budgets = budgets
         self.dedup = DedupTable(dedup_window)
         self.node_local = node_local
         self.pending: PendingTable | None = None if node_local else PendingTable(dedup_window)
@@ -367,7 +386,7 @@ class Auditor:
     def _edge(self, key: tuple[str, str, int | None, str, str]) -> Edge:
         """A cache miss: the Edge of ``key``, kept (the cache is bounded like the rule cache)."""
         cost = 2 * _ENTRY_OVERHEAD + len(key[0]) + len(key[1])
-        if len(self._edges) >= _MAX_CACHE_ENTRIES or self._edges_charged + cost > EDGE_CACHE_BYTES:
+        if len(self._edges) >= _MAX_CACHE_ENTRIES or self._edges_charged + cost > self.budgets.edge:
             self._edges.clear()
             self._edges_charged = 0
         edge = self._edges[key] = _new_edge(Edge, key)
@@ -407,7 +426,7 @@ class Auditor:
                 cost = _resolved_cost(r)
                 if (
                     len(self._ids) >= _MAX_CACHE_ENTRIES
-                    or self._charged["identity"] + cost > IDENTITY_CACHE_BYTES
+                    or self._charged["identity"] + cost > self.budgets.identity
                 ):
                     self._ids.clear()
                     self._charged["identity"] = 0
@@ -419,7 +438,7 @@ class Auditor:
             if r is None:
                 r = self._resolve(ep)
                 cost = 2 * _resolved_cost(r)  # the key holds the labels too (shared, charged anyway)
-                if len(self._anon) >= _MAX_CACHE_ENTRIES or self._charged["anon"] + cost > ANON_CACHE_BYTES:
+                if len(self._anon) >= _MAX_CACHE_ENTRIES or self._charged["anon"] + cost > self.budgets.anon:
                     self._anon.clear()
                     self._charged["anon"] = 0
                 self._anon[anon_key] = r
@@ -441,7 +460,7 @@ class Auditor:
     def _rule(self, key: tuple[str, str, str, int]) -> int:
         rule = self.matrix.rule_for(*key)
         cost = _ENTRY_OVERHEAD + len(key[0]) + len(key[1])
-        if len(self._rules) >= _MAX_CACHE_ENTRIES or self._charged["rule"] + cost > RULE_CACHE_BYTES:
+        if len(self._rules) >= _MAX_CACHE_ENTRIES or self._charged["rule"] + cost > self.budgets.rule:
             self._rules.clear()
             self._charged["rule"] = 0
         index = rule.index if rule is not None else 0

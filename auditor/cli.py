@@ -23,8 +23,9 @@ import argparse
 import sys
 import traceback
 from collections.abc import Sequence
+from typing import Any
 
-from auditor import __version__
+from auditor import __version__, native
 from auditor.commands import demo, matrix, policies, replay, run
 from auditor.commands.common import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, Parser, UsageError
 from auditor.options import env_bool
@@ -43,10 +44,26 @@ _BOOL_OPTIONS = (
 )
 
 
+class _Version(argparse.Action):
+    """``--version``: the version and whether the judging core is compiled (worked out only when asked)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="show the version and the build of the core")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        print(version_line())
+        parser.exit()
+
+
+def version_line() -> str:
+    """``flow-auditor 0.1.0 (native: 7 modules)`` or ``flow-auditor 0.1.0 (pure Python)``."""
+    return f"flow-auditor {__version__} ({native.describe()})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line: each command module adds its subparser, with its handler as ``func``."""
     parser = Parser(prog="flow-auditor", description="Judge Hubble flows against a communication matrix.")
-    parser.add_argument("--version", action="version", version=f"flow-auditor {__version__}")
+    parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     for command in COMMANDS:
         command.add_parser(sub)

@@ -36,7 +36,7 @@ from typing import Any, Final
 import structlog
 from prometheus_client import CollectorRegistry
 
-from auditor import web
+from auditor import __version__, native, web
 from auditor.classify import DEFAULT_DEDUP_WINDOW, Auditor
 from auditor.http_server import HttpServer, Request, Response, Route, probe_route, registry_route
 from auditor.matrix import Matrix, MatrixError, load_matrix
@@ -165,6 +165,8 @@ class Daemon:
         self._spawn("reload", self._reload_loop)
         log.info(
             "flow-auditor started",
+            version=__version__,
+            core=native.describe(),
             matrix=self.matrix.name,
             rules=len(self.matrix.rules),
             server=self.config.hubble.server,

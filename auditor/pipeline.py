@@ -21,6 +21,8 @@ import threading
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
+from mypy_extensions import mypyc_attr
+
 from auditor.classify import IGNORED, INVALID, Auditor, Judgement, Unproven
 from auditor.decode import DecodeError, decode_line
 from auditor.matrix import Matrix
@@ -42,8 +44,10 @@ class Sink(Protocol):
     def on_invalid(self, where: str, reason: str) -> None: ...
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class QuietSink:
-    """A sink that takes everything and does nothing: a base for sinks that react to a few calls only."""
+    """A sink that takes everything and does nothing: a base for sinks that react to a few calls only
+    (plain Python subclasses are welcome when this module is compiled)."""
 
     def on_outcome(self, outcome: str) -> None:
         pass

@@ -5,12 +5,14 @@
 Each mutant changes one line of the code (a judging rule, dedup, first match, the reply rule in both modes,
 the resolver cache, exit codes, …); the tests named for it must then fail. Prints one line per mutant and
 exits 1 if any survives. Run from the repository root: ``.venv/bin/python scripts/mutants.py`` (about a
-minute). The working tree is restored after each mutant, also on Ctrl-C.
+minute). The working tree is restored after each mutant, also on Ctrl-C. The tests run with
+``FLOW_AUDITOR_PURE=1``, on the mutated sources rather than on the compiled core of ``make native``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -317,11 +319,13 @@ MUTANTS: list[tuple[str, str, str, str, list[str]]] = [
 
 
 def run(tests: list[str]) -> bool:
-    """True when the tests fail (the mutant is killed)."""
+    """True when the tests fail (the mutant is killed). They run on the Python sources
+    (``FLOW_AUDITOR_PURE=1``): a compiled module from ``make native`` would not see the mutated line."""
     existing = [t for t in tests if (ROOT / t).exists()]
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *existing],
         cwd=ROOT,
+        env={**os.environ, "FLOW_AUDITOR_PURE": "1"},
         capture_output=True,
         text=True,
         timeout=600,

@@ -37,6 +37,7 @@ from daemon_helpers import (
 )
 from events_api import EventsServer
 
+from auditor import __version__, native
 from auditor._proto.observer import observer_pb2
 from auditor.daemon import Daemon
 from auditor.demo import FlowLog, HubbleServer, ServerTls, lost_events_response
@@ -346,6 +347,9 @@ def test_sigterm_stops_the_daemon_with_exit_0(example_server: HubbleServer) -> N
         logs = [json.loads(line) for line in process_log(proc).splitlines() if line.startswith("{")]
         events = [entry["event"] for entry in logs]
         assert "connected to hubble" in events and "flow-auditor stopped" in events
+        started_lines = [entry for entry in logs if entry["event"] == "flow-auditor started"]
+        assert len(started_lines) == 1  # once, with the version and whether the judging core is compiled
+        assert (started_lines[0]["version"], started_lines[0]["core"]) == (__version__, native.describe())
         assert len(logs) < 60  # state changes and violation edges, never one line per flow
     finally:
         if proc.poll() is None:

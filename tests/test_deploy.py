@@ -527,12 +527,24 @@ def test_hadolint_finds_nothing_in_the_dockerfile() -> None:
     assert proc.stdout.strip() == ""
 
 
-def test_image_is_two_stages_from_one_pinned_slim_python_base() -> None:
+def test_image_is_two_stages_from_one_pinned_python_release_slim_at_runtime() -> None:
+    """The builder is the full image of the release the runtime's slim image is (it has the C compiler the
+    compiled core needs); both pinned to the same patch release and Debian release."""
     builder, runtime = dockerfile_stages()
-    bases = [stage[0].split()[1] for stage in (builder, runtime)]
-    assert bases[0] == bases[1]
-    assert re.fullmatch(r"python:3\.11\.\d+-slim-[a-z]+", bases[0]), bases[0]
+    build_base, run_base = (stage[0].split()[1] for stage in (builder, runtime))
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-[a-z]+", run_base), run_base
+    assert build_base == run_base.replace("-slim-", "-"), (build_base, run_base)
     assert any("/opt/venv/bin/pip install --no-cache-dir ." in i for i in builder)
+
+
+def test_builder_compiles_the_core_and_checks_the_installed_package_loads_it() -> None:
+    builder, _ = dockerfile_stages()
+    run = " ".join(i for i in builder if i.startswith("RUN "))
+    compile_at = run.index("/opt/build/bin/python scripts/build_native.py")
+    install_at = run.index("/opt/venv/bin/pip install --no-cache-dir .")
+    check_at = run.index("n.compiled() == list(n.MODULES) and not n.stale()")
+    assert compile_at < install_at < check_at
+    assert 'pip install --no-cache-dir ".[native]"' in run  # mypy in /opt/build, not in /opt/venv
 
 
 def test_runtime_stage_copies_only_the_venv_and_runs_as_numeric_non_root() -> None:
@@ -561,7 +573,13 @@ def test_dockerignore_sends_only_what_the_wheel_is_built_from() -> None:
         if line.strip() and not line.startswith("#")
     ]
     assert lines[0] == "*"
-    assert {line for line in lines if line.startswith("!")} == {"!pyproject.toml", "!README.md", "!auditor/"}
+    assert {line for line in lines if line.startswith("!")} == {
+        "!pyproject.toml",
+        "!README.md",
+        "!auditor/",
+        "!scripts/build_native.py",
+    }
+    assert {"**/*.so", "auditor/native_manifest.json"} <= set(lines)  # the builder compiles its own core
 
 
 def _walk(value: Any) -> Iterator[Any]:

@@ -18,7 +18,7 @@ from factory import REDIS, flow, pod
 
 from auditor import classify, decode_pb
 from auditor._proto.flow import flow_pb2
-from auditor.classify import Auditor, Judgement
+from auditor.classify import Auditor, CacheBudgets, Judgement
 from auditor.matrix import load_matrix
 from auditor.model import Endpoint
 
@@ -46,13 +46,9 @@ def retained(resolved: dict[object, classify._Resolved]) -> int:
 
 
 @pytest.mark.parametrize("identities", [True, False], ids=["by identity", "anonymous"])
-def test_resolution_caches_hold_no_more_label_bytes_than_their_budget(
-    monkeypatch: pytest.MonkeyPatch, identities: bool
-) -> None:
+def test_resolution_caches_hold_no_more_label_bytes_than_their_budget(identities: bool) -> None:
     """Before: 50,000 entries whatever their size (200 endpoints of 20 KB were all kept, 4 MB)."""
-    monkeypatch.setattr(classify, "IDENTITY_CACHE_BYTES", BUDGET, raising=False)
-    monkeypatch.setattr(classify, "ANON_CACHE_BYTES", BUDGET, raising=False)
-    auditor = Auditor(MATRIX)
+    auditor = Auditor(MATRIX, budgets=CacheBudgets(identity=BUDGET, anon=BUDGET))
     for i in range(200):
         source = huge_endpoint(i, 60_000 + i if identities else 0)
         auditor.process(flow(source=source, destination=REDIS, destination_port=6379, source_port=20_000 + i))
@@ -165,11 +161,10 @@ def test_the_live_decoder_uses_the_bounded_cache(monkeypatch: pytest.MonkeyPatch
         decode_pb.ENDPOINTS.clear()
 
 
-def test_edge_cache_holds_no_more_name_bytes_than_its_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_edge_cache_holds_no_more_name_bytes_than_its_budget() -> None:
     """Each distinct edge is built once and kept; its names come from the cluster (here a namespace of
     the source's own choosing, 20 KB long), so the cache is bounded by bytes too."""
-    monkeypatch.setattr(classify, "EDGE_CACHE_BYTES", BUDGET, raising=False)
-    auditor = Auditor(MATRIX)
+    auditor = Auditor(MATRIX, budgets=CacheBudgets(edge=BUDGET))
     for i in range(200):
         source = pod(f"{i:04d}-" + "n" * 20 * KB, "shell", 0, "run=shell")
         j = auditor.process(flow(source=source, destination=REDIS, destination_port=6379, source_port=i + 1))
