@@ -173,6 +173,17 @@ class _Resolved(msgspec.Struct, frozen=True, gc=False):
     direct: str | None  # the answer when no address check is needed
 
 
+class _Seen:
+    """A key and the flow time it was first seen: one object in the table and in its expiry queue (a float
+    and a tuple per entry otherwise, and compiled code would box the time once per container)."""
+
+    __slots__ = ("key", "t")
+
+    def __init__(self, t: float, key: int) -> None:
+        self.t = t
+        self.key = key
+
+
 class DedupTable:
     """Connections seen within a time window, keyed by a hash of (5-tuple, class).
 
@@ -184,8 +195,8 @@ class DedupTable:
     def __init__(self, window: float = DEFAULT_DEDUP_WINDOW, max_entries: int = _MAX_DEDUP_ENTRIES) -> None:
         self.window = window
         self.max_entries = max_entries
-        self._first: dict[int, float] = {}
-        self._order: deque[tuple[float, int]] = deque()
+        self._first: dict[int, _Seen] = {}
+        self._order: deque[_Seen] = deque()
         self._now = 0.0
 
     def __len__(self) -> int:
@@ -200,13 +211,13 @@ class DedupTable:
     def seen(self, key: int, t: float) -> bool:
         """True when ``key`` was seen within the window before ``t``; otherwise records it."""
         first = self._first.get(key)
-        if first is not None and t - first < self.window:
+        if first is not None and t - first.t < self.window:
             return True
         if t > self._now:
             self._now = t
             self._expire()
-        self._first[key] = t
-        self._order.append((t, key))
+        entry = self._first[key] = _Seen(t, key)
+        self._order.append(entry)
         if len(self._order) > self.max_entries:
             self._drop_oldest()
         return False
@@ -214,20 +225,22 @@ class DedupTable:
     def recent(self, key: int, t: float) -> bool:
         """True when ``key`` was seen within the window before ``t`` (records nothing)."""
         first = self._first.get(key)
-        return first is not None and t - first < self.window
+        return first is not None and t - first.t < self.window
 
     def _expire(self) -> None:
         order, first, limit = self._order, self._first, self._now - self.window
-        while order and order[0][0] <= limit:
-            t, key = order.popleft()
-            if first.get(key) == t:
-                del first[key]
+        while order and order[0].t <= limit:
+            oldest = order.popleft()
+            kept = first.get(oldest.key)
+            if kept is not None and kept.t == oldest.t:
+                del first[oldest.key]
 
     def _drop_oldest(self) -> None:
         while len(self._order) > self.max_entries:
-            t, key = self._order.popleft()
-            if self._first.get(key) == t:
-                del self._first[key]
+            oldest = self._order.popleft()
+            kept = self._first.get(oldest.key)
+            if kept is not None and kept.t == oldest.t:
+                del self._first[oldest.key]
 
 
 class PendingTable:

@@ -232,8 +232,8 @@ MUTANTS: list[tuple[str, str, str, str, list[str]]] = [
     (
         "dedup window inclusive",
         "auditor/classify.py",
-        "        if first is not None and t - first < self.window:\n            return True",
-        "        if first is not None and t - first <= self.window + 1:\n            return True",
+        "        if first is not None and t - first.t < self.window:\n            return True",
+        "        if first is not None and t - first.t <= self.window + 1:\n            return True",
         JUDGING,
     ),
     (

@@ -18,7 +18,7 @@ from factory import REDIS, flow, pod
 
 from auditor import classify, decode_pb
 from auditor._proto.flow import flow_pb2
-from auditor.classify import Auditor, CacheBudgets, Judgement
+from auditor.classify import Auditor, CacheBudgets, DedupTable, Judgement
 from auditor.matrix import load_matrix
 from auditor.model import Endpoint
 
@@ -159,6 +159,25 @@ def test_the_live_decoder_uses_the_bounded_cache(monkeypatch: pytest.MonkeyPatch
         assert sum(len(k) for k in decode_pb.ENDPOINTS.entries) <= BUDGET
     finally:
         decode_pb.ENDPOINTS.clear()
+
+
+def test_the_dedup_table_at_its_cap_stays_within_40_mib() -> None:
+    """The dedup table is bounded by entries (250,000 of a fixed size): at the cap it must hold within the
+    40 MiB that sizing promises, compiled too (the compiled core once boxed each entry's time once per
+    container: 49 MiB)."""
+    table = DedupTable(window=1e9)  # nothing expires: the cap alone bounds it
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(table.max_entries + 1000):
+            table.seen(hash((i, "connection")), 1_000.0 + i / 1000)
+        gc.collect()
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(table) == table.queued == table.max_entries == 250_000
+    assert kept <= 40 * 1024 * KB
 
 
 def test_edge_cache_holds_no_more_name_bytes_than_its_budget() -> None:
