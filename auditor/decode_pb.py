@@ -159,7 +159,7 @@ class EndpointCache:
         self.budget = budget
         self.entries: dict[bytes, Endpoint] = {}
         self._labels: dict[tuple[str, ...], tuple[str, ...]] = {}
-        self._workloads: dict[tuple[tuple[str, str], ...], tuple[Workload, ...]] = {}
+        self._workloads: dict[tuple[Workload, ...], tuple[Workload, ...]] = {}
         self._names: dict[str, str] = {}  # namespaces and cluster names
         self.charged = 0
         self.misses = 0
@@ -167,52 +167,37 @@ class EndpointCache:
 
     def decode(self, data: bytes) -> Endpoint:
         """The miss path: decode, and remember unless the endpoint alone exceeds the budget."""
-        msg = flow_pb2.Endpoint.FromString(data)
+        endpoint = endpoint_from_pb(flow_pb2.Endpoint.FromString(data))
         self.misses += 1
-        labels = tuple(msg.labels)
-        workloads = tuple([(w.kind, w.name) for w in msg.workloads])
-        namespace = msg.namespace or (namespace_from_labels(labels) if labels else "")
-        cluster = msg.cluster_name
-        cost = self._cost(data, msg.pod_name, labels, workloads, namespace, cluster)
+        cost = self._cost(data, endpoint)
         if self.charged + cost > self.budget:
             self.clear()
             self.resets += 1
-            cost = self._cost(data, msg.pod_name, labels, workloads, namespace, cluster)
+            cost = self._cost(data, endpoint)
             if cost > self.budget:
-                return endpoint_from_pb(msg)
-        shared_labels = self._labels.setdefault(labels, labels)
-        shared_workloads = self._workloads.get(workloads) if workloads else ()
-        if shared_workloads is None:
-            shared_workloads = self._workloads[workloads] = tuple([Workload(k, n) for k, n in workloads])
+                return endpoint
         names = self._names
-        endpoint = self.entries[data] = Endpoint(
-            identity=msg.identity,
-            namespace=names.setdefault(namespace, namespace),
-            labels=shared_labels,
-            pod_name=msg.pod_name,
-            workloads=shared_workloads,
-            cluster_name=names.setdefault(cluster, cluster),
+        shared = self.entries[data] = Endpoint(
+            identity=endpoint.identity,
+            namespace=names.setdefault(endpoint.namespace, endpoint.namespace),
+            labels=self._labels.setdefault(endpoint.labels, endpoint.labels),
+            pod_name=endpoint.pod_name,
+            workloads=self._workloads.setdefault(endpoint.workloads, endpoint.workloads),
+            cluster_name=names.setdefault(endpoint.cluster_name, endpoint.cluster_name),
         )
         self.charged += cost
-        return endpoint
+        return shared
 
-    def _cost(
-        self,
-        data: bytes,
-        pod_name: str,
-        labels: tuple[str, ...],
-        workloads: tuple[tuple[str, str], ...],
-        namespace: str,
-        cluster: str,
-    ) -> int:
+    def _cost(self, data: bytes, endpoint: Endpoint) -> int:
         """Bytes an entry adds: its own, plus the values it interns first."""
-        cost = len(data) + len(pod_name) + ENDPOINT_OVERHEAD
-        if labels not in self._labels:
-            cost += _strings_cost(labels)
-        if workloads and workloads not in self._workloads:
-            texts = tuple(text for pair in workloads for text in pair)
+        cost = len(data) + len(endpoint.pod_name) + ENDPOINT_OVERHEAD
+        if endpoint.labels not in self._labels:
+            cost += _strings_cost(endpoint.labels)
+        workloads = endpoint.workloads
+        if workloads not in self._workloads:
+            texts = tuple(text for w in workloads for text in (w.kind, w.name))
             cost += _strings_cost(texts) + _WORKLOAD * len(workloads)
-        for name in (namespace, cluster):
+        for name in (endpoint.namespace, endpoint.cluster_name):
             if name not in self._names:
                 cost += _TUPLE + _STRING + len(name)
         return cost
