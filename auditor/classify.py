@@ -11,7 +11,8 @@ caches are bounded by bytes as well as entries (an endpoint carries all its pod'
 possible): each entry is charged an estimate of its size (:func:`_resolved_cost`), and a cache whose budget
 (:class:`CacheBudgets`, by default :data:`IDENTITY_CACHE_BYTES`, :data:`ANON_CACHE_BYTES`,
 :data:`RULE_CACHE_BYTES`, :data:`EDGE_CACHE_BYTES`) would be exceeded is emptied and refills. The dedup
-table holds fixed-size entries (an int hash and a float), so its cap in entries is a cap in bytes.
+table holds fixed-size entries (one object: an int hash and a float), so its cap in entries is a cap in
+bytes.
 
 Per-flow cost is kept small by resolving endpoints once per Cilium identity (the label part of every
 selector), verified against the endpoint's labels on each hit so that a reused identity number cannot
@@ -228,19 +229,20 @@ class DedupTable:
         return first is not None and t - first.t < self.window
 
     def _expire(self) -> None:
-        order, first, limit = self._order, self._first, self._now - self.window
+        order, limit = self._order, self._now - self.window
         while order and order[0].t <= limit:
-            oldest = order.popleft()
-            kept = first.get(oldest.key)
-            if kept is not None and kept.t == oldest.t:
-                del first[oldest.key]
+            self._pop_oldest()
 
     def _drop_oldest(self) -> None:
         while len(self._order) > self.max_entries:
-            oldest = self._order.popleft()
-            kept = self._first.get(oldest.key)
-            if kept is not None and kept.t == oldest.t:
-                del self._first[oldest.key]
+            self._pop_oldest()
+
+    def _pop_oldest(self) -> None:
+        """The oldest queued entry leaves; the table forgets its key unless it was seen again since."""
+        oldest = self._order.popleft()
+        kept = self._first.get(oldest.key)
+        if kept is not None and kept.t == oldest.t:
+            del self._first[oldest.key]
 
 
 class PendingTable:
