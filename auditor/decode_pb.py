@@ -259,22 +259,15 @@ def _decode_flow(msg: flow_pb2.Flow | live_pb2.Flow, envelope: Response | None) 
         source_port, destination_port = sctp.source_port, sctp.destination_port
     else:
         kind = None  # none, or a newer case (VRRP, IGMP) that has no ports: not judged
-    if (source_port | destination_port) > 65535 or icmp_type > 255:  # uint32 on the wire
-        raise DomainError(_l4_problem(kind, source_port, destination_port, icmp_type))
-    t = seconds + nanos / 1e9 if seconds or nanos else 0.0
-    # model.MIN_TIME <= t < model.END_TIME, as literals (no global lookups per flow; tests pin both edges)
-    if not (-62135596800.0 <= t < 253402300800.0 and 0 <= nanos < 1_000_000_000):
-        raise DomainError(f"time {seconds}s {nanos}ns is outside 0001-01-01..9999-12-31 UTC")
-    drop = msg.drop_reason_desc or msg.drop_reason
     source_names = msg.source_names
     destination_names = msg.destination_names
-    # Positional arguments in the order of model.Flow's fields: about 4x cheaper than keywords here.
-    return Flow(
-        t,
+    return assemble_flow(
+        seconds,
+        nanos,
         msg.verdict,
-        (DROP_REASON_NAMES.get(drop) or str(drop)) if drop else "",
-        _endpoint(msg.source),
-        _endpoint(msg.destination),
+        msg.drop_reason_desc or msg.drop_reason,
+        msg.source,
+        msg.destination,
         ip.source,
         ip.destination,
         kind or "",
@@ -283,17 +276,74 @@ def _decode_flow(msg: flow_pb2.Flow | live_pb2.Flow, envelope: Response | None) 
         icmp_type,
         tcp_flags,
         msg.is_reply.value if msg.HasField("is_reply") else (True if msg.reply else None),
-        msg.Type,  # flow_type
+        msg.Type,
         msg.event_type.type,
         msg.traffic_direction,
-        msg.trace_observation_point,  # observation_point
+        msg.trace_observation_point,
         node_name,
         tuple(source_names) if source_names else (),
         tuple(destination_names) if destination_names else (),
     )
 
 
-def _l4_problem(kind: str | None, source_port: int, destination_port: int, icmp_type: int) -> str:
+def assemble_flow(
+    seconds: int,
+    nanos: int,
+    verdict: int,
+    drop: int,
+    source: flow_pb2.Endpoint | bytes,
+    destination: flow_pb2.Endpoint | bytes,
+    ip_source: str,
+    ip_destination: str,
+    kind: str,
+    source_port: int,
+    destination_port: int,
+    icmp_type: int,
+    tcp_flags: int,
+    is_reply: bool | None,
+    flow_type: int,
+    event_type: int,
+    direction: int,
+    observation_point: int,
+    node_name: str,
+    source_names: tuple[str, ...],
+    destination_names: tuple[str, ...],
+) -> Flow:
+    """The ``Flow`` of the values read from a message (by protobuf here, or from the wire by
+    :mod:`auditor.decode_wire`): domain checks, time, drop reason name, cached endpoints.
+    Raises :class:`DomainError`."""
+    if (source_port | destination_port) > 65535 or icmp_type > 255:  # uint32 on the wire
+        raise DomainError(_l4_problem(kind, source_port, destination_port, icmp_type))
+    t = seconds + nanos / 1e9 if seconds or nanos else 0.0
+    # model.MIN_TIME <= t < model.END_TIME, as literals (no global lookups per flow; tests pin both edges)
+    if not (-62135596800.0 <= t < 253402300800.0 and 0 <= nanos < 1_000_000_000):
+        raise DomainError(f"time {seconds}s {nanos}ns is outside 0001-01-01..9999-12-31 UTC")
+    # Positional arguments in the order of model.Flow's fields: about 4x cheaper than keywords here.
+    return Flow(
+        t,
+        verdict,
+        (DROP_REASON_NAMES.get(drop) or str(drop)) if drop else "",
+        _endpoint(source),
+        _endpoint(destination),
+        ip_source,
+        ip_destination,
+        kind,
+        source_port,
+        destination_port,
+        icmp_type,
+        tcp_flags,
+        is_reply,
+        flow_type,
+        event_type,
+        direction,
+        observation_point,
+        node_name,
+        source_names,
+        destination_names,
+    )
+
+
+def _l4_problem(kind: str, source_port: int, destination_port: int, icmp_type: int) -> str:
     if icmp_type > 255:
         return f"l4.{kind}.type {icmp_type} is out of range (0-255)"
     field, value = (
@@ -338,6 +388,7 @@ __all__ = [
     "LOST_EVENT_SOURCE_NAMES",
     "NODE_STATE_NAMES",
     "DomainError",
+    "assemble_flow",
     "drop_reason_name",
     "endpoint_cache_info",
     "endpoint_from_pb",

@@ -43,6 +43,7 @@ MODULES: Final = (
     "auditor.replay_parallel",
     "auditor.sinks.report",
     "auditor.decode_pb",
+    "auditor.decode_wire",
     "auditor.sinks.metrics",
     "auditor.sinks.live",
 )

@@ -1,11 +1,12 @@
 """Part (a) of ``bench/live.py``: the daemon's live pipeline in-process, on pre-serialized messages.
 
 Stage: measurement only. Against a floor (``FromString`` and a read of every field judging needs), the
-daemon's own consume loop (``HubbleSource.consume``: parse, decode, resume check, ``Pipeline.feed``, the
-daemon's sinks); growing prefixes of that path (parse; + decode; + ``Auditor.process``; + ``Pipeline.feed``
-under the lock), whose differences give µs/event per stage; and a cProfile run of the pipeline. Timed in
-CPU seconds of this single-threaded process. Targets: :data:`TARGET_RATE` events/s on one core and
-:data:`TARGET_FLOOR_RATIO` of the floor.
+daemon's own consume loop (``HubbleSource.consume``: decode — the compiled wire reader, protobuf for what
+it leaves —, resume check, ``Pipeline.feed``, the daemon's sinks); growing prefixes of that path (decode;
++ ``Auditor.process``; + ``Pipeline.feed`` under the lock), whose differences give µs/event per stage, and
+the decoder alone as a second reference (faster than the floor when compiled); and a cProfile run of
+the pipeline. Timed in CPU seconds of this single-threaded process. Targets: :data:`TARGET_RATE`
+events/s on one core and :data:`TARGET_FLOOR_RATIO` of the floor.
 
 Error policy: counts that do not add up abort the run (``AssertionError``).
 """
@@ -32,12 +33,15 @@ from live_common import (
 )
 from live_messages import load_messages
 
+from auditor._proto.live import live_pb2
 from auditor._proto.observer import observer_pb2
 from auditor.classify import OUTCOMES, Auditor
 from auditor.daemon import Daemon
 from auditor.decode_pb import record_from_response
+from auditor.decode_wire import COMPILED as WIRE_READER
+from auditor.decode_wire import flow_from_wire
 from auditor.matrix import load_matrix
-from auditor.model import Flow
+from auditor.model import Flow, Record
 
 TARGET_RATE: Final = 150_000
 TARGET_FLOOR_RATIO: Final = 0.85
@@ -69,6 +73,12 @@ def floor_decode(messages: list[bytes]) -> int:
     return n
 
 
+def read_record(raw: bytes) -> Record:
+    """A message as the live source reads it: the wire reader (compiled core), else protobuf."""
+    record = flow_from_wire(raw) if WIRE_READER else None
+    return record if record is not None else record_from_response(live_pb2.GetFlowsResponse.FromString(raw))
+
+
 def stage_parse(messages: list[bytes]) -> int:
     parse, n = observer_pb2.GetFlowsResponse.FromString, 0
     for raw in messages:
@@ -79,19 +89,19 @@ def stage_parse(messages: list[bytes]) -> int:
 
 def stage_decode(messages: list[bytes]) -> int:
     reset_decoder_caches()
-    parse, decode, n = observer_pb2.GetFlowsResponse.FromString, record_from_response, 0
+    decode, n = read_record, 0
     for raw in messages:
-        decode(parse(raw))
+        decode(raw)
         n += 1
     return n
 
 
 def stage_judge(messages: list[bytes]) -> int:
     reset_decoder_caches()
-    parse, decode, n = observer_pb2.GetFlowsResponse.FromString, record_from_response, 0
+    decode, n = read_record, 0
     process = Auditor(load_matrix(MATRIX)).process
     for raw in messages:
-        record = decode(parse(raw))
+        record = decode(raw)
         if type(record) is Flow:
             process(record)
         n += 1
@@ -102,10 +112,10 @@ def stage_feed(messages: list[bytes]) -> int:
     """Parse, decode and ``Pipeline.feed`` under the lock (judge, classify, sinks): no source loop."""
     reset_decoder_caches()
     daemon = make_daemon()
-    parse, decode = observer_pb2.GetFlowsResponse.FromString, record_from_response
+    decode = read_record
     feed, lock = daemon.pipeline.feed, daemon.pipeline.lock
     for raw in messages:
-        record = decode(parse(raw))
+        record = decode(raw)
         with lock:
             feed(record)
     return counted(daemon)
@@ -204,11 +214,14 @@ def part_a(args: argparse.Namespace, path: Path) -> dict[str, Any]:
         "floor_events_per_s": round(n / s["floor"]),
         "pipeline_events_per_s": round(n / s["pipeline"]),
         "pipeline_ratio_to_floor": round(s["floor"] / s["pipeline"], 3),
+        "decoder_alone_events_per_s": round(n / s["decode"]),
+        "pipeline_ratio_to_decoder_alone": round(s["decode"] / s["pipeline"], 3),
         "parse_only_events_per_s": round(n / s["parse"]),
+        "wire_reader": WIRE_READER,
         "runs_events_per_s": {name: [round(n / t) for t in seconds] for name, seconds in times.items()},
         "stages_us_per_event": {
-            "FromString": round(statistics.median(times["parse"]) * per, 3),
-            "record_from_response": stage("decode", "parse"),
+            "FromString (the floor's parse)": round(statistics.median(times["parse"]) * per, 3),
+            "decode (wire reader; protobuf for the rest)": round(statistics.median(times["decode"]) * per, 3),
             "Auditor.process": stage("judge", "decode"),
             "Pipeline.feed + sinks + lock": stage("feed", "judge"),
             "source loop": stage("pipeline", "feed"),
@@ -233,6 +246,11 @@ def print_summary(a: dict[str, Any]) -> None:
         f" ({'met' if rate_ok else 'MISSED'}: >= {TARGET_RATE:,})"
         f"   ratio to floor {a['pipeline_ratio_to_floor']:.2f}"
         f" ({'met' if ratio_ok else 'MISSED'}: >= {TARGET_FLOOR_RATIO})"
+    )
+    print(
+        f"  the daemon's decoder alone          {a['decoder_alone_events_per_s']:>10,} events/s"
+        f" ({'wire reader' if a['wire_reader'] else 'protobuf: pure Python build'})"
+        f"   pipeline / decoder alone {a['pipeline_ratio_to_decoder_alone']:.2f}"
     )
     print(
         f"  decoder caches {a['decoder_caches']}; outcomes "

@@ -1,0 +1,301 @@
+"""Reading flows straight from the wire (``auditor.decode_wire``) gives protobuf's results, or defers.
+
+The truth is protobuf: every message is also parsed with ``live_pb2.GetFlowsResponse.FromString`` and
+decoded by ``record_from_response``. The wire reader must return the same ``Flow`` or ``None`` (and then
+the live source takes the protobuf path); it must not defer on the messages Hubble sends.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from google.protobuf import field_mask_pb2, json_format
+from google.protobuf.message import DecodeError
+
+from auditor import model
+from auditor._proto.flow import flow_pb2
+from auditor._proto.live import live_pb2
+from auditor._proto.observer import observer_pb2
+from auditor.decode_pb import DomainError, record_from_response
+from auditor.decode_wire import flow_from_wire
+from auditor.demo import load_jsonl, response_from_event
+from auditor.demo.fieldmask import FlowMask
+from auditor.scenario import airflow_scenario, synthetic_events
+from auditor.sources.hubble import FIELD_MASK_PATHS
+
+SAMPLES = Path(__file__).parent / "data" / "hubble-samples"
+SAMPLE_FILES = [*sorted((SAMPLES / "hubble-otel").glob("*.json")), SAMPLES / "cilium-docs-export-rst.jsonl"]
+DEMO_FLOWS = Path(__file__).parent.parent / "examples" / "airflow" / "flows.jsonl"
+
+
+def protobuf(data: bytes) -> model.Record | type[Exception]:
+    """What the protobuf path gives: the record, or the class of what it raised."""
+    try:
+        return record_from_response(live_pb2.GetFlowsResponse.FromString(data))
+    except (DecodeError, DomainError) as e:
+        return type(e)
+
+
+def same_or_deferred(data: bytes) -> bool:
+    """The invariant: the wire reader's flow equals protobuf's, or it deferred."""
+    fast = flow_from_wire(data)
+    return fast is None or fast == protobuf(data)
+
+
+def corpus() -> list[bytes]:
+    """Recorded captures, the Airflow scenario, the demo traffic and synthetic traffic: whole and masked."""
+    responses = [
+        json_format.Parse(line, observer_pb2.GetFlowsResponse())
+        for path in SAMPLE_FILES
+        for line in path.read_text(encoding="utf-8").splitlines()
+    ]
+    scenario = airflow_scenario(datetime(2026, 11, 23, 9, 0, tzinfo=UTC))
+    responses += [response_from_event(e) for e in scenario.events]
+    responses += load_jsonl(DEMO_FLOWS)
+    responses += [response_from_event(e) for e in synthetic_events(600, distinct_pods=50)]
+    whole = [r.SerializeToString() for r in responses]
+    mask = FlowMask(field_mask_pb2.FieldMask(paths=FIELD_MASK_PATHS))
+    return whole + [mask.response(m) for m in whole]
+
+
+CORPUS = corpus()
+
+
+def test_every_message_hubble_sends_reads_from_the_wire_exactly_as_protobuf_reads_it() -> None:
+    assert len(CORPUS) > 6000
+    deferred = 0
+    for index, data in enumerate(CORPUS):
+        expected = protobuf(data)
+        fast = flow_from_wire(data)
+        if fast is None:
+            deferred += 1
+            assert not isinstance(expected, model.Flow), f"message {index}: a flow was left to protobuf"
+            continue
+        assert fast == expected, f"message {index}"
+    flows = sum(isinstance(protobuf(d), model.Flow) for d in CORPUS)
+    assert deferred == len(CORPUS) - flows  # every flow is read; the rest (lost events…) is deferred
+    assert flows > 6000
+
+
+# -- hand-made messages: the wire format spelled out (field numbers of proto/live/live.proto) ----------
+def varint(value: int) -> bytes:
+    out = bytearray()
+    value &= (1 << 64) - 1  # negative numbers: two's complement, ten bytes
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def key(number: int, wire_type: int) -> bytes:
+    return varint(number << 3 | wire_type)
+
+
+def vfield(number: int, value: int) -> bytes:
+    return key(number, 0) + varint(value)
+
+
+def lfield(number: int, payload: bytes | str) -> bytes:
+    data = payload.encode() if isinstance(payload, str) else payload
+    return key(number, 2) + varint(len(data)) + data
+
+
+def timestamp(seconds: int, nanos: int = 0) -> bytes:
+    return vfield(1, seconds) + vfield(2, nanos)
+
+
+ENDPOINT = flow_pb2.Endpoint(
+    identity=4321, namespace="airflow", labels=["k8s:app=worker"], pod_name="worker-0"
+).SerializeToString()
+TCP_SYN = lfield(1, vfield(1, 43210) + vfield(2, 5432) + lfield(3, vfield(2, 1)))
+IP = lfield(1, "10.0.1.5") + lfield(2, "10.0.2.7") + vfield(3, 1)
+TIME = lfield(1, timestamp(1_764_000_000, 123_000_000))
+NODE = lfield(11, "node-a")
+BODY = (
+    vfield(2, 2)  # verdict DROPPED
+    + lfield(5, IP)
+    + lfield(6, TCP_SYN)
+    + lfield(8, ENDPOINT)
+    + lfield(9, ENDPOINT)
+    + vfield(10, 1)
+    + lfield(19, vfield(1, 4))
+    + vfield(22, 1)
+    + vfield(24, 3)
+    + vfield(25, 133)
+)
+FLOW = TIME + BODY + NODE
+
+
+TCP_UNKNOWN = lfield(1, vfield(1, 4) + vfield(7, 1) + lfield(3, vfield(2, 1) + vfield(12, 1)))
+FLAGS = b"".join(vfield(n, 1) for n in (1, 2, 3, 4, 5, 6, 9)) + vfield(2, 0)  # SYN set, then cleared
+
+
+def response(flow: bytes, *envelope: bytes) -> bytes:
+    return lfield(1, flow) + b"".join(envelope)
+
+
+def test_the_hand_made_flow_reads_every_field() -> None:
+    got = flow_from_wire(response(FLOW))
+    assert isinstance(got, model.Flow)
+    assert got == protobuf(response(FLOW))
+    assert (got.time, got.verdict, got.drop_reason) == (1_764_000_000.123, 2, "POLICY_DENIED")
+    assert (got.source_ip, got.destination_ip, got.protocol) == ("10.0.1.5", "10.0.2.7", "TCP")
+    assert (got.source_port, got.destination_port, got.tcp_flags) == (43210, 5432, model.TCP_SYN)
+    assert (got.source.pod, got.destination.namespace) == ("airflow/worker-0", "airflow")
+    assert got.node_name == "node-a"
+    assert (got.flow_type, got.event_type, got.traffic_direction, got.observation_point) == (1, 4, 1, 3)
+
+
+READ: list[tuple[str, bytes]] = [
+    # protobuf semantics the reader follows itself
+    ("envelope time and node", response(BODY, lfield(1000, "node-e"), lfield(1001, timestamp(1_700_000, 5)))),
+    (
+        "a flow time of 5 ns wins",
+        response(lfield(1, vfield(2, 5)) + BODY, lfield(1001, timestamp(1_700_000))),
+    ),
+    ("envelope node twice: the last wins", response(BODY, lfield(1000, "node-x"), lfield(1000, "node-y"))),
+    ("the flow's time and node win", response(FLOW, lfield(1000, "e"), lfield(1001, timestamp(7)))),
+    (
+        "unknown fields everywhere",
+        vfield(7, 9)
+        + response(
+            FLOW.replace(lfield(5, IP), lfield(5, IP + lfield(9, "x") + vfield(4, 1)))
+            .replace(lfield(6, TCP_SYN), lfield(6, TCP_UNKNOWN))
+            .replace(lfield(19, vfield(1, 4)), lfield(19, vfield(1, 4) + vfield(2, 3) + lfield(3, "")))
+            + key(100, 5)
+            + b"\0\0\0\0"
+            + key(101, 1)
+            + b"\0" * 8
+            + lfield(102, b"\xff\xfe")
+            + lfield(17, b"")
+        )
+        + lfield(1002, b"zz"),
+    ),
+    ("a scalar twice: the last wins", response(FLOW + vfield(2, 1) + lfield(11, "node-b") + vfield(25, 0))),
+    ("names lists", response(FLOW + lfield(13, "a.example") + lfield(13, "b.example") + lfield(14, "c"))),
+    ("is_reply false", response(FLOW + lfield(26, vfield(1, 0)))),
+    ("is_reply empty", response(FLOW + lfield(26, b""))),
+    ("is_reply true", response(FLOW + lfield(26, vfield(1, 1)))),
+    ("legacy reply", response(FLOW + vfield(16, 1))),
+    ("is_reply false beats legacy reply", response(FLOW + vfield(16, 1) + lfield(26, vfield(1, 0)))),
+    ("drop_reason without desc", response(FLOW.replace(vfield(25, 133), b"") + vfield(3, 181))),
+    ("unknown drop reason", response(FLOW.replace(vfield(25, 133), vfield(25, 999)))),
+    ("unknown enum numbers", response(FLOW + vfield(2, 77) + vfield(10, 9) + vfield(24, 99))),
+    ("udp", response(FLOW.replace(lfield(6, TCP_SYN), lfield(6, lfield(2, vfield(1, 53) + vfield(2, 99)))))),
+    ("sctp", response(FLOW.replace(lfield(6, TCP_SYN), lfield(6, lfield(5, vfield(2, 9)))))),
+    ("icmpv4", response(FLOW.replace(lfield(6, TCP_SYN), lfield(6, lfield(3, vfield(1, 8) + vfield(2, 0)))))),
+    ("icmpv6", response(FLOW.replace(lfield(6, TCP_SYN), lfield(6, lfield(4, vfield(1, 128)))))),
+    ("vrrp has no ports", response(FLOW.replace(lfield(6, TCP_SYN), lfield(6, lfield(6, vfield(1, 1)))))),
+    ("igmp has no ports", response(FLOW.replace(lfield(6, TCP_SYN), lfield(6, lfield(7, vfield(1, 0x11)))))),
+    ("no l4", response(FLOW.replace(lfield(6, TCP_SYN), b""))),
+    (
+        "tcp flags set and cleared",
+        response(FLOW.replace(lfield(6, TCP_SYN), lfield(6, lfield(1, vfield(2, 1) + lfield(3, FLAGS))))),
+    ),
+    ("no endpoints", response(FLOW.replace(lfield(8, ENDPOINT), b"").replace(lfield(9, ENDPOINT), b""))),
+    ("empty flow", response(b"")),
+    ("negative time (1969)", response(lfield(1, timestamp(-86_400, 5)))),
+    ("first valid second", response(lfield(1, timestamp(-62135596800)) + lfield(11, "n"))),
+    ("last valid second", response(lfield(1, timestamp(253402300799, 999_000)))),
+    ("port 65535", response(lfield(6, lfield(2, vfield(1, 65535) + vfield(2, 65535))))),
+]
+
+
+@pytest.mark.parametrize(("name", "data"), READ, ids=[name for name, _ in READ])
+def test_the_reader_follows_protobuf(name: str, data: bytes) -> None:
+    expected = protobuf(data)
+    assert isinstance(expected, model.Flow), name
+    assert flow_from_wire(data) == expected
+
+
+Outcome = Callable[[model.Record | type[Exception]], bool]
+
+
+def is_flow(r: model.Record | type[Exception]) -> bool:
+    return isinstance(r, model.Flow)
+
+
+def anything(r: model.Record | type[Exception]) -> bool:
+    return True
+
+
+def raised(cls: type[Exception]) -> Outcome:
+    return lambda r: r is cls
+
+
+DEFERRED: list[tuple[str, bytes, Outcome]] = [
+    ("lost events", lfield(3, vfield(1, 1) + vfield(2, 7)), lambda r: isinstance(r, model.LostEvents)),
+    ("node status", lfield(2, vfield(1, 1)), lambda r: isinstance(r, model.NodeStatus)),
+    ("agent event", lfield(4, b""), lambda r: isinstance(r, model.OtherRecord)),
+    ("flow, then node status", response(FLOW) + lfield(2, b""), lambda r: isinstance(r, model.NodeStatus)),
+    ("flow twice (merged)", response(FLOW) + response(vfield(2, 1)), is_flow),
+    ("IP twice (merged)", response(FLOW + lfield(5, lfield(2, "10.9.9.9"))), is_flow),
+    ("time twice (merged)", response(FLOW + lfield(1, vfield(2, 7))), is_flow),
+    ("envelope time twice (merged)", response(BODY, lfield(1001, vfield(1, 5)) * 2), is_flow),
+    ("endpoint twice", response(FLOW + lfield(8, b"")), is_flow),
+    ("l4 case twice", response(FLOW.replace(lfield(6, TCP_SYN), lfield(6, TCP_SYN + TCP_SYN))), is_flow),
+    (
+        "tcp flags twice",
+        response(FLOW.replace(lfield(6, TCP_SYN), lfield(6, lfield(1, lfield(3, b"") * 2)))),
+        is_flow,
+    ),
+    ("event type twice", response(FLOW + lfield(19, b"")), is_flow),
+    ("negative verdict", response(FLOW + vfield(2, -1)), is_flow),
+    ("drop_reason beyond 32 bits", response(vfield(3, (1 << 32) + 5)), is_flow),
+    ("verdict as bytes", response(FLOW + lfield(2, b"\x01")), is_flow),
+    ("node_name as varint", response(FLOW + vfield(11, 3)), anything),
+    ("fixed32 on a known field", response(FLOW + key(22, 5) + b"\1\0\0\0"), anything),
+    ("a group", response(FLOW + key(40, 3) + key(40, 4)), anything),
+    ("invalid UTF-8", response(FLOW + lfield(11, b"\xff")), raised(DecodeError)),
+    ("invalid UTF-8 in the envelope", response(FLOW, lfield(1000, b"\xc3")), raised(DecodeError)),
+    ("invalid UTF-8 in source_xlated", response(lfield(5, lfield(5, b"\xff"))), raised(DecodeError)),
+    ("port above 65535", response(lfield(6, lfield(1, vfield(2, 65536)))), raised(DomainError)),
+    ("icmp type above 255", response(lfield(6, lfield(3, vfield(1, 256)))), raised(DomainError)),
+    ("year 10000", response(lfield(1, timestamp(253402300800))), raised(DomainError)),
+    ("negative nanos", response(lfield(1, timestamp(5, -1))), raised(DomainError)),
+    ("truncated varint", response(FLOW)[:-1] + b"\x80", raised(DecodeError)),
+    ("length past the end", lfield(1, FLOW)[:-3], raised(DecodeError)),
+    ("inner length past its message", response(lfield(5, lfield(1, "10.0.0.1"))[:-1]), raised(DecodeError)),
+    ("eleven-byte varint", response(FLOW + key(2, 0) + b"\xff" * 10 + b"\x01"), raised(DecodeError)),
+]
+
+
+@pytest.mark.parametrize(("name", "data", "expected"), DEFERRED, ids=[name for name, _, _ in DEFERRED])
+def test_the_reader_leaves_the_unusual_to_protobuf(name: str, data: bytes, expected: Outcome) -> None:
+    assert expected(protobuf(data)), name  # the case is what its name says
+    assert flow_from_wire(data) is None
+
+
+def test_corrupted_messages_read_the_same_or_are_deferred() -> None:
+    rng = random.Random(12)
+    samples = rng.sample(CORPUS, 300)
+    read = checked = 0
+    for data in samples:
+        for _ in range(20):
+            mutant = bytearray(data)
+            how = rng.randrange(4)
+            at = rng.randrange(len(mutant))
+            if how == 0:
+                mutant[at] = rng.randrange(256)
+            elif how == 1:
+                del mutant[at:]
+            elif how == 2:
+                mutant.insert(at, rng.randrange(256))
+            else:
+                mutant[at:at] = mutant[at : at + rng.randrange(1, 40)]
+            corrupted = bytes(mutant)
+            checked += 1
+            fast = flow_from_wire(corrupted)
+            if fast is not None:
+                read += 1
+                assert fast == protobuf(corrupted), f"mutant {checked} of {data.hex()}"
+    assert checked == 6000
+    assert read > 500  # many corruptions still make a valid message: the reader reads those itself
