@@ -44,6 +44,8 @@ MODULES: Final = (
     "auditor.sinks.report",
     "auditor.decode_pb",
     "auditor.decode_wire",
+    "auditor.sources.resume",
+    "auditor.sources.consume",
     "auditor.sinks.metrics",
     "auditor.sinks.live",
 )

@@ -56,9 +56,9 @@ def test_every_listed_module_is_loaded_from_its_extension_module() -> None:
 def test_the_live_source_reads_flows_from_the_wire_exactly_when_that_reader_is_compiled() -> None:
     """Interpreted, the wire reader would be slower than protobuf's C parser: the source defers to it."""
     from auditor import decode_wire
-    from auditor.sources import hubble
+    from auditor.sources import consume
 
-    assert hubble.WIRE_READER is decode_wire.COMPILED
+    assert consume.WIRE_READER is decode_wire.COMPILED
     assert decode_wire.COMPILED is ("auditor.decode_wire" in native.compiled())
     assert decode_wire.COMPILED is not native.pure_requested()
 

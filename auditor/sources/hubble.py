@@ -28,11 +28,10 @@ Resilience:
 * Certificates are read from their files at every (re)connection, and the files are polled while a
   stream is open: a rotated certificate (Kubernetes updates mounted Secrets in place) re-opens the stream.
 
-Error policy: nothing on the wire stops the daemon. Responses are received as raw bytes and parsed here,
-so an undecodable message is counted as ``invalid`` and skipped instead of breaking the stream; unknown
-fields and enum values are tolerated by protobuf. With the compiled core, flows are read straight from
-the bytes (:mod:`auditor.decode_wire`); whatever that reader leaves (not a flow, or unusual) protobuf
-reads, and names any error. Connection errors are reported once per state change.
+Error policy: nothing on the wire stops the daemon. Responses are received as raw bytes and read by the
+per-message loop (:mod:`auditor.sources.consume`, compiled with the core), so an undecodable message is
+counted as ``invalid`` and skipped instead of breaking the stream; unknown fields and enum values are
+tolerated. Connection errors are reported once per state change.
 """
 
 from __future__ import annotations
@@ -47,16 +46,12 @@ from pathlib import Path
 from typing import Any, Final
 
 import grpc
-from google.protobuf.message import DecodeError as ProtobufDecodeError
 
 from auditor._proto.flow import flow_pb2
 from auditor._proto.live import live_pb2
 from auditor._proto.observer import observer_pb2
-from auditor.decode_pb import DomainError, record_from_response
-from auditor.decode_wire import COMPILED as WIRE_READER
-from auditor.decode_wire import flow_from_wire
-from auditor.model import Flow, Record
 from auditor.pipeline import Pipeline
+from auditor.sources.consume import MessageLoop
 from auditor.sources.resume import DEFAULT_BACKLOG, DEFAULT_TOLERANCE, ResumeState
 
 GET_FLOWS: Final = "/observer.Observer/GetFlows"
@@ -256,7 +251,7 @@ class HubbleSource:
         self._ready: Any = None  # the channel-ready future of a connection attempt in progress
         self._reopen = threading.Event()
         self._cancel_reason = ""
-        self._received = 0
+        self._loop = MessageLoop(pipeline, self.resume, config.target)  # the per-message half (compiled)
         self.namespaces = config.namespaces
 
     @property
@@ -267,7 +262,7 @@ class HubbleSource:
     @property
     def received(self) -> int:
         """Messages received from the server so far, over every stream (read-only; benchmarks wait on it)."""
-        return self._received
+        return self._loop.received
 
     def consume(self, messages: Iterable[bytes]) -> str:
         """Feed raw ``GetFlowsResponse`` messages through the per-message path of a stream, in the caller's
@@ -413,40 +408,12 @@ class HubbleSource:
                 watcher.join(timeout=self.config.timeout + 1)
 
     def _consume(self, call: Any, backoff: Backoff) -> str:
-        parse = live_pb2.GetFlowsResponse.FromString  # the lean view: only what the auditor reads
-        read_wire = flow_from_wire if WIRE_READER else _defer  # compiled: flows straight from the bytes
-        feed, invalid, lock = self.pipeline.feed, self.pipeline.invalid, self.pipeline.lock
-        admit = self.resume.admit
-        delivered = False
+        def first() -> None:
+            backoff.reset()  # only a stream that delivers resets the backoff
+            self._healthy()
+
         try:
-            for raw in call:
-                self._received += 1
-                if not delivered:
-                    delivered = True
-                    backoff.reset()  # only a stream that delivers resets the backoff
-                    self._healthy()
-                try:
-                    record = read_wire(raw)
-                    if record is None:  # not a flow, or unusual: protobuf reads it (and names any error)
-                        response = parse(raw)
-                        record = record_from_response(response)
-                except ProtobufDecodeError as e:
-                    with lock:
-                        invalid(f"{self.config.target}#{self._received}", f"undecodable message: {e}")
-                    continue
-                except DomainError as e:  # a well-formed event out of its domain: remembered like any
-                    if admit(_node_of(response), hash(raw), 0.0):  # other, so a re-send counts once
-                        with lock:
-                            invalid(f"{self.config.target}#{self._received}", f"undecodable message: {e}")
-                    continue
-                try:
-                    if type(record) is Flow and not admit(record.node_name, hash(raw), record.time):
-                        continue  # re-sent after a resume: processed already
-                    with lock:
-                        feed(record)
-                except Exception as e:  # one event must never break the stream (nor be re-requested)
-                    with lock:
-                        invalid(f"{self.config.target}#{self._received}", f"{type(e).__name__}: {e}")
+            self._loop.run(call, first)
             return "stream ended by the server"  # a follow stream should not end
         except grpc.RpcError as e:
             code = e.code() if hasattr(e, "code") else None
@@ -460,7 +427,7 @@ class HubbleSource:
 
     def _oversized(self, details: str) -> str:
         """The next message exceeds the receive limit: count it, skip past it, report the gap."""
-        where = f"{self.config.target}#{self._received + 1}"
+        where = f"{self.config.target}#{self._loop.received + 1}"
         with self.pipeline.lock:
             self.pipeline.invalid(where, f"message larger than the receive limit: {details}")
         self.gaps += 1
@@ -490,7 +457,7 @@ class HubbleSource:
     def _watch_stream(self, call: Any, channel: grpc.Channel, done: threading.Event) -> None:
         config = self.config
         opened = last_change = time.monotonic()
-        count = self._received
+        count = self._loop.received
         certs = config.cert_files() if config.tls else []
         digest = files_digest(certs) if certs else ""
         next_cert_poll = opened + config.cert_poll_interval
@@ -501,8 +468,8 @@ class HubbleSource:
             if self.resume.newest != newest:  # the metric follows within a tick (no per-flow callback)
                 newest = self.resume.newest
                 self.events.newest_flow_time(newest)
-            if self._received != count:
-                count, last_change = self._received, now
+            if self._loop.received != count:
+                count, last_change = self._loop.received, now
                 self.last_healthy = now
             elif not self.connected and now - opened >= config.healthy_after:
                 self._healthy()  # open and not failing: a quiet but healthy stream
@@ -534,15 +501,3 @@ class HubbleSource:
         except ValueError:  # the channel was closed meanwhile: the stream is over anyway
             return True
         return True
-
-
-def _defer(raw: bytes) -> Record | None:
-    """The wire reader's stand-in when it runs interpreted (protobuf's C parser is faster then)."""
-    return None
-
-
-def _node_of(response: live_pb2.GetFlowsResponse) -> str:
-    """The node a response came from (the flow's own, else the envelope's)."""
-    if response.HasField("flow") and response.flow.node_name:
-        return str(response.flow.node_name)
-    return str(response.node_name)
