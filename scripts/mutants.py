@@ -307,6 +307,28 @@ MUTANTS: list[tuple[str, str, str, str, list[str]]] = [
         "        if self.entities is not None and (most_specific_entity(entities) not in self.entities):",
         MATRIX,
     ),
+    # the live path's wire reader (auditor/decode_wire.py): the same flows as protobuf, or deferred
+    (
+        "wire reader: a message field twice read, not deferred",
+        "auditor/decode_wire.py",
+        "    if f.seen & bit:",
+        "    if False:",
+        ["tests/test_decode_wire.py"],
+    ),
+    (
+        "wire reader: a cleared TCP flag stays set",
+        "auditor/decode_wire.py",
+        "flags = (flags | bit) if value else (flags & ~bit)",
+        "flags = flags | bit",
+        ["tests/test_decode_wire.py"],
+    ),
+    (
+        "wire reader: the envelope time wins over the flow's nanoseconds",
+        "auditor/decode_wire.py",
+        "    if not (seconds or nanos):",
+        "    if not seconds:",
+        ["tests/test_decode_wire.py"],
+    ),
     # exit codes (auditor/commands/replay.py)
     (
         "fail-on any → all",
