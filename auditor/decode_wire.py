@@ -16,10 +16,12 @@ It only reads the common shape and leaves everything else to protobuf, so the tw
 ``None`` for a response that is not a flow (lost events, node status, other payloads); a message or
 endpoint field that occurs twice (protobuf would merge them); a known field with an unexpected wire type
 (protobuf would keep it as an unknown field); a number protobuf would truncate (an enum beyond ``int32``,
-a ``uint32`` beyond 32 bits, an over-long varint); groups; invalid UTF-8 in a string; a truncated or
-malformed message; and a value outside its domain (the protobuf path raises the ``DomainError``).
-Unknown fields are skipped, as protobuf sets them aside. ``tests/test_decode_wire.py`` holds the two to
-the same results on recorded, generated and corrupted messages.
+a ``uint32`` beyond 32 bits, a varint beyond ten bytes, a key or length beyond five); a field number 0
+or beyond 2**29-1; groups; invalid
+UTF-8 in a string; a truncated or malformed message; and a value outside its domain (the protobuf path
+raises the ``DomainError``). Unknown fields are skipped, as protobuf sets them aside.
+``tests/test_decode_wire.py`` holds the two to the same results on recorded, generated and corrupted
+messages.
 
 Error policy: never raises; anything unusual is ``None`` (see above).
 """
@@ -43,6 +45,7 @@ _I32: Final = 5
 _INT32_MAX: Final = 0x7FFF_FFFF
 _UINT32_MAX: Final = 0xFFFF_FFFF
 _UINT64_LIMIT: Final = 1 << 64
+_KEY_MAX: Final = 0xFFFF_FFFF  # field number 2**29-1, wire type 7
 _INT64_SIGN: Final = 1 << 63
 _L4_KINDS: Final = ("", "TCP", "UDP", "ICMPv4", "ICMPv6", "SCTP", "", "")
 _TCP_FLAG_BITS: Final = (0, TCP_FIN, TCP_SYN, TCP_RST, TCP_PSH, TCP_ACK)
@@ -81,12 +84,29 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
             raise Unusual("varint longer than ten bytes")
 
 
+def _varint32(data: bytes, pos: int) -> tuple[int, int]:
+    """A key or a length at ``pos``: protobuf reads those from at most five bytes."""
+    start = pos
+    value, pos = _varint(data, pos)
+    if pos - start > 5:
+        raise Unusual("key or length longer than five bytes")
+    return value, pos
+
+
+def _key(data: bytes, pos: int) -> tuple[int, int, int]:
+    """A field's key at ``pos``: (field number, wire type, position after it); numbers 1..2**29-1."""
+    key, pos = _varint32(data, pos)
+    if key < 8 or key > _KEY_MAX:
+        raise Unusual("field number 0 or beyond 2**29-1 (corrupt for protobuf)")
+    return key >> 3, key & 7, pos
+
+
 def _skip(data: bytes, pos: int, wire_type: int, end: int) -> int:
     """The position after a field's value (an unknown field); groups are left to protobuf."""
     if wire_type == _VARINT:
-        return _varint(data, pos)[1]
-    if wire_type == _LEN:
-        size, pos = _varint(data, pos)
+        pos = _varint(data, pos)[1]
+    elif wire_type == _LEN:
+        size, pos = _varint32(data, pos)
         pos += size
     elif wire_type == _I64:
         pos += 8
@@ -101,7 +121,7 @@ def _skip(data: bytes, pos: int, wire_type: int, end: int) -> int:
 
 def _span(data: bytes, pos: int, end: int) -> tuple[int, int]:
     """A length-delimited value at ``pos``: (start, end) of its bytes, within ``end``."""
-    size, start = _varint(data, pos)
+    size, start = _varint32(data, pos)
     stop = start + size
     if stop > end:
         raise Unusual("field runs past its message")
@@ -133,8 +153,7 @@ def _response(data: bytes) -> Flow | None:
     seconds = nanos = 0
     timed = False
     while pos < end:
-        key, pos = _varint(data, pos)
-        number, wire_type = key >> 3, key & 7
+        number, wire_type, pos = _key(data, pos)
         if number == 1 and wire_type == _LEN:
             if flow_start >= 0:
                 raise Unusual("flow twice")
@@ -162,8 +181,7 @@ def _timestamp(data: bytes, pos: int, end: int) -> tuple[int, int]:
     """``google.protobuf.Timestamp``: seconds = 1 (int64), nanos = 2 (int32)."""
     seconds = nanos = 0
     while pos < end:
-        key, pos = _varint(data, pos)
-        number, wire_type = key >> 3, key & 7
+        number, wire_type, pos = _key(data, pos)
         if number == 1 and wire_type == _VARINT:
             seconds, pos = _varint(data, pos)
             if seconds >= _INT64_SIGN:
@@ -221,8 +239,7 @@ def _flow(data: bytes, pos: int, end: int, envelope_node: str, envelope_s: int, 
     """``live.Flow`` (field numbers of proto/live/live.proto)."""
     f = _Fields()
     while pos < end:
-        key, pos = _varint(data, pos)
-        number, wire_type = key >> 3, key & 7
+        number, wire_type, pos = _key(data, pos)
         if wire_type == _VARINT:
             pos = _flow_varint(f, number, data, pos, end)
         elif wire_type == _LEN:
@@ -327,8 +344,7 @@ def _ip(f: _Fields, data: bytes, pos: int, end: int) -> None:
     """``flow.IP``: source = 1, destination = 2 (read), source_xlated = 5 (strings), ipVersion = 3,
     encrypted = 4 (varints)."""
     while pos < end:
-        key, pos = _varint(data, pos)
-        number, wire_type = key >> 3, key & 7
+        number, wire_type, pos = _key(data, pos)
         if number == 1 or number == 2 or number == 5:
             if wire_type != _LEN:
                 raise Unusual("IP address with another wire type")
@@ -355,8 +371,7 @@ def _layer4(f: _Fields, data: bytes, pos: int, end: int) -> None:
     case = 0
     start = stop = 0
     while pos < end:
-        key, pos = _varint(data, pos)
-        number, wire_type = key >> 3, key & 7
+        number, wire_type, pos = _key(data, pos)
         if 1 <= number <= 7:
             if wire_type != _LEN or case:
                 raise Unusual("layer 4 case twice, or with another wire type")
@@ -365,8 +380,12 @@ def _layer4(f: _Fields, data: bytes, pos: int, end: int) -> None:
             stop = pos
         else:
             pos = _skip(data, pos, wire_type, end)
+    if pos > end:
+        raise Unusual("field runs past its message")
     if case == 0:
         return
+    if case >= 6:
+        raise Unusual("VRRP or IGMP: protobuf checks what this reader does not read")
     f.kind = _L4_KINDS[case]
     if case == 3 or case == 4:
         f.icmp_type = _icmp_type(data, start, stop)
@@ -378,8 +397,7 @@ def _ports(f: _Fields, data: bytes, pos: int, end: int, tcp: bool) -> None:
     """``TCP`` / ``UDP`` / ``SCTP``: source_port = 1, destination_port = 2 (uint32); TCP's flags = 3."""
     flagged = False
     while pos < end:
-        key, pos = _varint(data, pos)
-        number, wire_type = key >> 3, key & 7
+        number, wire_type, pos = _key(data, pos)
         if (number == 1 or number == 2) and wire_type == _VARINT:
             value, pos = _varint(data, pos)
             if number == 1:
@@ -404,8 +422,7 @@ def _tcp_flags(data: bytes, pos: int, end: int) -> int:
     """``TCPFlags``: FIN = 1, SYN = 2, RST = 3, PSH = 4, ACK = 5 (bools; the rest is not read)."""
     flags = 0
     while pos < end:
-        key, pos = _varint(data, pos)
-        number, wire_type = key >> 3, key & 7
+        number, wire_type, pos = _key(data, pos)
         if 1 <= number <= 9:
             if wire_type != _VARINT:
                 raise Unusual("TCP flag with another wire type")
@@ -424,8 +441,7 @@ def _icmp_type(data: bytes, pos: int, end: int) -> int:
     """``ICMPv4`` / ``ICMPv6``: type = 1 (uint32), code = 2."""
     icmp_type = 0
     while pos < end:
-        key, pos = _varint(data, pos)
-        number, wire_type = key >> 3, key & 7
+        number, wire_type, pos = _key(data, pos)
         if (number == 1 or number == 2) and wire_type == _VARINT:
             value, pos = _varint(data, pos)
             if number == 1:
@@ -443,8 +459,7 @@ def _first_int32(data: bytes, pos: int, end: int) -> int:
     """Field 1 of a small message as an int32 (``CiliumEventType.type``, ``BoolValue.value``)."""
     value = 0
     while pos < end:
-        key, pos = _varint(data, pos)
-        number, wire_type = key >> 3, key & 7
+        number, wire_type, pos = _key(data, pos)
         if number == 1 and wire_type == _VARINT:
             raw, pos = _varint(data, pos)
             value = _int32(raw)

@@ -193,8 +193,6 @@ READ: list[tuple[str, bytes]] = [
     ("sctp", response(FLOW.replace(lfield(6, TCP_SYN), lfield(6, lfield(5, vfield(2, 9)))))),
     ("icmpv4", response(FLOW.replace(lfield(6, TCP_SYN), lfield(6, lfield(3, vfield(1, 8) + vfield(2, 0)))))),
     ("icmpv6", response(FLOW.replace(lfield(6, TCP_SYN), lfield(6, lfield(4, vfield(1, 128)))))),
-    ("vrrp has no ports", response(FLOW.replace(lfield(6, TCP_SYN), lfield(6, lfield(6, vfield(1, 1)))))),
-    ("igmp has no ports", response(FLOW.replace(lfield(6, TCP_SYN), lfield(6, lfield(7, vfield(1, 0x11)))))),
     ("no l4", response(FLOW.replace(lfield(6, TCP_SYN), b""))),
     (
         "tcp flags set and cleared",
@@ -264,6 +262,34 @@ DEFERRED: list[tuple[str, bytes, Outcome]] = [
     ("truncated varint", response(FLOW)[:-1] + b"\x80", raised(DecodeError)),
     ("length past the end", lfield(1, FLOW)[:-3], raised(DecodeError)),
     ("inner length past its message", response(lfield(5, lfield(1, "10.0.0.1"))[:-1]), raised(DecodeError)),
+    (
+        "vrrp (protobuf checks its fields)",
+        response(FLOW.replace(lfield(6, TCP_SYN), lfield(6, lfield(6, vfield(1, 1))))),
+        is_flow,
+    ),
+    (
+        "igmp (protobuf checks its address)",
+        response(FLOW.replace(lfield(6, TCP_SYN), lfield(6, lfield(7, vfield(1, 0x11))))),
+        is_flow,
+    ),
+    (
+        "corrupt vrrp",
+        response(FLOW.replace(lfield(6, TCP_SYN), lfield(6, lfield(6, b"\xe7\x35")))),
+        raised(DecodeError),
+    ),
+    (
+        "a varint past its message",
+        response(FLOW.replace(lfield(6, TCP_SYN), lfield(6, key(9, 0) + b"\x80"))),
+        raised(DecodeError),
+    ),
+    ("field number 0", response(FLOW + b"\x00\x01"), raised(DecodeError)),
+    ("field number 0 in the envelope", response(FLOW) + b"\x00\x01", raised(DecodeError)),
+    (
+        "field number 0 in a port",
+        response(FLOW.replace(lfield(6, TCP_SYN), lfield(6, lfield(2, b"\0\1")))),
+        raised(DecodeError),
+    ),
+    ("field number 2**29", response(FLOW + varint(1 << 32) + b"\x01"), raised(DecodeError)),
     ("eleven-byte varint", response(FLOW + key(2, 0) + b"\xff" * 10 + b"\x01"), raised(DecodeError)),
 ]
 
@@ -272,6 +298,32 @@ DEFERRED: list[tuple[str, bytes, Outcome]] = [
 def test_the_reader_leaves_the_unusual_to_protobuf(name: str, data: bytes, expected: Outcome) -> None:
     assert expected(protobuf(data)), name  # the case is what its name says
     assert flow_from_wire(data) is None
+
+
+def overlong(value: int, size: int) -> bytes:
+    """``value`` as a varint of ``size`` bytes (padded with continuation bytes, as the format allows)."""
+    out = bytearray()
+    for _ in range(size - 1):
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    return bytes(out) + bytes([value & 0x7F])
+
+
+@pytest.mark.parametrize("size", range(1, 12))
+def test_overlong_varints_are_read_as_protobuf_reads_them(size: int) -> None:
+    """Protobuf reads values from up to ten bytes, but keys and lengths from at most five."""
+    forms = {
+        "value": (response(FLOW + key(2, 0) + overlong(1, size)), 10),
+        "key": (response(FLOW + overlong(2 << 3, size) + b"\x01"), 5),
+        "length": (response(FLOW + key(11, 2) + overlong(1, size) + b"x"), 5),
+        "flow length": (b"\x0a" + overlong(len(FLOW), size) + FLOW, 5),
+    }
+    if size == 1:
+        del forms["flow length"]  # the flow's length needs two bytes
+    for name, (data, limit) in forms.items():
+        expected = protobuf(data)
+        assert isinstance(expected, model.Flow) is (size <= limit), name
+        assert flow_from_wire(data) == (expected if size <= limit else None), name
 
 
 def test_corrupted_messages_read_the_same_or_are_deferred() -> None:
