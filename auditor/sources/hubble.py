@@ -27,6 +27,10 @@ Resilience:
   connection with ``too_many_pings``.
 * Certificates are read from their files at every (re)connection, and the files are polled while a
   stream is open: a rotated certificate (Kubernetes updates mounted Secrets in place) re-opens the stream.
+* Receiving: in this process (``receiver="thread"``), or in a receiver process
+  (``receiver="process"``, :mod:`auditor.sources.receiver`) that owns the GetFlows call and forwards the
+  raw messages in batches, so that receiving no longer shares the GIL with judging. Only the call moves:
+  the connection check, the probes, certificate polling and every decision stay here.
 
 Error policy: nothing on the wire stops the daemon. Responses are received as raw bytes and parsed here,
 so an undecodable message is counted as ``invalid`` and skipped instead of breaking the stream; unknown
@@ -53,6 +57,7 @@ from auditor._proto.observer import observer_pb2
 from auditor.decode_pb import DomainError, record_from_response
 from auditor.model import Flow
 from auditor.pipeline import Pipeline
+from auditor.sources.receiver import ReceiverProcess
 from auditor.sources.resume import DEFAULT_BACKLOG, DEFAULT_TOLERANCE, ResumeState
 
 GET_FLOWS: Final = "/observer.Observer/GetFlows"
@@ -78,6 +83,7 @@ NARROWED_FIELDS: Final[dict[str, tuple[str, ...]]] = {
 NAMESPACE_LABEL: Final = "k8s:io.kubernetes.pod.namespace"
 _WATCH_TICK: Final = 0.2  # seconds between two looks of the stream watcher
 _REASON_MAX: Final = 300  # characters of a failure reason kept (gRPC details come from the server)
+RECEIVERS: Final = ("thread", "process")  # where the GetFlows call is received (HubbleConfig.receiver)
 
 
 def field_mask_paths() -> tuple[str, ...]:
@@ -141,7 +147,12 @@ class HubbleConfig:
     healthy_after: float = HEALTHY_AFTER
     resume_backlog: int = DEFAULT_BACKLOG
     clock_tolerance: float = DEFAULT_TOLERANCE
+    receiver: str = "thread"  # one of RECEIVERS: "process" receives in a process of its own
     extra_options: tuple[tuple[str, Any], ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if self.receiver not in RECEIVERS:
+            raise ValueError(f"receiver {self.receiver!r}: one of {', '.join(RECEIVERS)}")
 
     @property
     def target(self) -> str:
@@ -254,6 +265,8 @@ class HubbleSource:
         self._cancel_reason = ""
         self._received = 0
         self.namespaces = config.namespaces
+        # The receiver process (receiver="process"); its process starts with the first stream.
+        self.receiver = ReceiverProcess(config) if config.receiver == "process" else None
 
     @property
     def newest_time(self) -> float:
@@ -285,6 +298,8 @@ class HubbleSource:
         if ready is not None:
             ready.cancel()  # a connection attempt would otherwise hold stop() for up to --timeout
         self._cancel("stopped")
+        if self.receiver is not None:
+            self.receiver.close()
 
     def reopen(self) -> None:
         """Close the current stream and open a new one (resuming): used after a scope change."""
@@ -385,11 +400,7 @@ class HubbleSource:
             if len(self.requests) < 100:
                 self.requests.append(request)
             self._opened = True
-            # Raw bytes in: we parse, so a bad message is counted, not fatal for the stream.
-            method: grpc.UnaryStreamMultiCallable[observer_pb2.GetFlowsRequest, bytes] = channel.unary_stream(
-                GET_FLOWS, request_serializer=observer_pb2.GetFlowsRequest.SerializeToString
-            )
-            call = method(request)
+            call = self._open(channel, request)
             with self._lock:
                 self._call = call
                 self._cancel_reason = ""
@@ -407,6 +418,16 @@ class HubbleSource:
             channel.close()  # also ends a probe in flight
             if watcher is not None:
                 watcher.join(timeout=self.config.timeout + 1)
+
+    def _open(self, channel: grpc.Channel, request: observer_pb2.GetFlowsRequest) -> Any:
+        """The GetFlows call: on ``channel``, or in the receiver process (the same iteration, errors and
+        ``cancel``). Raw bytes in: we parse, so a bad message is counted, not fatal for the stream."""
+        if self.receiver is not None:
+            return self.receiver.open(request)
+        method: grpc.UnaryStreamMultiCallable[observer_pb2.GetFlowsRequest, bytes] = channel.unary_stream(
+            GET_FLOWS, request_serializer=observer_pb2.GetFlowsRequest.SerializeToString
+        )
+        return method(request)
 
     def _consume(self, call: Any, backoff: Backoff) -> str:
         parse = live_pb2.GetFlowsResponse.FromString  # the lean view: only what the auditor reads

@@ -1,0 +1,388 @@
+"""The receiver process: the GetFlows call received in a process of its own (``--receiver process``).
+
+Stage: source (I/O edge), below :mod:`auditor.sources.hubble`. In one interpreter, gRPC's Python iterator
+(~10 µs a message) and judging share one GIL; here a child process owns the call and forwards the raw
+response bytes, and the daemon's process only parses and judges. Input: the parent's
+:class:`~auditor.sources.hubble.HubbleConfig` and, per stream, its serialized ``GetFlowsRequest``.
+Output: :class:`ReceivedCall`, which :meth:`HubbleSource._consume` iterates like the gRPC call it replaces.
+
+The child (started with ``multiprocessing``'s *spawn* method: grpc is never forked) builds its own channel
+from the config at each stream — the same channel options, TLS credentials read from their files then, so
+a rotated certificate is used by the next stream — and sends the messages to the parent over a pipe in
+batches: a batch goes when it holds :data:`BATCH_MESSAGES` messages or :data:`BATCH_BYTES` bytes, and at
+most :data:`BATCH_DELAY` seconds after its first message (a timer thread), so a quiet stream delivers at
+once. Order is kept (one send lock). Memory is bounded: while a send blocks (the parent is behind), the
+child stops reading the call — gRPC's flow control then holds the server back — so at most one batch
+waits in the child beside the pipe's buffer.
+
+Lifecycle: the child starts at the first stream and serves the following ones; one that died (killed,
+out of memory) ends the stream it was serving, and the next stream starts a new one. The child exits when
+asked (:meth:`ReceiverProcess.close`: asked to exit, joined for a bound, then killed by its PID) and when
+the parent goes away (end of file on its command pipe). It ignores SIGINT and SIGHUP: a terminal's Ctrl-C
+or hang-up reaches the daemon, which stops it in order.
+
+Error policy: the call's end is passed on exactly — a gRPC error raises :class:`ReceiverError` in the
+parent with the same ``code()`` and ``details()``, so the parent's handling of a cancelled call, an
+oversized message or an unavailable server is the one of the thread receiver; a normal end of the stream
+ends the iteration. A child that dies mid-stream raises ``UNAVAILABLE`` "receiver process exited (signal
+9)"; a stream opened after :meth:`~ReceiverProcess.close` raises ``CANCELLED``. Anything unexpected in the
+child ends its stream with ``UNKNOWN`` and the reason (the child goes on serving).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import pickle
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
+
+import grpc
+
+if TYPE_CHECKING:
+    from auditor._proto.observer import observer_pb2
+    from auditor.sources.hubble import HubbleConfig
+
+BATCH_MESSAGES: Final = 256
+BATCH_BYTES: Final = 1 << 20
+BATCH_DELAY: Final = 0.005  # seconds from a batch's first message to its send, at most
+STOP_TIMEOUT: Final = 2.0  # seconds the child is given to exit before it is killed
+
+# One pipe message, child → parent: (stream id, messages, end); end is None while the stream goes on,
+# else (status code name or None for a normal end, details).
+End: TypeAlias = "tuple[str | None, str]"
+
+
+class ReceiverError(grpc.RpcError):
+    """The receiver's call ended with a gRPC status (or the receiver process died): as the call's error."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self._code, self._details = code, details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+
+def _status(name: str) -> grpc.StatusCode:
+    return grpc.StatusCode.__members__.get(name, grpc.StatusCode.UNKNOWN)
+
+
+# -- parent side ------------------------------------------------------------------------------------------
+
+
+class _Child:
+    """One receiver process and the parent's ends of its two pipes."""
+
+    def __init__(self, config: HubbleConfig) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        commands_in, self.commands = ctx.Pipe(duplex=False)
+        self.data, data_out = ctx.Pipe(duplex=False)
+        self.process = ctx.Process(
+            target=child_main, args=(config, commands_in, data_out), name="flow-auditor-receiver", daemon=True
+        )
+        try:
+            self.process.start()
+        finally:
+            commands_in.close()  # the child holds its own copies: end of file reaches each side
+            data_out.close()
+        self.reading = False  # a ReceivedCall is reading ``data`` (only it may close it then)
+
+    def alive(self) -> bool:
+        return self.process.is_alive()
+
+    def send(self, command: tuple[Any, ...]) -> None:
+        with contextlib.suppress(OSError, ValueError):  # the child is gone: its stream reads end of file
+            self.commands.send(command)
+
+    def exit_reason(self) -> str:
+        self.process.join(STOP_TIMEOUT)
+        code = self.process.exitcode
+        if code is None:
+            return "receiver process closed its pipe"
+        how = f"signal {-code}" if code < 0 else f"exit code {code}"
+        return f"receiver process exited ({how})"
+
+    def stop(self, timeout: float) -> None:
+        self.send(("exit",))
+        self.process.join(timeout)
+        if self.process.exitcode is None and self.process.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.process.pid, signal.SIGKILL)
+            self.process.join(timeout)
+        self.commands.close()
+
+
+class ReceiverProcess:
+    """The parent's handle on the receiver process: :meth:`open` a stream, :meth:`close` at the end.
+
+    Thread-safe: :meth:`open` is called by the stream thread (the only reader of the data pipe),
+    :meth:`ReceivedCall.cancel` and :meth:`close` from any thread.
+    """
+
+    def __init__(self, config: HubbleConfig, stop_timeout: float = STOP_TIMEOUT) -> None:
+        self.config = config
+        self.stop_timeout = stop_timeout
+        self.started = 0  # receiver processes started so far
+        self._lock = threading.Lock()
+        self._child: _Child | None = None
+        self._closed = False
+        self._stream = 0
+
+    @property
+    def pid(self) -> int | None:
+        """The current receiver process's PID (``None`` before the first stream)."""
+        child = self._child
+        return child.process.pid if child is not None else None
+
+    def open(self, request: observer_pb2.GetFlowsRequest) -> ReceivedCall:
+        """Open a GetFlows call with ``request`` in the receiver process (started now if none is alive)."""
+        payload = request.SerializeToString()
+        with self._lock:
+            if self._closed:
+                return ReceivedCall(self, None, 0)
+            child = self._child
+            if child is None or not child.alive():
+                if child is not None:
+                    child.stop(self.stop_timeout)  # reaps the dead one and closes its pipes
+                    if not child.reading:
+                        child.data.close()
+                child = self._child = _Child(self.config)
+                self.started += 1
+            self._stream += 1
+            stream = self._stream
+            child.send(("open", stream, payload))
+            child.reading = True
+        return ReceivedCall(self, child, stream)
+
+    def cancel(self, child: _Child, stream: int) -> None:
+        with self._lock:
+            if not child.commands.closed:
+                child.send(("cancel", stream))
+
+    def done_reading(self, child: _Child) -> None:
+        with self._lock:
+            child.reading = False
+            if self._closed or child is not self._child:
+                child.data.close()
+
+    def close(self) -> None:
+        """Stop the receiver process (asked, joined for ``stop_timeout``, then killed); no stream opens
+        after this."""
+        with self._lock:
+            self._closed = True
+            child = self._child
+            if child is not None:
+                child.stop(self.stop_timeout)
+                if not child.reading:
+                    child.data.close()
+
+
+class ReceivedCall:
+    """One stream received by the receiver process, as the parent iterates it: raw ``bytes`` in order,
+    :class:`ReceiverError` for a gRPC error, and :meth:`cancel`."""
+
+    def __init__(self, owner: ReceiverProcess, child: _Child | None, stream: int) -> None:
+        self._owner, self._child, self._stream = owner, child, stream
+
+    def cancel(self) -> None:
+        if self._child is not None:
+            self._owner.cancel(self._child, self._stream)
+
+    def __iter__(self) -> Iterator[bytes]:
+        child = self._child
+        if child is None:
+            raise ReceiverError(grpc.StatusCode.CANCELLED, "the receiver process is stopped")
+        return self._messages(child)
+
+    def _messages(self, child: _Child) -> Iterator[bytes]:
+        recv, loads, stream = child.data.recv_bytes, pickle.loads, self._stream
+        try:
+            while True:
+                try:
+                    sid, messages, end = loads(recv())
+                except (EOFError, OSError):
+                    raise ReceiverError(grpc.StatusCode.UNAVAILABLE, child.exit_reason()) from None
+                if sid != stream:
+                    continue  # the rest of an earlier stream that was left unread
+                yield from messages
+                if end is not None:
+                    code, details = end
+                    if code is None:
+                        return
+                    raise ReceiverError(_status(code), details)
+        finally:
+            self._owner.done_reading(child)
+
+
+# -- child side -------------------------------------------------------------------------------------------
+
+
+class _Batcher:
+    """Collects one stream's messages into batches and sends them, in order, over the shared pipe."""
+
+    def __init__(self, stream: int, data: Connection, send_lock: threading.Lock) -> None:
+        self.stream = stream
+        self._data, self._send_lock = data, send_lock
+        self._cond = threading.Condition(threading.Lock())
+        self._batch: list[bytes] = []
+        self._bytes = 0
+        self._first = 0.0  # monotonic time of the current batch's first message
+        self._sent = 0  # batches taken so far (the timer's batch may have gone meanwhile)
+        self._done = False
+        self._timer = threading.Thread(target=self._flush_late, name="receiver-timer", daemon=True)
+        self._timer.start()
+
+    def add(self, raw: bytes) -> None:
+        with self._cond:
+            batch = self._batch
+            batch.append(raw)
+            self._bytes += len(raw)
+            if len(batch) == 1:
+                self._first = time.monotonic()
+                self._cond.notify()
+            full = len(batch) >= BATCH_MESSAGES or self._bytes >= BATCH_BYTES
+        if full:
+            self.flush()
+
+    def flush(self, end: End | None = None) -> None:
+        with self._send_lock:  # taken before the batch: batches leave in the order they were taken
+            with self._cond:
+                batch, self._batch, self._bytes = self._batch, [], 0
+                self._sent += 1
+            if batch or end is not None:
+                self._data.send_bytes(pickle.dumps((self.stream, batch, end), pickle.HIGHEST_PROTOCOL))
+
+    def finish(self, end: End) -> None:
+        """Send what is left and the stream's end; stop the timer."""
+        with self._cond:
+            self._done = True
+            self._cond.notify()
+        self.flush(end)
+        self._timer.join()
+
+    def _flush_late(self) -> None:
+        while True:
+            with self._cond:
+                while not self._batch and not self._done:
+                    self._cond.wait()
+                if self._done:
+                    return
+                taken = self._sent
+                delay = self._first + BATCH_DELAY - time.monotonic()
+                if delay > 0:
+                    self._cond.wait(delay)  # woken early only by finish()
+                    if self._done:
+                        return
+                    if self._sent != taken:
+                        continue  # sent full meanwhile: a new batch, with its own deadline
+            try:
+                self.flush()
+            except OSError:  # the parent is gone: the stream thread notices too
+                return
+
+
+class _Streams:
+    """The child's one stream at a time: opened, cancelled and ended on the parent's commands."""
+
+    def __init__(self, config: HubbleConfig, data: Connection) -> None:
+        self.config = config
+        self.data = data
+        self.send_lock = threading.Lock()
+        self.stream = 0
+        self.call: Any = None
+        self.thread: threading.Thread | None = None
+
+    def open(self, stream: int, request: bytes) -> None:
+        self.cancel(self.stream)
+        if self.thread is not None:
+            self.thread.join()  # sends the earlier stream's end (the parent skips it)
+        self.thread, self.call, self.stream = None, None, stream
+        batcher = _Batcher(stream, self.data, self.send_lock)
+        try:
+            channel = _channel(self.config)
+        except Exception as e:  # unreadable certificate files…
+            batcher.finish(("UNAVAILABLE", f"receiver process: {type(e).__name__}: {e}"))
+            return
+        try:
+            self.call = _get_flows(channel)(request)
+        except Exception as e:
+            channel.close()
+            batcher.finish(("UNKNOWN", f"receiver process: {type(e).__name__}: {e}"))
+            return
+        self.thread = threading.Thread(
+            target=self._forward, args=(self.call, channel, batcher), name="receiver-stream", daemon=True
+        )
+        self.thread.start()
+
+    def cancel(self, stream: int) -> None:
+        call = self.call
+        if call is not None and stream == self.stream:
+            call.cancel()
+
+    def _forward(self, call: Any, channel: grpc.Channel, batcher: _Batcher) -> None:
+        add = batcher.add
+        end: End = (None, "")
+        try:
+            for raw in call:
+                add(raw)
+        except grpc.RpcError as e:
+            code = e.code() if hasattr(e, "code") else None
+            details = e.details() if hasattr(e, "details") else str(e)
+            end = (code.name if code is not None else "UNKNOWN", details or "")
+        except OSError:  # the parent is gone
+            os._exit(0)
+        except Exception as e:
+            end = ("UNKNOWN", f"receiver process: {type(e).__name__}: {e}")
+        finally:
+            channel.close()
+        try:
+            batcher.finish(end)
+        except OSError:
+            os._exit(0)
+
+
+def _get_flows(channel: grpc.Channel) -> Any:
+    """GetFlows on ``channel``: the request already serialized, the responses raw."""
+    from auditor.sources.hubble import GET_FLOWS
+
+    return channel.unary_stream(GET_FLOWS, request_serializer=None, response_deserializer=None)
+
+
+def _channel(config: HubbleConfig) -> grpc.Channel:
+    from auditor.sources.hubble import credentials
+
+    options = config.channel_options()
+    if config.tls:
+        return grpc.secure_channel(config.target, credentials(config), options=options)
+    return grpc.insecure_channel(config.target, options=options)
+
+
+def child_main(config: HubbleConfig, commands: Connection, data: Connection) -> None:
+    """The receiver process: serve the parent's commands until it says ``exit`` or goes away."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    streams = _Streams(config, data)
+    try:
+        while True:
+            try:
+                command = commands.recv()
+            except (EOFError, OSError):
+                break
+            if command[0] == "open":
+                streams.open(command[1], command[2])
+            elif command[0] == "cancel":
+                streams.cancel(command[1])
+            else:
+                break
+    finally:
+        streams.cancel(streams.stream)
+        os._exit(0)  # no interpreter shutdown with gRPC threads running
