@@ -57,6 +57,7 @@ from auditor._proto.observer import observer_pb2
 from auditor.decode_pb import DomainError, record_from_response
 from auditor.model import Flow
 from auditor.pipeline import Pipeline
+from auditor.sources import RECEIVERS
 from auditor.sources.receiver import ReceiverProcess
 from auditor.sources.resume import DEFAULT_BACKLOG, DEFAULT_TOLERANCE, ResumeState
 
@@ -83,7 +84,6 @@ NARROWED_FIELDS: Final[dict[str, tuple[str, ...]]] = {
 NAMESPACE_LABEL: Final = "k8s:io.kubernetes.pod.namespace"
 _WATCH_TICK: Final = 0.2  # seconds between two looks of the stream watcher
 _REASON_MAX: Final = 300  # characters of a failure reason kept (gRPC details come from the server)
-RECEIVERS: Final = ("thread", "process")  # where the GetFlows call is received (HubbleConfig.receiver)
 
 
 def field_mask_paths() -> tuple[str, ...]:

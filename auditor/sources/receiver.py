@@ -32,14 +32,16 @@ child ends its stream with ``UNKNOWN`` and the reason (the child goes on serving
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
 import os
 import pickle
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 import grpc
@@ -83,42 +85,62 @@ class _Child:
     """One receiver process and the parent's ends of its two pipes."""
 
     def __init__(self, config: HubbleConfig) -> None:
-        ctx = multiprocessing.get_context("spawn")
-        commands_in, self.commands = ctx.Pipe(duplex=False)
-        self.data, data_out = ctx.Pipe(duplex=False)
-        self.process = ctx.Process(
-            target=child_main, args=(config, commands_in, data_out), name="flow-auditor-receiver", daemon=True
-        )
+        commands_in, commands_out = os.pipe()  # not inherited by other processes (close-on-exec)
+        data_in, data_out = os.pipe()
         try:
-            self.process.start()
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", __name__, str(commands_in), str(data_out)],
+                pass_fds=(commands_in, data_out),
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, "PYTHONPATH": _import_path()},
+            )
+        except BaseException:
+            os.close(commands_out)
+            os.close(data_in)
+            raise
         finally:
-            commands_in.close()  # the child holds its own copies: end of file reaches each side
-            data_out.close()
+            os.close(commands_in)  # the child holds its own copies: end of file reaches each side
+            os.close(data_out)
+        self.commands = Connection(commands_out, readable=False)
+        self.data = Connection(data_in, writable=False)
         self.reading = False  # a ReceivedCall is reading ``data`` (only it may close it then)
+        self.send(("config", config))
 
     def alive(self) -> bool:
-        return self.process.is_alive()
+        return self.process.poll() is None
 
     def send(self, command: tuple[Any, ...]) -> None:
         with contextlib.suppress(OSError, ValueError):  # the child is gone: its stream reads end of file
             self.commands.send(command)
 
     def exit_reason(self) -> str:
-        self.process.join(STOP_TIMEOUT)
-        code = self.process.exitcode
-        if code is None:
+        try:
+            code = self.process.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
             return "receiver process closed its pipe"
         how = f"signal {-code}" if code < 0 else f"exit code {code}"
         return f"receiver process exited ({how})"
 
+    def close_data(self) -> None:
+        with contextlib.suppress(OSError):  # closed by the garbage collector (an abandoned reader)
+            self.data.close()
+
     def stop(self, timeout: float) -> None:
         self.send(("exit",))
-        self.process.join(timeout)
-        if self.process.exitcode is None and self.process.pid is not None:
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.process.pid, signal.SIGKILL)
-            self.process.join(timeout)
+            self.process.wait(timeout)
         self.commands.close()
+
+
+def _import_path() -> str:
+    """``PYTHONPATH`` for the child: this package's root first, whatever the parent's own path."""
+    root = str(Path(__file__).resolve().parent.parent.parent)
+    rest = os.environ.get("PYTHONPATH")
+    return root + os.pathsep + rest if rest else root
 
 
 class ReceiverProcess:
@@ -154,7 +176,7 @@ class ReceiverProcess:
                 if child is not None:
                     child.stop(self.stop_timeout)  # reaps the dead one and closes its pipes
                     if not child.reading:
-                        child.data.close()
+                        child.close_data()
                 child = self._child = _Child(self.config)
                 self.started += 1
             self._stream += 1
@@ -172,7 +194,7 @@ class ReceiverProcess:
         with self._lock:
             child.reading = False
             if self._closed or child is not self._child:
-                child.data.close()
+                child.close_data()
 
     def close(self) -> None:
         """Stop the receiver process (asked, joined for ``stop_timeout``, then killed); no stream opens
@@ -183,7 +205,7 @@ class ReceiverProcess:
             if child is not None:
                 child.stop(self.stop_timeout)
                 if not child.reading:
-                    child.data.close()
+                    child.close_data()
 
 
 class ReceivedCall:
@@ -366,11 +388,16 @@ def _channel(config: HubbleConfig) -> grpc.Channel:
     return grpc.insecure_channel(config.target, options=options)
 
 
-def child_main(config: HubbleConfig, commands: Connection, data: Connection) -> None:
+def child_main(commands_fd: int, data_fd: int) -> None:
     """The receiver process: serve the parent's commands until it says ``exit`` or goes away."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    streams = _Streams(config, data)
+    commands = Connection(commands_fd, writable=False)
+    try:
+        _, config = commands.recv()  # ("config", HubbleConfig)
+    except (EOFError, OSError):
+        os._exit(0)
+    streams = _Streams(config, Connection(data_fd, readable=False))
     try:
         while True:
             try:
@@ -386,3 +413,7 @@ def child_main(config: HubbleConfig, commands: Connection, data: Connection) -> 
     finally:
         streams.cancel(streams.stream)
         os._exit(0)  # no interpreter shutdown with gRPC threads running
+
+
+if __name__ == "__main__":
+    child_main(int(sys.argv[1]), int(sys.argv[2]))
