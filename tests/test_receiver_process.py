@@ -129,9 +129,11 @@ def test_messages_arrive_whole_in_order_and_the_end_of_the_stream_ends_the_itera
         expected = list(direct_call(srv.address, request))
         r = ReceiverProcess(HubbleConfig(server=srv.address))
         receiver_of.append(r)
+        assert r.start() and r.start()  # started and ready before the stream (as the benchmarks do)
         got = list(r.open(request))
     assert len(expected) == 3 * BATCH_MESSAGES + 13
     assert got == expected
+    assert r.started == 1
 
 
 def test_a_grpc_error_reaches_the_parent_with_its_code_and_details(

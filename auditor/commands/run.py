@@ -139,9 +139,9 @@ def stream_options(p: argparse.ArgumentParser) -> None:
         type=typed(choice(RECEIVERS)),
         default=env_default("receiver", "thread"),
         help="where the flow stream is received: in the daemon's stream thread (thread, the default), or in "
-        "a second process (process: about 40 MB more memory and a second process's CPU) that hands the "
-        "raw messages over in batches, so that receiving no longer shares one interpreter lock with "
-        "judging: roughly twice the flows/s on a busy Relay [FLOW_AUDITOR_RECEIVER]",
+        "a second process (process: ~25 MB of memory of its own, and up to one more core busy) that hands "
+        "the raw messages over in batches, so that receiving no longer shares one interpreter lock with "
+        "judging: more flows/s from a busy Relay when a second core is free [FLOW_AUDITOR_RECEIVER]",
     )
 
 

@@ -56,7 +56,9 @@ BATCH_DELAY: Final = 0.005  # seconds from a batch's first message to its send, 
 STOP_TIMEOUT: Final = 2.0  # seconds the child is given to exit before it is killed
 
 # One pipe message, child → parent: (stream id, messages, end); end is None while the stream goes on,
-# else (status code name or None for a normal end, details).
+# else (status code name or None for a normal end, details). Streams count from 1; the child's first
+# message, (_READY, [], None), says it has started (every stream skips it).
+_READY: Final = 0
 End: TypeAlias = "tuple[str | None, str]"
 
 
@@ -104,6 +106,7 @@ class _Child:
         self.commands = Connection(commands_out, readable=False)
         self.data = Connection(data_in, writable=False)
         self.reading = False  # a ReceivedCall is reading ``data`` (only it may close it then)
+        self.ready = False  # its first message, "ready", was read by ReceiverProcess.start()
         self.send(("config", config))
 
     def alive(self) -> bool:
@@ -165,25 +168,43 @@ class ReceiverProcess:
         child = self._child
         return child.process.pid if child is not None else None
 
+    def start(self, timeout: float = 60.0) -> bool:
+        """Start the receiver process now (if none is alive) and wait until it is ready to open a call;
+        false if it was not within ``timeout``. Only before a stream is open (benchmarks call it, to time
+        streams without the process's start); streams start the process by themselves."""
+        with self._lock:
+            if self._closed:
+                return False
+            child = self._alive_child()
+            if child.reading:
+                raise RuntimeError("ReceiverProcess.start() while a stream is open")
+            if not child.ready and child.data.poll(timeout):
+                child.ready = pickle.loads(child.data.recv_bytes())[0] == _READY
+            return child.ready
+
     def open(self, request: observer_pb2.GetFlowsRequest) -> ReceivedCall:
         """Open a GetFlows call with ``request`` in the receiver process (started now if none is alive)."""
         payload = request.SerializeToString()
         with self._lock:
             if self._closed:
                 return ReceivedCall(self, None, 0)
-            child = self._child
-            if child is None or not child.alive():
-                if child is not None:
-                    child.stop(self.stop_timeout)  # reaps the dead one and closes its pipes
-                    if not child.reading:
-                        child.close_data()
-                child = self._child = _Child(self.config)
-                self.started += 1
+            child = self._alive_child()
             self._stream += 1
             stream = self._stream
             child.send(("open", stream, payload))
             child.reading = True
         return ReceivedCall(self, child, stream)
+
+    def _alive_child(self) -> _Child:
+        child = self._child
+        if child is None or not child.alive():
+            if child is not None:
+                child.stop(self.stop_timeout)  # reaps the dead one and closes its pipes
+                if not child.reading:
+                    child.close_data()
+            child = self._child = _Child(self.config)
+            self.started += 1
+        return child
 
     def cancel(self, child: _Child, stream: int) -> None:
         with self._lock:
@@ -397,7 +418,12 @@ def child_main(commands_fd: int, data_fd: int) -> None:
         _, config = commands.recv()  # ("config", HubbleConfig)
     except (EOFError, OSError):
         os._exit(0)
-    streams = _Streams(config, Connection(data_fd, readable=False))
+    data = Connection(data_fd, readable=False)
+    try:
+        data.send_bytes(pickle.dumps((_READY, [], None)))
+    except OSError:
+        os._exit(0)
+    streams = _Streams(config, data)
     try:
         while True:
             try:
