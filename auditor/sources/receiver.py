@@ -6,14 +6,16 @@ response bytes, and the daemon's process only parses and judges. Input: the pare
 :class:`~auditor.sources.hubble.HubbleConfig` and, per stream, its serialized ``GetFlowsRequest``.
 Output: :class:`ReceivedCall`, which :meth:`HubbleSource._consume` iterates like the gRPC call it replaces.
 
-The child (started with ``multiprocessing``'s *spawn* method: grpc is never forked) builds its own channel
-from the config at each stream — the same channel options, TLS credentials read from their files then, so
-a rotated certificate is used by the next stream — and sends the messages to the parent over a pipe in
+The child is a fresh interpreter (``subprocess``: fork and exec at once, so grpc is never forked, as
+with ``multiprocessing``'s *spawn*, but without spawn's resource-tracker process or its re-run of the
+parent's ``__main__``) that imports with the parent's module path. It builds its own channel from the
+config at each stream — the same channel options, TLS credentials read from their files then, so a
+rotated certificate is used by the next stream — and sends the messages to the parent over a pipe in
 batches: a batch goes when it holds :data:`BATCH_MESSAGES` messages or :data:`BATCH_BYTES` bytes, and at
 most :data:`BATCH_DELAY` seconds after its first message (a timer thread), so a quiet stream delivers at
 once. Order is kept (one send lock). Memory is bounded: while a send blocks (the parent is behind), the
-child stops reading the call — gRPC's flow control then holds the server back — so at most one batch
-waits in the child beside the pipe's buffer.
+child stops reading the call — gRPC's flow control then holds the server back — so the child holds at
+most two batches (one being sent, one filling) beside the pipe's buffer.
 
 Lifecycle: the child starts at the first stream and serves the following ones; one that died (killed,
 out of memory) ends the stream it was serving, and the next stream starts a new one. The child exits when
@@ -41,7 +43,6 @@ import threading
 import time
 from collections.abc import Iterator
 from multiprocessing.connection import Connection
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 import grpc
@@ -54,6 +55,7 @@ BATCH_MESSAGES: Final = 256
 BATCH_BYTES: Final = 1 << 20
 BATCH_DELAY: Final = 0.005  # seconds from a batch's first message to its send, at most
 STOP_TIMEOUT: Final = 2.0  # seconds the child is given to exit before it is killed
+PROCESS_NAME: Final = "flow-auditor-receiver"  # the child's first argument: what ps shows
 
 # One pipe message, child → parent: (stream id, messages, end); end is None while the stream goes on,
 # else (status code name or None for a normal end, details). Streams count from 1; the child's first
@@ -87,14 +89,14 @@ class _Child:
     """One receiver process and the parent's ends of its two pipes."""
 
     def __init__(self, config: HubbleConfig) -> None:
+        setup = pickle.dumps(config)  # before the process exists: an unpicklable config starts nothing
         commands_in, commands_out = os.pipe()  # not inherited by other processes (close-on-exec)
         data_in, data_out = os.pipe()
         try:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", __name__, str(commands_in), str(data_out)],
+                [sys.executable, "-c", _BOOT, PROCESS_NAME, str(commands_in), str(data_out)],
                 pass_fds=(commands_in, data_out),
                 stdin=subprocess.DEVNULL,
-                env={**os.environ, "PYTHONPATH": _import_path()},
             )
         except BaseException:
             os.close(commands_out)
@@ -107,7 +109,9 @@ class _Child:
         self.data = Connection(data_in, writable=False)
         self.reading = False  # a ReceivedCall is reading ``data`` (only it may close it then)
         self.ready = False  # its first message, "ready", was read by ReceiverProcess.start()
-        self.send(("config", config))
+        with contextlib.suppress(OSError):  # it died at once: its first stream reads end of file
+            self.commands.send(sys.path)
+            self.commands.send_bytes(setup)
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -139,11 +143,13 @@ class _Child:
         self.commands.close()
 
 
-def _import_path() -> str:
-    """``PYTHONPATH`` for the child: this package's root first, whatever the parent's own path."""
-    root = str(Path(__file__).resolve().parent.parent.parent)
-    rest = os.environ.get("PYTHONPATH")
-    return root + os.pathsep + rest if rest else root
+# The child's start: the parent's module path (so that it imports what the parent imports, as
+# multiprocessing's spawn does), then child_main. argv: PROCESS_NAME (for ps), the two pipes.
+_BOOT: Final = (
+    "import sys; from multiprocessing.connection import Connection as C; "
+    "c = C(int(sys.argv[2]), writable=False); sys.path[:] = c.recv(); "
+    "from auditor.sources.receiver import child_main; child_main(c, int(sys.argv[3]))"
+)
 
 
 class ReceiverProcess:
@@ -409,13 +415,12 @@ def _channel(config: HubbleConfig) -> grpc.Channel:
     return grpc.insecure_channel(config.target, options=options)
 
 
-def child_main(commands_fd: int, data_fd: int) -> None:
+def child_main(commands: Connection, data_fd: int) -> None:
     """The receiver process: serve the parent's commands until it says ``exit`` or goes away."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    commands = Connection(commands_fd, writable=False)
     try:
-        _, config = commands.recv()  # ("config", HubbleConfig)
+        config = commands.recv()  # the HubbleConfig
     except (EOFError, OSError):
         os._exit(0)
     data = Connection(data_fd, readable=False)
@@ -439,7 +444,3 @@ def child_main(commands_fd: int, data_fd: int) -> None:
     finally:
         streams.cancel(streams.stream)
         os._exit(0)  # no interpreter shutdown with gRPC threads running
-
-
-if __name__ == "__main__":
-    child_main(int(sys.argv[1]), int(sys.argv[2]))
