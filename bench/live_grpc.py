@@ -30,7 +30,9 @@ from live_common import (
     LIVE_SCRIPT,
     counted,
     cpu_delta,
+    idle_cores,
     load_average,
+    machine_ticks,
     make_daemon,
     reset_decoder_caches,
     self_cpu_s,
@@ -209,9 +211,9 @@ def measure_stream(
     """Best of ``runs``, with the CPU both sides used meanwhile (in cores: CPU seconds / wall seconds)."""
     best: dict[str, Any] = {}
     for _ in range(runs):
-        server_threads, own_cpu = thread_cpu(server.pid), self_cpu_s()
+        server_threads, own_cpu, ticks = thread_cpu(server.pid), self_cpu_s(), machine_ticks()
         run = client(server.address, n, single)
-        own_cpu = self_cpu_s() - own_cpu
+        own_cpu, idle = self_cpu_s() - own_cpu, idle_cores(ticks, machine_ticks())
         server_python, server_other = cpu_delta(server_threads, thread_cpu(server.pid))
         if not best or run.seconds < best["seconds"]:
             best = {
@@ -223,6 +225,7 @@ def measure_stream(
                 "client_python_threads_cpu": round(run.python_cpu_s / run.seconds, 2),
                 "client_cpu_us_per_msg": round(own_cpu / n * 1e6, 1),
                 "receiver_cpu": round(run.receiver_cpu_s / run.seconds, 2),
+                "machine_idle_cores": round(idle, 2),  # left idle meanwhile: ≈ 0 means a busy machine
                 "load_average": round(load_average(), 2),
             }
     return best

@@ -185,7 +185,8 @@ def summary(r: dict[str, Any]) -> None:
         bare, daemon, process = x["bare"], x["daemon"], x["daemon_receiver_process"]
         print(
             f"  {name:<6} {x['bytes_per_message']:>5} B/msg  bare {bare['msgs_per_s']:>7,}/s"
-            f"  server {bare['server_cpu']:.2f} cores  in-process {x['in_process_events_per_s']:,}/s"
+            f"  server {bare['server_cpu']:.2f} cores, machine idle {bare['machine_idle_cores']:.2f}"
+            f"  in-process {x['in_process_events_per_s']:,}/s"
         )
         for row, run, ratio in (
             ("daemon", daemon, x["ratio"]),
@@ -195,7 +196,8 @@ def summary(r: dict[str, Any]) -> None:
             print(
                 f"    {row:<25} {run['msgs_per_s']:>7,}/s  ratio {ratio:.2f}"
                 f" ({'met' if ratio >= TARGET_RATIO else 'MISSED'}: >= {TARGET_RATIO})"
-                f"  server {run['server_cpu']:.2f} cores, client {run['client_cpu']:.2f}{receiver}"
+                f"  server {run['server_cpu']:.2f} cores, client {run['client_cpu']:.2f}{receiver},"
+                f" machine idle {run['machine_idle_cores']:.2f}"
             )
     print(f"  synthetic traffic: masked/full bytes {r['masked_bytes_ratio']:.2f}; total {r['seconds']:.0f}s")
 

@@ -14,8 +14,9 @@ rotated certificate is used by the next stream — and sends the messages to the
 batches: a batch goes when it holds :data:`BATCH_MESSAGES` messages or :data:`BATCH_BYTES` bytes, and at
 most :data:`BATCH_DELAY` seconds after its first message (a timer thread), so a quiet stream delivers at
 once. Order is kept (one send lock). Memory is bounded: while a send blocks (the parent is behind), the
-child stops reading the call — gRPC's flow control then holds the server back — so the child holds at
-most two batches (one being sent, one filling) beside the pipe's buffer.
+child stops reading the call — gRPC's flow control then holds the server back — so at most the pipe's
+buffer (:data:`PIPE_BYTES`, room for a whole batch: the child reads on while the parent is still at the
+batch before) and two batches (one being sent, one filling) wait between the server and the parent.
 
 Lifecycle: the child starts at the first stream and serves the following ones; one that died (killed,
 out of memory) ends the stream it was serving, and the next stream starts a new one. The child exits when
@@ -34,6 +35,7 @@ child ends its stream with ``UNKNOWN`` and the reason (the child goes on serving
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import pickle
 import signal
@@ -54,6 +56,9 @@ if TYPE_CHECKING:
 BATCH_MESSAGES: Final = 256
 BATCH_BYTES: Final = 1 << 20
 BATCH_DELAY: Final = 0.005  # seconds from a batch's first message to its send, at most
+# The data pipe's buffer: a whole batch fits, so the receiver goes on reading while the daemon is still
+# at the batch before (with Linux's default 64 KiB it waited for every batch: 66k against 80k msgs/s).
+PIPE_BYTES: Final = 1 << 20
 STOP_TIMEOUT: Final = 2.0  # seconds the child is given to exit before it is killed
 PROCESS_NAME: Final = "flow-auditor-receiver"  # the child's first argument: what ps shows
 
@@ -92,6 +97,7 @@ class _Child:
         setup = pickle.dumps(config)  # before the process exists: an unpicklable config starts nothing
         commands_in, commands_out = os.pipe()  # not inherited by other processes (close-on-exec)
         data_in, data_out = os.pipe()
+        _widen(data_in)
         try:
             self.process = subprocess.Popen(
                 [sys.executable, "-c", _BOOT, PROCESS_NAME, str(commands_in), str(data_out)],
@@ -141,6 +147,14 @@ class _Child:
                 os.kill(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout)
         self.commands.close()
+
+
+def _widen(pipe: int) -> None:
+    """Give the data pipe :data:`PIPE_BYTES` of buffer where the system allows (Linux; else its default)."""
+    set_size = getattr(fcntl, "F_SETPIPE_SZ", None)
+    if set_size is not None:
+        with contextlib.suppress(OSError):  # above /proc/sys/fs/pipe-max-size or the user's pipe pages
+            fcntl.fcntl(pipe, set_size, PIPE_BYTES)
 
 
 # The child's start: the parent's module path (so that it imports what the parent imports, as
