@@ -43,7 +43,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
@@ -290,67 +290,75 @@ class ReceivedCall:
 
 
 class _Batcher:
-    """Collects one stream's messages into batches and sends them, in order, over the shared pipe."""
+    """Collects one stream's messages into batches and sends them, in order, over the shared pipe: full
+    ones from the stream thread (:meth:`pump`), late ones from a timer thread."""
 
     def __init__(self, stream: int, data: Connection, send_lock: threading.Lock) -> None:
         self.stream = stream
         self._data, self._send_lock = data, send_lock
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()  # the batch: a plain lock, taken once per message
         self._batch: list[bytes] = []
-        self._bytes = 0
         self._first = 0.0  # monotonic time of the current batch's first message
         self._sent = 0  # batches taken so far (the timer's batch may have gone meanwhile)
-        self._done = False
+        self._started = threading.Event()  # a batch got its first message (set under _lock)
+        self._done = threading.Event()
         self._timer = threading.Thread(target=self._flush_late, name="receiver-timer", daemon=True)
         self._timer.start()
 
-    def add(self, raw: bytes) -> None:
-        with self._cond:
-            batch = self._batch
-            batch.append(raw)
-            self._bytes += len(raw)
-            if len(batch) == 1:
-                self._first = time.monotonic()
-                self._cond.notify()
-            full = len(batch) >= BATCH_MESSAGES or self._bytes >= BATCH_BYTES
-        if full:
-            self.flush()
+    def pump(self, call: Iterable[bytes]) -> None:
+        """Batch every message of ``call`` (the hot loop: locals only, one lock per message)."""
+        lock, started, monotonic = self._lock, self._started, time.monotonic
+        current: list[bytes] | None = None
+        size = 0
+        for raw in call:
+            with lock:
+                batch = self._batch
+                if batch is not current:  # taken meanwhile (full here, or late by the timer)
+                    current, size = batch, 0
+                batch.append(raw)
+                if len(batch) == 1:
+                    self._first = monotonic()
+                    started.set()
+            size += len(raw)
+            if len(batch) >= BATCH_MESSAGES or size >= BATCH_BYTES:
+                self.flush()
 
     def flush(self, end: End | None = None) -> None:
         with self._send_lock:  # taken before the batch: batches leave in the order they were taken
-            with self._cond:
-                batch, self._batch, self._bytes = self._batch, [], 0
+            with self._lock:
+                batch, self._batch = self._batch, []
                 self._sent += 1
             if batch or end is not None:
                 self._data.send_bytes(pickle.dumps((self.stream, batch, end), pickle.HIGHEST_PROTOCOL))
 
     def finish(self, end: End) -> None:
         """Send what is left and the stream's end; stop the timer."""
-        with self._cond:
-            self._done = True
-            self._cond.notify()
+        self._done.set()
+        self._started.set()
         self.flush(end)
         self._timer.join()
 
     def _flush_late(self) -> None:
+        started, done = self._started, self._done
         while True:
-            with self._cond:
-                while not self._batch and not self._done:
-                    self._cond.wait()
-                if self._done:
-                    return
-                taken = self._sent
-                delay = self._first + BATCH_DELAY - time.monotonic()
-                if delay > 0:
-                    self._cond.wait(delay)  # woken early only by finish()
-                    if self._done:
-                        return
-                    if self._sent != taken:
-                        continue  # sent full meanwhile: a new batch, with its own deadline
-            try:
-                self.flush()
-            except OSError:  # the parent is gone: the stream thread notices too
+            started.wait()
+            if done.is_set():
                 return
+            with self._lock:
+                started.clear()  # the next batch's first message sets it again
+                if not self._batch:
+                    continue  # sent full meanwhile
+                taken, first = self._sent, self._first
+            delay = first + BATCH_DELAY - time.monotonic()
+            if delay > 0 and done.wait(delay):
+                return
+            with self._lock:
+                late = self._sent == taken
+            if late:
+                try:
+                    self.flush()
+                except OSError:  # the parent is gone: the stream thread notices too
+                    return
 
 
 class _Streams:
@@ -392,11 +400,9 @@ class _Streams:
             call.cancel()
 
     def _forward(self, call: Any, channel: grpc.Channel, batcher: _Batcher) -> None:
-        add = batcher.add
         end: End = (None, "")
         try:
-            for raw in call:
-                add(raw)
+            batcher.pump(call)
         except grpc.RpcError as e:
             code = e.code() if hasattr(e, "code") else None
             details = e.details() if hasattr(e, "details") else str(e)
