@@ -9,6 +9,7 @@ observed.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -313,19 +314,25 @@ def test_the_receiver_option_and_its_environment_twin(monkeypatch: pytest.Monkey
     assert receiver("--receiver", "thread") == "thread"  # the command line wins
 
 
-def test_a_killed_daemon_takes_its_receiver_process_with_it(example_server: HubbleServer) -> None:
+def test_a_killed_daemon_takes_its_receiver_process_with_it(
+    example_server: HubbleServer, tmp_path: Path
+) -> None:
     address = f"127.0.0.1:{free_port()}"
     command = [sys.executable, "-m", "auditor", "run", "--server", example_server.address]
     command += ["--matrix", str(MATRIX), "--since", "2000-01-01T00:00:00Z", "--listen-address", address]
     command += ["--receiver", "process", "--no-server-side-filter", "--log-format", "json"]
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp_path / "daemon.log"
+    with log.open("w") as stderr:
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
     try:
         wait_for(lambda: _counted(address) >= FLOW_EVENTS, what="every flow, through the receiver process")
         kids = children(proc.pid)
-        assert len(kids) == 1, kids
+        assert len(kids) == 1, kids  # the receiver, and no other helper process
         os.kill(proc.pid, signal.SIGKILL)  # no stop(): the receiver sees its command pipe close
         proc.wait(timeout=10)
         wait_for(lambda: exited(kids[0]), timeout=10, what="the orphaned receiver process to exit")
+        lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+        assert [e["receiver"] for e in lines if e["event"] == "flow-auditor started"] == ["process"]
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
