@@ -1,7 +1,8 @@
 """The receiver process (``--receiver process``, :mod:`auditor.sources.receiver`) against real gRPC servers
 on 127.0.0.1: what the parent iterates is what the call delivered (messages, order, end, status code and
-details), a quiet stream is not held back by batching, a killed receiver is replaced and nothing is
-counted twice, and no receiver process outlives its daemon — stopped, stuck or with its parent killed.
+details), a quiet stream is not held back by batching, a daemon that stops reading holds the server back
+(memory stays bounded), a killed receiver is replaced and nothing is counted twice, and no receiver
+process outlives its daemon — stopped, stuck or with its parent killed.
 
 Every process is looked at and stopped by its PID (``/proc``); every wait is bounded and ends on something
 observed.
@@ -9,6 +10,7 @@ observed.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -344,3 +346,52 @@ def _counted(address: str) -> float:
         return received(scrape(address))
     except OSError:
         return 0.0
+
+
+# -- back-pressure -----------------------------------------------------------------------------------------
+
+
+class CountingServer:
+    """GetFlows streaming ``total`` messages of ``size`` bytes as fast as the client takes them, counting
+    what gRPC has taken from it so far (``yielded``)."""
+
+    def __init__(self, total: int, size: int) -> None:
+        self.yielded = 0
+        payload = b"\x0a" + b"\x00" * (size - 1)
+
+        def get_flows(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+            for _ in range(total):
+                self.yielded += 1
+                yield payload
+
+        from concurrent import futures
+
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        handler = grpc.method_handlers_generic_handler(
+            "observer.Observer", {"GetFlows": grpc.unary_stream_rpc_method_handler(get_flows)}
+        )
+        self.server.add_generic_rpc_handlers((handler,))
+        self.address = f"127.0.0.1:{self.server.add_insecure_port('127.0.0.1:0')}"
+        self.server.start()
+
+
+def test_a_daemon_that_stops_reading_holds_the_server_back(receiver_of: list[ReceiverProcess]) -> None:
+    total, size = 2000, 64 * 1024  # 128 MiB offered
+    server = CountingServer(total, size)
+    try:
+        r = ReceiverProcess(HubbleConfig(server=server.address))
+        receiver_of.append(r)
+        messages = iter(r.open(observer_pb2.GetFlowsRequest(follow=True)))
+        next(messages)  # then the daemon falls silent
+        seen: list[int] = []
+
+        def settled() -> bool:  # the same count over the last second: the server is held back
+            seen.append(server.yielded)
+            return len(seen) > 20 and seen[-1] == seen[-21]
+
+        wait_for(settled, timeout=20, what="the server to be held back")
+        assert server.yielded < total // 8, server.yielded  # < 16 MiB taken (≈ 7): pipe, batches, windows
+        taken = server.yielded
+        assert sum(1 for _ in itertools.islice(messages, taken - 1)) == taken - 1  # none was lost
+    finally:
+        server.server.stop(None)
