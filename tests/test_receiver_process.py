@@ -10,9 +10,11 @@ observed.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -297,6 +299,42 @@ def test_mtls_in_the_receiver_process(pki: TestPki, daemons: list[Daemon]) -> No
         samples = count_through_sentinel(d, log)
         assert received(samples) == 40 + 1
         assert d.source.receiver is not None and d.source.receiver.started == 1
+    finally:
+        srv.stop(None)
+
+
+def test_each_stream_reads_the_certificate_files_again(
+    pki: TestPki, tmp_path: Path, receiver_of: list[ReceiverProcess]
+) -> None:
+    log = FlowLog()
+    log.extend(flows(3))
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    shutil.copy(pki.client_cert, cert)
+    shutil.copy(pki.client_key, key)
+    config = HubbleConfig(
+        server="",
+        tls=True,
+        tls_ca_cert_files=(str(pki.ca_cert),),
+        tls_server_name=pki.server_name,
+        tls_client_cert_file=str(cert),
+        tls_client_key_file=str(key),
+    )
+    srv = HubbleServer(log, tls=ServerTls(pki.server_cert, pki.server_key, pki.ca_cert))
+    srv.start()
+    try:
+        r = ReceiverProcess(dataclasses.replace(config, server=srv.address))
+        receiver_of.append(r)
+        request = observer_pb2.GetFlowsRequest(number=10)
+        assert len(list(r.open(request))) == 3
+        shutil.copy(pki.untrusted_client_cert, cert)  # rotated to a certificate the server refuses
+        shutil.copy(pki.untrusted_client_key, key)
+        with pytest.raises(ReceiverError) as refused:
+            list(r.open(request))
+        assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+        shutil.copy(pki.client_cert, cert)
+        shutil.copy(pki.client_key, key)
+        assert len(list(r.open(request))) == 3
+        assert r.started == 1  # one process, three channels
     finally:
         srv.stop(None)
 
