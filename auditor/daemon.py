@@ -170,6 +170,7 @@ class Daemon:
             matrix=self.matrix.name,
             rules=len(self.matrix.rules),
             server=self.config.hubble.server,
+            receiver=self.config.hubble.receiver,
             listen=self.listen_address,
         )
 

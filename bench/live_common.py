@@ -34,6 +34,19 @@ def load_average() -> float:
     return os.getloadavg()[0]
 
 
+def machine_ticks() -> tuple[int, int]:
+    """(idle, total) CPU ticks of the whole machine so far (``/proc/stat``): the share left idle while a
+    measurement ran tells whether other work held it back (a shared machine)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return fields[3] + fields[4], sum(fields)
+
+
+def idle_cores(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """Cores the machine left idle between two :func:`machine_ticks` snapshots, on average."""
+    total = after[1] - before[1]
+    return (after[0] - before[0]) / total * (os.cpu_count() or 1) if total else 0.0
+
+
 def quiet_logging() -> None:
     """The daemon's structlog configuration (JSON lines), written to /dev/null."""
     configure_logging("json", "info")

@@ -30,7 +30,9 @@ from live_common import (
     LIVE_SCRIPT,
     counted,
     cpu_delta,
+    idle_cores,
     load_average,
+    machine_ticks,
     make_daemon,
     reset_decoder_caches,
     self_cpu_s,
@@ -130,6 +132,7 @@ def _request() -> observer_pb2.GetFlowsRequest:
 class StreamRun(NamedTuple):
     seconds: float
     python_cpu_s: float  # the client's Python threads while streaming (the GIL bounds their sum)
+    receiver_cpu_s: float = 0.0  # the daemon's receiver process (receiver="process"), while streaming
 
 
 def bare_client(address: str, n: int, single_threaded: bool) -> StreamRun:
@@ -165,10 +168,16 @@ def bare_client(address: str, n: int, single_threaded: bool) -> StreamRun:
 
 def daemon_client(address: str, n: int, single_threaded: bool, **hubble: Any) -> StreamRun:
     """The real daemon (``since`` = 0) until it received ``n`` messages; timed from ``start()``.
-    ``hubble``: more ``HubbleConfig`` settings (e.g. ``field_mask``)."""
+    ``hubble``: more ``HubbleConfig`` settings (e.g. ``field_mask``, ``receiver``). A receiver process is
+    started and ready before the clock starts (a daemon starts it once in its life); its CPU is
+    reported apart (``receiver_cpu_s``)."""
     daemon = make_daemon(address, since=0.0, single_threaded_stream=single_threaded, **hubble)
     reset_decoder_caches()
     source = daemon.source
+    receiver = source.receiver
+    if receiver is not None and not receiver.start():
+        raise RuntimeError("daemon: the receiver process did not start")
+    receiver_cpu = process_cpu_s(receiver.pid) if receiver is not None and receiver.pid else 0.0
     threads = thread_cpu(os.getpid())
     started = time.perf_counter()
     daemon.start()
@@ -180,12 +189,20 @@ def daemon_client(address: str, n: int, single_threaded: bool, **hubble: Any) ->
             time.sleep(0.01)
         elapsed = time.perf_counter() - started
         python_cpu, _ = cpu_delta(threads, thread_cpu(os.getpid()))
+        if receiver is not None and receiver.pid:
+            receiver_cpu = process_cpu_s(receiver.pid) - receiver_cpu
     finally:
         daemon.stop()
     got = counted(daemon)
     if got != n:
         raise RuntimeError(f"daemon counted {got} records, {n} sent")
-    return StreamRun(elapsed, python_cpu)
+    return StreamRun(elapsed, python_cpu, receiver_cpu)
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (``/proc/PID/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def measure_stream(
@@ -194,9 +211,9 @@ def measure_stream(
     """Best of ``runs``, with the CPU both sides used meanwhile (in cores: CPU seconds / wall seconds)."""
     best: dict[str, Any] = {}
     for _ in range(runs):
-        server_threads, own_cpu = thread_cpu(server.pid), self_cpu_s()
+        server_threads, own_cpu, ticks = thread_cpu(server.pid), self_cpu_s(), machine_ticks()
         run = client(server.address, n, single)
-        own_cpu = self_cpu_s() - own_cpu
+        own_cpu, idle = self_cpu_s() - own_cpu, idle_cores(ticks, machine_ticks())
         server_python, server_other = cpu_delta(server_threads, thread_cpu(server.pid))
         if not best or run.seconds < best["seconds"]:
             best = {
@@ -207,6 +224,8 @@ def measure_stream(
                 "client_cpu": round(own_cpu / run.seconds, 2),
                 "client_python_threads_cpu": round(run.python_cpu_s / run.seconds, 2),
                 "client_cpu_us_per_msg": round(own_cpu / n * 1e6, 1),
+                "receiver_cpu": round(run.receiver_cpu_s / run.seconds, 2),
+                "machine_idle_cores": round(idle, 2),  # left idle meanwhile: ≈ 0 means a busy machine
                 "load_average": round(load_average(), 2),
             }
     return best

@@ -25,6 +25,8 @@ def test_the_stand_in_benchmark_runs_and_reports_both_mask_settings(tmp_path: Pa
     assert results["server"].startswith("Python HubbleServer")
     for name in ("full", "masked"):
         assert results[name]["bare"]["msgs_per_s"] > 0 and results[name]["daemon"]["msgs_per_s"] > 0
+        assert results[name]["daemon_receiver_process"]["msgs_per_s"] > 0  # --receiver process
+        assert results[name]["daemon_receiver_process"]["receiver_cpu"] >= 0  # reported (10 ms ticks)
     assert results["masked"]["bytes_per_message"] < results["full"]["bytes_per_message"]
     assert 0 < results["demo_traffic"]["ratio"] < 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["standin-results.json"]  # inputs cleaned up

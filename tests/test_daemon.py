@@ -41,6 +41,7 @@ from auditor import __version__, native
 from auditor._proto.observer import observer_pb2
 from auditor.daemon import Daemon
 from auditor.demo import FlowLog, HubbleServer, ServerTls, lost_events_response
+from auditor.sources import RECEIVERS
 
 # -- helpers ----------------------------------------------------------------------------------------
 
@@ -224,8 +225,9 @@ def test_mtls_accepts_a_client_certificate_and_refuses_none(
         srv.stop(0)
 
 
+@pytest.mark.parametrize("receiver", RECEIVERS)
 def test_rotated_client_certificate_is_picked_up(
-    example_log: FlowLog, pki: TestPki, tmp_path: Path, daemons: list[Daemon]
+    example_log: FlowLog, pki: TestPki, tmp_path: Path, daemons: list[Daemon], receiver: str
 ) -> None:
     srv = tls_server(example_log, pki, mutual=True)
     cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
@@ -240,6 +242,7 @@ def test_rotated_client_certificate_is_picked_up(
             tls_client_cert_file=str(cert),
             tls_client_key_file=str(key),
             cert_poll_interval=0.1,
+            receiver=receiver,  # the receiver process reads the files again at the new stream
         )
         daemons.append(d)
         wait_for(lambda: received(scrape(d.listen_address)) >= FLOW_EVENTS, what="flows over mTLS")

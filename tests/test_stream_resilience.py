@@ -1,5 +1,7 @@
 """The live stream against misbehaving servers on 127.0.0.1: clock skew, a flow from the far future,
 oversized messages, calls that fail at once, a server that freezes. Flows sent = flows counted, exactly.
+The tests that exercise the call itself run with both receivers (``receiver``: the call received in the
+stream thread, or in the receiver process of :mod:`auditor.sources.receiver`).
 
 Every server binds loopback with an ephemeral port (re-used for a restart); every wait is bounded and ends
 on something observed (a count, a sentinel flow, answered probes, failed calls), never on a sleep.
@@ -33,9 +35,10 @@ from daemon_helpers import (
 from auditor._proto.observer import observer_pb2
 from auditor.daemon import Daemon, DaemonConfig
 from auditor.demo import FlowLog, HubbleServer
-from auditor.sources.hubble import HubbleConfig
+from auditor.sources.hubble import RECEIVERS, HubbleConfig
 
 NS = 1_000_000_000
+both_receivers = pytest.mark.parametrize("receiver", RECEIVERS)
 Response = observer_pb2.GetFlowsResponse
 
 
@@ -115,12 +118,13 @@ def restart(servers: Servers, d: Daemon, log: FlowLog) -> None:
 # -- clock skew: since is never trusted ------------------------------------------------------------------
 
 
+@both_receivers
 def test_server_restarted_with_its_clock_600s_behind_loses_nothing(
-    servers: Servers, daemons: list[Daemon]
+    servers: Servers, daemons: list[Daemon], receiver: str
 ) -> None:
     first = FlowLog()
     servers.start(first)
-    d = start(servers.address)
+    d = start(servers.address, receiver=receiver)
     daemons.append(d)
     now = time.time_ns()
     first.extend(batch("before", "node-1", now - 200 * MS, 100))
@@ -206,11 +210,12 @@ def test_a_flow_stamped_beyond_year_9999_does_not_stop_the_stream(
 # -- oversized messages --------------------------------------------------------------------------------
 
 
+@both_receivers
 def test_an_oversized_message_is_counted_skipped_and_reported_not_re_requested(
-    servers: Servers, daemons: list[Daemon]
+    servers: Servers, daemons: list[Daemon], receiver: str
 ) -> None:
     limit = 256 * 1024
-    log, d = served(servers, daemons, max_message_bytes=limit)
+    log, d = served(servers, daemons, max_message_bytes=limit, receiver=receiver)
     log.extend(batch("a", "node-1", time.time_ns(), 20))
     wait_for(lambda: received(d) == 20, what="the flows before")
     log.append_raw(b"\x0a" + b"\xff" * (4 * limit), time_ns=time.time_ns())  # 4x the receive limit
@@ -249,10 +254,13 @@ def failing_server() -> tuple[grpc.Server, str]:
     return server, f"127.0.0.1:{port}"
 
 
-def test_readyz_is_503_when_every_call_fails_right_after_connecting(daemons: list[Daemon]) -> None:
+@both_receivers
+def test_readyz_is_503_when_every_call_fails_right_after_connecting(
+    daemons: list[Daemon], receiver: str
+) -> None:
     server, address = failing_server()
     try:
-        d = start(address, backoff_initial=0.05, backoff_max=0.2, healthy_after=3.0)
+        d = start(address, backoff_initial=0.05, backoff_max=0.2, healthy_after=3.0, receiver=receiver)
         daemons.append(d)
         url = f"http://{d.listen_address}/readyz"
         codes: list[int] = []
@@ -270,9 +278,12 @@ def test_readyz_is_503_when_every_call_fails_right_after_connecting(daemons: lis
         server.stop(None)
 
 
-def test_a_quiet_but_open_stream_is_ready_and_kept(servers: Servers, daemons: list[Daemon]) -> None:
+@both_receivers
+def test_a_quiet_but_open_stream_is_ready_and_kept(
+    servers: Servers, daemons: list[Daemon], receiver: str
+) -> None:
     servers.start(FlowLog())
-    d = start(servers.address, healthy_after=0.3, idle_timeout=0.3)
+    d = start(servers.address, healthy_after=0.3, idle_timeout=0.3, receiver=receiver)
     daemons.append(d)
     wait_for(lambda: http_status(f"http://{d.listen_address}/readyz") == 200, what="ready")
     assert value(scrape(d.listen_address), "flow_auditor_hubble_up") == 1.0
@@ -347,14 +358,15 @@ class FreezableProxy:
             s.close()
 
 
+@both_receivers
 def test_a_frozen_server_is_noticed_within_seconds_and_nothing_is_lost(
-    servers: Servers, daemons: list[Daemon]
+    servers: Servers, daemons: list[Daemon], receiver: str
 ) -> None:
     log = FlowLog()
     servers.start(log)
     proxy = FreezableProxy(servers.address)
     try:
-        d = start(proxy.address, ready_grace=1.0, idle_timeout=1.0, timeout=1.0)
+        d = start(proxy.address, ready_grace=1.0, idle_timeout=1.0, timeout=1.0, receiver=receiver)
         daemons.append(d)
         log.extend(batch("a", "node-1", time.time_ns(), 20))
         wait_for(lambda: received(d) == 20, what="flows through the proxy")

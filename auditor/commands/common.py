@@ -136,4 +136,5 @@ def hubble_config(args: argparse.Namespace) -> HubbleConfig:
         timeout=args.timeout,
         since=args.since,
         field_mask=not getattr(args, "no_field_mask", False),  # `matrix learn` has no such flag
+        receiver=getattr(args, "receiver", "thread"),  # nor `--receiver`
     )

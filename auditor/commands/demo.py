@@ -47,7 +47,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     try:
         # from the demo's own start: the first record is the node status its Relay stand-in reports
         hubble = HubbleConfig(
-            server=demo.address, timeout=5.0, since=time.time() - 1.0, field_mask=not args.no_field_mask
+            server=demo.address,
+            timeout=5.0,
+            since=time.time() - 1.0,
+            field_mask=not args.no_field_mask,
+            receiver=args.receiver,
         )
         return start_daemon(daemon_config(args, str(DEMO_MATRIX), hubble))
     finally:

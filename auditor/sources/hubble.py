@@ -27,6 +27,10 @@ Resilience:
   connection with ``too_many_pings``.
 * Certificates are read from their files at every (re)connection, and the files are polled while a
   stream is open: a rotated certificate (Kubernetes updates mounted Secrets in place) re-opens the stream.
+* Receiving: in this process (``receiver="thread"``), or in a receiver process
+  (``receiver="process"``, :mod:`auditor.sources.receiver`) that owns the GetFlows call and forwards the
+  raw messages in batches, so that receiving no longer shares the GIL with judging. Only the call moves:
+  the connection check, the probes, certificate polling and every decision stay here.
 
 Error policy: nothing on the wire stops the daemon. Responses are received as raw bytes and read by the
 per-message loop (:mod:`auditor.sources.consume`, compiled with the core), so an undecodable message is
@@ -51,7 +55,9 @@ from auditor._proto.flow import flow_pb2
 from auditor._proto.live import live_pb2
 from auditor._proto.observer import observer_pb2
 from auditor.pipeline import Pipeline
+from auditor.sources import RECEIVERS
 from auditor.sources.consume import MessageLoop
+from auditor.sources.receiver import ReceiverProcess
 from auditor.sources.resume import DEFAULT_BACKLOG, DEFAULT_TOLERANCE, ResumeState
 
 GET_FLOWS: Final = "/observer.Observer/GetFlows"
@@ -140,7 +146,12 @@ class HubbleConfig:
     healthy_after: float = HEALTHY_AFTER
     resume_backlog: int = DEFAULT_BACKLOG
     clock_tolerance: float = DEFAULT_TOLERANCE
+    receiver: str = "thread"  # one of RECEIVERS: "process" receives in a process of its own
     extra_options: tuple[tuple[str, Any], ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if self.receiver not in RECEIVERS:
+            raise ValueError(f"receiver {self.receiver!r}: one of {', '.join(RECEIVERS)}")
 
     @property
     def target(self) -> str:
@@ -253,6 +264,8 @@ class HubbleSource:
         self._cancel_reason = ""
         self._loop = MessageLoop(pipeline, self.resume, config.target)  # the per-message half (compiled)
         self.namespaces = config.namespaces
+        # The receiver process (receiver="process"); its process starts with the first stream.
+        self.receiver = ReceiverProcess(config) if config.receiver == "process" else None
 
     @property
     def newest_time(self) -> float:
@@ -284,6 +297,8 @@ class HubbleSource:
         if ready is not None:
             ready.cancel()  # a connection attempt would otherwise hold stop() for up to --timeout
         self._cancel("stopped")
+        if self.receiver is not None:
+            self.receiver.close()
 
     def reopen(self) -> None:
         """Close the current stream and open a new one (resuming): used after a scope change."""
@@ -384,11 +399,7 @@ class HubbleSource:
             if len(self.requests) < 100:
                 self.requests.append(request)
             self._opened = True
-            # Raw bytes in: we parse, so a bad message is counted, not fatal for the stream.
-            method: grpc.UnaryStreamMultiCallable[observer_pb2.GetFlowsRequest, bytes] = channel.unary_stream(
-                GET_FLOWS, request_serializer=observer_pb2.GetFlowsRequest.SerializeToString
-            )
-            call = method(request)
+            call = self._open(channel, request)
             with self._lock:
                 self._call = call
                 self._cancel_reason = ""
@@ -406,6 +417,16 @@ class HubbleSource:
             channel.close()  # also ends a probe in flight
             if watcher is not None:
                 watcher.join(timeout=self.config.timeout + 1)
+
+    def _open(self, channel: grpc.Channel, request: observer_pb2.GetFlowsRequest) -> Any:
+        """The GetFlows call: on ``channel``, or in the receiver process (the same iteration, errors and
+        ``cancel``). Raw bytes in: we parse, so a bad message is counted, not fatal for the stream."""
+        if self.receiver is not None:
+            return self.receiver.open(request)
+        method: grpc.UnaryStreamMultiCallable[observer_pb2.GetFlowsRequest, bytes] = channel.unary_stream(
+            GET_FLOWS, request_serializer=observer_pb2.GetFlowsRequest.SerializeToString
+        )
+        return method(request)
 
     def _consume(self, call: Any, backoff: Backoff) -> str:
         def first() -> None:
