@@ -8,6 +8,7 @@ from pathlib import Path
 import msgspec
 import pytest
 from google.protobuf import json_format
+from protowire import lfield, vfield
 
 from auditor import model
 from auditor._proto.flow import flow_pb2
@@ -17,26 +18,6 @@ from auditor.decode_pb import flow_from_pb, record_from_response
 
 SAMPLES = Path(__file__).parent / "data" / "hubble-samples"
 SAMPLE_FILES = [*sorted((SAMPLES / "hubble-otel").glob("*.json")), SAMPLES / "cilium-docs-export-rst.jsonl"]
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _unknown_varint(number: int, value: int) -> bytes:
-    return _varint(number << 3) + _varint(value)
-
-
-def _unknown_bytes(number: int, payload: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
 
 
 def _full_flow() -> flow_pb2.Flow:
@@ -133,9 +114,9 @@ def test_flow_survives_the_wire() -> None:
 def test_unknown_fields_on_the_wire_are_tolerated() -> None:
     wire = (
         _full_flow().SerializeToString()
-        + _unknown_varint(9999, 7)
-        + _unknown_bytes(4242, b"newer hubble")
-        + _unknown_bytes(200_000, _unknown_varint(1, 1))
+        + vfield(9999, 7)
+        + lfield(4242, b"newer hubble")
+        + lfield(200_000, vfield(1, 1))
     )
     assert flow_from_pb(flow_pb2.Flow.FromString(wire)) == EXPECTED_FULL
 
@@ -145,11 +126,11 @@ def test_unknown_enum_numbers_survive_as_ints() -> None:
     msg = flow_pb2.Flow(node_name="n", event_type=flow_pb2.CiliumEventType(type=13))
     wire = msg.SerializeToString() + b"".join(
         [
-            _unknown_varint(2, 42),  # verdict
-            _unknown_varint(10, 9),  # Type
-            _unknown_varint(22, 7),  # traffic_direction
-            _unknown_varint(24, 250),  # trace_observation_point
-            _unknown_varint(25, 999),  # drop_reason_desc
+            vfield(2, 42),  # verdict
+            vfield(10, 9),  # Type
+            vfield(22, 7),  # traffic_direction
+            vfield(24, 250),  # trace_observation_point
+            vfield(25, 999),  # drop_reason_desc
         ]
     )
     got = flow_from_pb(flow_pb2.Flow.FromString(wire))
@@ -339,9 +320,9 @@ def test_node_status(state: int, name: str) -> None:
     ("payload", "kind"),
     [
         (b"", "unknown"),
-        (_unknown_bytes(4, _unknown_varint(1, 2)), "agent_event"),  # AgentEvent{type: AGENT_STARTED}
-        (_unknown_bytes(5, _unknown_bytes(7, b"debug")), "debug_event"),
-        (_unknown_bytes(77, b"future payload"), "unknown"),
+        (lfield(4, vfield(1, 2)), "agent_event"),  # AgentEvent{type: AGENT_STARTED}
+        (lfield(5, lfield(7, b"debug")), "debug_event"),
+        (lfield(77, b"future payload"), "unknown"),
     ],
 )
 def test_response_without_a_known_payload_is_another_record(payload: bytes, kind: str) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from google.protobuf import field_mask_pb2, json_format
 from google.protobuf.message import DecodeError
+from protowire import key, lfield, overlong, varint, vfield
 
 from auditor import model
 from auditor._proto.flow import flow_pb2
@@ -84,32 +85,6 @@ def test_every_message_hubble_sends_reads_from_the_wire_exactly_as_protobuf_read
 
 
 # -- hand-made messages: the wire format spelled out (field numbers of proto/live/live.proto) ----------
-def varint(value: int) -> bytes:
-    out = bytearray()
-    value &= (1 << 64) - 1  # negative numbers: two's complement, ten bytes
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def key(number: int, wire_type: int) -> bytes:
-    return varint(number << 3 | wire_type)
-
-
-def vfield(number: int, value: int) -> bytes:
-    return key(number, 0) + varint(value)
-
-
-def lfield(number: int, payload: bytes | str) -> bytes:
-    data = payload.encode() if isinstance(payload, str) else payload
-    return key(number, 2) + varint(len(data)) + data
-
-
 def timestamp(seconds: int, nanos: int = 0) -> bytes:
     return vfield(1, seconds) + vfield(2, nanos)
 
@@ -300,15 +275,6 @@ DEFERRED: list[tuple[str, bytes, Outcome]] = [
 def test_the_reader_leaves_the_unusual_to_protobuf(name: str, data: bytes, expected: Outcome) -> None:
     assert expected(protobuf(data)), name  # the case is what its name says
     assert flow_from_wire(data) is None
-
-
-def overlong(value: int, size: int) -> bytes:
-    """``value`` as a varint of ``size`` bytes (padded with continuation bytes, as the format allows)."""
-    out = bytearray()
-    for _ in range(size - 1):
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    return bytes(out) + bytes([value & 0x7F])
 
 
 @pytest.mark.parametrize("size", range(1, 12))
