@@ -10,13 +10,17 @@ a stage that only imports and sets up (``setup``) is subtracted from the others:
   * workers — what the ``--jobs`` workers execute in all: every chunk judged (``judge_chunk``'s work) and
               its result pickled;
   * merge   — what the main process of ``--jobs`` executes: results unpickled and merged in order
-              (``workers + merge`` minus ``workers``).
+              (``workers + merge`` minus ``workers``);
+  * live floor / live pipeline — the live path on the same number of pre-serialized ``GetFlowsResponse``
+              messages (``bench/live.py``'s part (a): ``FromString`` and a read of the fields judging needs,
+              against the daemon's ``HubbleSource.consume``), less a ``live setup`` stage of their own.
 
-From them: the ratio of replay to the floor, and the ``--jobs N`` speed-up that N idle cores would give
-(the work of one process over the larger of the workers' share on N cores and the serial merge plus
-its share of a core). Default 20,000 events (about a minute). ``--smoke`` (``make test``) runs every stage
-once on 300 events without valgrind and counts only the ``setup`` stage under it, so that neither the
-stages nor the reading of callgrind's output can rot unnoticed.
+From them: the ratio of replay to the floor, the live pipeline's to its floor, and the ``--jobs N``
+speed-up that N idle cores would give (the work of one process over the larger of the workers' share on
+N cores and the serial merge plus its share of a core). Default 20,000 events (about two minutes on two
+cores: the stages run side by side, as counts do not depend on the load). ``--smoke`` (``make test``)
+runs every stage once on 300 events without valgrind and counts only the ``setup`` stage under it, so
+that neither the stages nor the reading of callgrind's output can rot unnoticed.
 
 Error policy: valgrind missing stops the run with a message (``make bench`` needs it; every machine kind
 here has it); a stage that fails stops the run.
@@ -26,12 +30,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pickle
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Final
 
@@ -41,11 +47,15 @@ ROOT: Final = Path(__file__).resolve().parent.parent
 MATRIX: Final = ROOT / "examples" / "airflow" / "matrix.yaml"
 OUT: Final = ROOT / "bench" / "out"
 STAGES: Final = ("setup", "floor", "replay", "workers", "workers+merge")
+LIVE_STAGES: Final = ("live setup", "live floor", "live pipeline")
 _COLLECTED: Final = re.compile(r"Collected : (\d+)")
 
 
 def run_stage(stage: str, path: Path, chunk_bytes: int) -> None:
     """The stage's work in this process (the child that callgrind counts)."""
+    if stage in LIVE_STAGES:
+        run_live_stage(stage, path)
+        return
     from auditor.classify import Auditor
     from auditor.decode import LINE_DECODER
     from auditor.matrix import load_matrix
@@ -79,6 +89,21 @@ def run_stage(stage: str, path: Path, chunk_bytes: int) -> None:
             sink.report()
 
 
+def run_live_stage(stage: str, path: Path) -> None:
+    from live_common import make_daemon, quiet_logging, reset_decoder_caches
+    from live_messages import read_records
+    from live_pipeline import floor_decode
+
+    quiet_logging()
+    messages = [message for message, *_ in read_records(path)]
+    daemon = make_daemon()
+    reset_decoder_caches()
+    if stage == "live floor":
+        floor_decode(messages)
+    elif stage == "live pipeline":
+        daemon.source.consume(messages)
+
+
 def count(stage: str, path: Path, chunk_bytes: int) -> int:
     """Instructions of one stage in a fresh interpreter under callgrind."""
     cmd = [
@@ -108,6 +133,13 @@ def generate(path: Path, n: int) -> None:
     path.write_bytes(b"".join(encode(e) + b"\n" for e in synthetic_events(n, distinct_pods=1000, seed=1)))
 
 
+def generate_messages(path: Path, n: int) -> None:
+    """``n`` pre-serialized live messages (1,000 pods), as ``bench/live.py`` makes them."""
+    from live_messages import generate as generate_live
+
+    generate_live(path, n, 1000)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -116,7 +148,7 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=2, help="cores of the --jobs speed-up (default 2)")
     parser.add_argument("--smoke", action="store_true", help="300 events (make test)")
     parser.add_argument("--out", type=Path, default=OUT, help=argparse.SUPPRESS)
-    parser.add_argument("--stage", choices=STAGES, help=argparse.SUPPRESS)
+    parser.add_argument("--stage", choices=STAGES + LIVE_STAGES, help=argparse.SUPPRESS)
     parser.add_argument("--input", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--chunk-bytes", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -129,16 +161,25 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-instructions-") as tmp:
         path = Path(tmp) / "events.jsonl"
         generate(path, events)
+        live = Path(tmp) / "messages.pb"
+        generate_messages(live, events)
         chunk = max(1, path.stat().st_size // 16)  # 16 chunks, as a large file gives many
         if args.smoke:
             for stage in STAGES:
                 run_stage(stage, path, chunk)
+            for stage in LIVE_STAGES:
+                run_stage(stage, live, chunk)
             setup = count("setup", path, chunk)
             print(f"smoke: every stage ran; setup under callgrind: {setup:,} instructions")
             return 0
-        raw = {stage: count(stage, path, chunk) for stage in STAGES}
+        # Counts do not depend on the load: the stages run side by side, one per core.
+        inputs = [(stage, path) for stage in STAGES] + [(stage, live) for stage in LIVE_STAGES]
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            counted = pool.map(lambda job: count(job[0], job[1], chunk), inputs)
+            raw = dict(zip([stage for stage, _ in inputs], counted, strict=True))
     base = raw["setup"]
     per = {stage: (raw[stage] - base) / events for stage in STAGES[1:]}
+    per.update({stage: (raw[stage] - raw["live setup"]) / events for stage in LIVE_STAGES[1:]})
     merge = per["workers+merge"] - per["workers"]
     single = per["replay"]
     # N idle cores: the workers' work spread over N, the merge serial beside them
@@ -148,6 +189,8 @@ def main() -> int:
         ("replay", single, f"{per['floor'] / single:.2f}"),
         ("--jobs workers", per["workers"], f"{per['workers'] / single:.2f}x replay's work"),
         ("--jobs merge", merge, f"{merge / single:.2f}x replay's work"),
+        ("live floor", per["live floor"], "1.00"),
+        ("live pipeline", per["live pipeline"], f"{per['live floor'] / per['live pipeline']:.2f}"),
     ]
     print(f"instructions per event under callgrind ({events:,} events; repeatable whatever the load)")
     print(f"{'stage':<16}{'instr/event':>12}  ratio")
@@ -160,6 +203,7 @@ def main() -> int:
         "instructions_per_event": {k: round(v) for k, v in per.items()},
         "merge_per_event": round(merge),
         "replay_ratio_to_floor": round(per["floor"] / single, 3),
+        "live_pipeline_ratio_to_floor": round(per["live floor"] / per["live pipeline"], 3),
         "jobs": args.jobs,
         "jobs_speedup_idle": round(speedup, 3),
     }
