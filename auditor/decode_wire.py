@@ -114,9 +114,14 @@ def _skip(data: bytes, pos: int, wire_type: int, end: int) -> int:
         pos += 4
     else:
         raise Unusual("group or invalid wire type")
+    _within(pos, end)
+    return pos
+
+
+def _within(pos: int, end: int) -> None:
+    """A message's fields must end where it ends: protobuf refuses one that runs past."""
     if pos > end:
         raise Unusual("field runs past its message")
-    return pos
 
 
 def _span(data: bytes, pos: int, end: int) -> tuple[int, int]:
@@ -193,8 +198,7 @@ def _timestamp(data: bytes, pos: int, end: int) -> tuple[int, int]:
             raise Unusual("timestamp field with another wire type")
         else:
             pos = _skip(data, pos, wire_type, end)
-    if pos > end:
-        raise Unusual("field runs past its message")
+    _within(pos, end)
     return seconds, nanos
 
 
@@ -241,7 +245,7 @@ def _flow(data: bytes, pos: int, end: int, envelope_node: str, envelope_s: int, 
     while pos < end:
         number, wire_type, pos = _key(data, pos)
         if wire_type == _VARINT:
-            pos = _flow_varint(f, number, data, pos, end)
+            pos = _flow_varint(f, number, data, pos)
         elif wire_type == _LEN:
             start, pos = _span(data, pos, end)
             _flow_len(f, number, data, start, pos)
@@ -249,8 +253,7 @@ def _flow(data: bytes, pos: int, end: int, envelope_node: str, envelope_s: int, 
             raise Unusual("a known field with another wire type")
         else:
             pos = _skip(data, pos, wire_type, end)
-    if pos > end:
-        raise Unusual("field runs past its message")
+    _within(pos, end)
     seconds, nanos = f.seconds, f.nanos
     if not (seconds or nanos):
         seconds, nanos = envelope_s, envelope_ns
@@ -283,7 +286,7 @@ _FLOW_NUMBERS: Final = frozenset({1, 2, 3, 5, 6, 8, 9, 10, 11, 13, 14, 16, 19, 2
 _FLOW_VARINTS: Final = frozenset({2, 3, 10, 16, 22, 24, 25})
 
 
-def _flow_varint(f: _Fields, number: int, data: bytes, pos: int, end: int) -> int:
+def _flow_varint(f: _Fields, number: int, data: bytes, pos: int) -> int:
     """A varint field of the flow (the last occurrence wins, as in protobuf)."""
     value, pos = _varint(data, pos)
     if number == 2:
@@ -302,9 +305,7 @@ def _flow_varint(f: _Fields, number: int, data: bytes, pos: int, end: int) -> in
         f.drop_reason_desc = _int32(value)
     elif number in _FLOW_NUMBERS:
         raise Unusual("a known field with another wire type")
-    if pos > end:
-        raise Unusual("field runs past its message")
-    return pos
+    return pos  # a varint past the flow's end: _flow's end check refuses it
 
 
 def _flow_len(f: _Fields, number: int, data: bytes, start: int, stop: int) -> None:
@@ -362,8 +363,7 @@ def _ip(f: _Fields, data: bytes, pos: int, end: int) -> None:
                 _int32(value)
         else:
             pos = _skip(data, pos, wire_type, end)
-    if pos > end:
-        raise Unusual("field runs past its message")
+    _within(pos, end)
 
 
 def _layer4(f: _Fields, data: bytes, pos: int, end: int) -> None:
@@ -380,8 +380,7 @@ def _layer4(f: _Fields, data: bytes, pos: int, end: int) -> None:
             stop = pos
         else:
             pos = _skip(data, pos, wire_type, end)
-    if pos > end:
-        raise Unusual("field runs past its message")
+    _within(pos, end)
     if case == 0:
         return
     if case >= 6:
@@ -414,8 +413,7 @@ def _ports(f: _Fields, data: bytes, pos: int, end: int, tcp: bool) -> None:
             raise Unusual("port or flags with another wire type")
         else:
             pos = _skip(data, pos, wire_type, end)
-    if pos > end:
-        raise Unusual("field runs past its message")
+    _within(pos, end)
 
 
 def _tcp_flags(data: bytes, pos: int, end: int) -> int:
@@ -432,8 +430,7 @@ def _tcp_flags(data: bytes, pos: int, end: int) -> int:
                 flags = (flags | bit) if value else (flags & ~bit)
         else:
             pos = _skip(data, pos, wire_type, end)
-    if pos > end:
-        raise Unusual("field runs past its message")
+    _within(pos, end)
     return flags
 
 
@@ -450,8 +447,7 @@ def _icmp_type(data: bytes, pos: int, end: int) -> int:
             raise Unusual("ICMP field with another wire type")
         else:
             pos = _skip(data, pos, wire_type, end)
-    if pos > end:
-        raise Unusual("field runs past its message")
+    _within(pos, end)
     return icmp_type
 
 
@@ -467,6 +463,5 @@ def _first_int32(data: bytes, pos: int, end: int) -> int:
             raise Unusual("field with another wire type")
         else:
             pos = _skip(data, pos, wire_type, end)
-    if pos > end:
-        raise Unusual("field runs past its message")
+    _within(pos, end)
     return value

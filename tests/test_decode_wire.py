@@ -255,6 +255,11 @@ DEFERRED: list[tuple[str, bytes, Outcome]] = [
         raised(DecodeError),
     ),
     (
+        "a flow's varint past the flow",
+        response(FLOW + key(2, 0) + b"\x80", lfield(1000, "n")),
+        raised(DecodeError),
+    ),
+    (
         "a varint past its message",
         response(FLOW.replace(lfield(6, TCP_SYN), lfield(6, key(9, 0) + b"\x80"))),
         raised(DecodeError),
