@@ -15,6 +15,7 @@ import datetime
 import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -45,6 +46,16 @@ class TestPki:
     rotated_client_cert: Path  # a second client certificate from the same CA (rotation tests)
     rotated_client_key: Path
     server_name: str = SERVER_NAME
+
+    def mtls(self) -> dict[str, Any]:
+        """``HubbleConfig`` settings of a client that trusts the CA and presents the client certificate."""
+        return {
+            "tls": True,
+            "tls_ca_cert_files": (str(self.ca_cert),),
+            "tls_server_name": self.server_name,
+            "tls_client_cert_file": str(self.client_cert),
+            "tls_client_key_file": str(self.client_key),
+        }
 
 
 @dataclass(frozen=True)

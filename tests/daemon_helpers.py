@@ -12,10 +12,12 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from concurrent import futures
 from pathlib import Path
 from typing import Any
 
+import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from auditor._proto.flow import flow_pb2
@@ -174,3 +176,20 @@ def count_through_sentinel(d: Daemon, log: FlowLog, timeout: float = 20.0) -> Sa
 
     wait_for(counted, timeout=timeout, what="the sentinel flow")
     return scrape(d.listen_address)
+
+
+def failing_server() -> tuple[grpc.Server, str]:
+    """A gRPC server whose GetFlows fails right after the call opens (UNAVAILABLE), every time."""
+
+    def get_flows(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+        context.abort(grpc.StatusCode.UNAVAILABLE, "no connection to any Hubble node")
+        yield b""  # pragma: no cover - abort raises
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    handler = grpc.method_handlers_generic_handler(
+        "observer.Observer", {"GetFlows": grpc.unary_stream_rpc_method_handler(get_flows)}
+    )
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    return server, f"127.0.0.1:{port}"

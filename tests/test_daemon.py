@@ -205,14 +205,7 @@ def test_mtls_accepts_a_client_certificate_and_refuses_none(
             srv.address, tls=True, tls_ca_cert_files=(str(pki.ca_cert),), tls_server_name=pki.server_name
         )
         daemons.append(without)
-        with_cert = start_daemon(
-            srv.address,
-            tls=True,
-            tls_ca_cert_files=(str(pki.ca_cert),),
-            tls_server_name=pki.server_name,
-            tls_client_cert_file=str(pki.client_cert),
-            tls_client_key_file=str(pki.client_key),
-        )
+        with_cert = start_daemon(srv.address, **pki.mtls())
         daemons.append(with_cert)
         wait_for(lambda: received(scrape(with_cert.listen_address)) >= FLOW_EVENTS, what="flows over mTLS")
         wait_for(

@@ -31,6 +31,7 @@ from daemon_helpers import (
     MS,
     count_through_sentinel,
     dropped_flow,
+    failing_server,
     free_port,
     received,
     scrape,
@@ -39,7 +40,6 @@ from daemon_helpers import (
     value,
     wait_for,
 )
-from test_stream_resilience import failing_server
 
 from auditor._proto.observer import observer_pb2
 from auditor.cli import build_parser
@@ -197,9 +197,17 @@ def server() -> Iterator[HubbleServer]:
     srv.stop(None)
 
 
-def test_a_quiet_stream_delivers_a_single_flow_at_once(server: HubbleServer, daemons: list[Daemon]) -> None:
+def process_daemon(server: HubbleServer, daemons: list[Daemon]) -> tuple[Daemon, ReceiverProcess]:
+    """A daemon following ``server`` with the receiver process (stopped by the fixture), and its receiver."""
     d = start_daemon(server.address, receiver="process")
     daemons.append(d)
+    receiver = d.source.receiver
+    assert receiver is not None
+    return d, receiver
+
+
+def test_a_quiet_stream_delivers_a_single_flow_at_once(server: HubbleServer, daemons: list[Daemon]) -> None:
+    d, _ = process_daemon(server, daemons)
     wait_for(lambda: d.source.connected, what="the stream")
     server.log.append(dropped_flow("alone", "node-1", time.time_ns()))
     wait_for(lambda: judged(d) == 1, timeout=5, what="one flow, without 255 more to fill a batch")
@@ -208,10 +216,7 @@ def test_a_quiet_stream_delivers_a_single_flow_at_once(server: HubbleServer, dae
 def test_a_killed_receiver_is_replaced_the_stream_resumes_and_every_flow_counts_once(
     server: HubbleServer, daemons: list[Daemon]
 ) -> None:
-    d = start_daemon(server.address, receiver="process")
-    daemons.append(d)
-    receiver = d.source.receiver
-    assert receiver is not None
+    d, receiver = process_daemon(server, daemons)
     server.log.extend(flows(2000, "before"))
     wait_for(lambda: d.source.received > 0, what="the first flows")
     first = receiver.pid
@@ -229,10 +234,7 @@ def test_a_killed_receiver_is_replaced_the_stream_resumes_and_every_flow_counts_
 def test_a_scope_change_reopens_the_stream_in_the_same_receiver_process(
     server: HubbleServer, daemons: list[Daemon]
 ) -> None:
-    d = start_daemon(server.address, receiver="process")
-    daemons.append(d)
-    receiver = d.source.receiver
-    assert receiver is not None
+    d, receiver = process_daemon(server, daemons)
     server.log.extend(flows(50, "before"))
     wait_for(lambda: judged(d) == 50, what="the first flows")
     pid = receiver.pid
@@ -247,10 +249,7 @@ def test_a_scope_change_reopens_the_stream_in_the_same_receiver_process(
 
 
 def test_stopping_the_daemon_leaves_no_receiver_process(server: HubbleServer, daemons: list[Daemon]) -> None:
-    d = start_daemon(server.address, receiver="process")
-    daemons.append(d)
-    receiver = d.source.receiver
-    assert receiver is not None
+    d, receiver = process_daemon(server, daemons)
     wait_for(lambda: d.source.connected and receiver.pid is not None, what="the stream")
     pid = receiver.pid
     assert pid is not None and not gone(pid)
@@ -285,15 +284,7 @@ def test_mtls_in_the_receiver_process(pki: TestPki, daemons: list[Daemon]) -> No
     srv = HubbleServer(log, tls=ServerTls(pki.server_cert, pki.server_key, pki.ca_cert))
     srv.start()
     try:
-        d = start_daemon(
-            srv.address,
-            receiver="process",
-            tls=True,
-            tls_ca_cert_files=(str(pki.ca_cert),),
-            tls_server_name=pki.server_name,
-            tls_client_cert_file=str(pki.client_cert),
-            tls_client_key_file=str(pki.client_key),
-        )
+        d = start_daemon(srv.address, receiver="process", **pki.mtls())
         daemons.append(d)
         log.extend(flows(40))
         samples = count_through_sentinel(d, log)

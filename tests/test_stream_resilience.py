@@ -15,7 +15,6 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import grpc
 import pytest
 from daemon_helpers import (
     MATRIX,
@@ -24,6 +23,7 @@ from daemon_helpers import (
     Samples,
     count_through_sentinel,
     dropped_flow,
+    failing_server,
     free_port,
     http_status,
     scrape,
@@ -233,25 +233,6 @@ def test_an_oversized_message_is_counted_skipped_and_reported_not_re_requested(
 
 
 # -- readiness -----------------------------------------------------------------------------------------
-
-
-def failing_server() -> tuple[grpc.Server, str]:
-    """A gRPC server whose GetFlows fails right after the call opens (UNAVAILABLE), every time."""
-
-    def get_flows(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
-        context.abort(grpc.StatusCode.UNAVAILABLE, "no connection to any Hubble node")
-        yield b""  # pragma: no cover - abort raises
-
-    from concurrent import futures
-
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    handler = grpc.method_handlers_generic_handler(
-        "observer.Observer", {"GetFlows": grpc.unary_stream_rpc_method_handler(get_flows)}
-    )
-    server.add_generic_rpc_handlers((handler,))
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    return server, f"127.0.0.1:{port}"
 
 
 @both_receivers
