@@ -16,7 +16,9 @@ most :data:`BATCH_DELAY` seconds after its first message (a timer thread), so a 
 once. Order is kept (one send lock). Memory is bounded: while a send blocks (the parent is behind), the
 child stops reading the call — gRPC's flow control then holds the server back — so at most the pipe's
 buffer (:data:`PIPE_BYTES`, room for a whole batch: the child reads on while the parent is still at the
-batch before) and two batches (one being sent, one filling) wait between the server and the parent.
+batch before), two batches (one being sent, one filling) and the batch the parent is iterating wait
+between gRPC and the parent; what else the server sent waits in gRPC's flow-control window and the
+kernel's socket buffers, which both grow with the link (tens of MiB on a fast one).
 
 Lifecycle: the child starts at the first stream and serves the following ones; one that died (killed,
 out of memory) ends the stream it was serving, and the next stream starts a new one. The child exits when
