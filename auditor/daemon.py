@@ -90,9 +90,10 @@ class Daemon:
         self._matrix_digest = _digest(Path(config.matrix))
         self._in_use_digest = self._matrix_digest
         self.registry = registry or CollectorRegistry()
-        self.metrics = MetricsSink(self.matrix, self.registry)
+        tolerance = config.hubble.clock_tolerance  # a flow stamped further ahead counts at the clock
+        self.metrics = MetricsSink(self.matrix, self.registry, clock_tolerance=tolerance)
         self.log_sink = LogSink(config.violation_log_interval, matrix=self.matrix, matrix_file=config.matrix)
-        self.live = LiveSink(self.matrix)
+        self.live = LiveSink(self.matrix, clock_tolerance=tolerance)
         self.live.matrix_loaded(self._matrix_digest, True)
         sinks: list[Sink] = [self.metrics, self.log_sink, self.live]
         self.kube_events: Any = None

@@ -337,6 +337,21 @@ MUTANTS: list[tuple[str, str, str, str, list[str]]] = [
         "all(classes[c] for c in fail_on)",
         CLI,
     ),
+    # a flow stamped ahead of the clock (auditor/sinks/metrics.py, auditor/sinks/live.py)
+    (
+        "last-seen: a future flow time trusted",
+        "auditor/sinks/metrics.py",
+        "        if t > self._horizon:  # stamped ahead",
+        "        if False and t > self._horizon:  # stamped ahead",
+        ["tests/test_metrics_sink.py"],
+    ),
+    (
+        "live page: a future flow time trusted",
+        "auditor/sinks/live.py",
+        "        if t > self._horizon:  # stamped ahead",
+        "        if False and t > self._horizon:  # stamped ahead",
+        ["tests/test_live_page.py::test_a_flow_stamped_a_day_ahead_of_the_clock_moves_neither_the_window_nor_its_node"],
+    ),
 ]
 
 

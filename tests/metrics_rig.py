@@ -3,6 +3,7 @@ Airflow example's matrix (or another), read back from a real ``CollectorRegistry
 names, an edge's labels, the rule last-seen series, the example matrix with its allow list replaced, and a
 scrape in the exposition format."""
 
+from collections.abc import Callable
 from itertools import count
 from pathlib import Path
 
@@ -44,14 +45,17 @@ METRIC_NAMES = {
 }
 
 _ports = count(41000)
+NOW = 2_100_000_000.0  # the auditor's clock in the rig: after every flow time the tests use (2036)
 
 
 class Rig:
     """A metrics sink and a report sink fed by one pipeline."""
 
-    def __init__(self, matrix: Matrix = MATRIX, **limits: int) -> None:
+    def __init__(
+        self, matrix: Matrix = MATRIX, clock: Callable[[], float] = lambda: NOW, **limits: int
+    ) -> None:
         self.registry = CollectorRegistry()
-        self.metrics = MetricsSink(matrix, self.registry, **limits)
+        self.metrics = MetricsSink(matrix, self.registry, clock=clock, **limits)
         self.report = ReportSink(matrix)
         self.auditor = Auditor(matrix)
         self.pipeline = Pipeline(self.auditor, [self.metrics, self.report])

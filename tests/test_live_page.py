@@ -11,9 +11,11 @@ from __future__ import annotations
 import json
 import urllib.request
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from daemon_helpers import FLOWS, MATRIX, replay_cli, wait_for
 
@@ -22,6 +24,7 @@ from auditor.daemon import Daemon, DaemonConfig
 from auditor.decode import decode_line
 from auditor.demo import FlowLog, HubbleServer, load_jsonl
 from auditor.matrix import load_matrix
+from auditor.model import Flow, Record
 from auditor.pipeline import Pipeline
 from auditor.sinks.live import LiveSink
 from auditor.sources.hubble import HubbleConfig
@@ -46,12 +49,15 @@ def api_edges(snapshot: dict[str, Any], field: str = "connections") -> dict[tupl
     }
 
 
-def live_sink(clock: Callable[[], float]) -> LiveSink:
+def live_sink(clock: Callable[[], float], then: Record | None = None) -> LiveSink:
+    """A live sink fed the example's events, and ``then`` after them."""
     matrix = load_matrix(MATRIX)
     sink = LiveSink(matrix, clock=clock)
     pipeline = Pipeline(Auditor(matrix), [sink])
     for line in FLOWS.read_bytes().splitlines():
         pipeline.feed(decode_line(line))
+    if then is not None:
+        pipeline.feed(then)
     return sink
 
 
@@ -71,6 +77,18 @@ def test_recent_view_counts_only_the_last_15_minutes() -> None:
     assert api_edges(snap, "connections_recent") == {}
     assert sum(snap["classes"]["recent"].values()) == 0
     assert sum(snap["classes"]["since_start"].values()) == sum(api_edges(snap).values())
+
+
+def test_a_flow_stamped_a_day_ahead_of_the_clock_moves_neither_the_window_nor_its_node() -> None:
+    flows = [f for f in map(decode_line, FLOWS.read_bytes().splitlines()) if type(f) is Flow and f.time]
+    newest = max(f.time for f in flows)
+    last = max(flows, key=lambda f: f.time)
+    ahead = msgspec.structs.replace(last, time=newest + 86_400, source_port=last.source_port + 1)
+    sink = live_sink(clock=lambda: newest, then=ahead)
+    snap = sink.snapshot()
+    assert api_edges(snap, "connections_recent") == api_edges(snap) != {}  # still all in the window
+    (node,) = [n for n in snap["nodes"] if n["name"] == last.node_name]
+    assert node["last_flow"] == datetime.fromtimestamp(newest, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def test_edges_beyond_the_cap_fold_into_other() -> None:

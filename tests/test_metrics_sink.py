@@ -143,6 +143,31 @@ def test_traffic_dropped_by_the_network_sets_its_rule_last_seen_to_the_newest_fl
     assert rule_last_seen(rig, 3, "scheduler", "postgresql") == 0.0
 
 
+def test_a_flow_stamped_far_ahead_of_the_auditors_clock_counts_as_seen_at_the_clock() -> None:
+    # A node clock a day ahead (or a time far from now) must not hold FlowAuditorExpectedEdgeSilent off
+    # for a day: a flow more than the tolerance (60 s) ahead counts as seen at the auditor's clock; within
+    # the tolerance a flow keeps its own time (clocks differ a little).
+    now = [1_700_000_000.0]
+    rig = Rig(clock=lambda: now[0])
+    edge = (
+        "flow_auditor_edge_last_seen_timestamp_seconds",
+        edge_labels("worker", "postgresql", "5432", "TCP", "expected_allowed"),
+    )
+
+    def last_seen() -> tuple[float, float | None]:
+        return rule_last_seen(rig, 3, "worker", "postgresql"), rig.value(edge[0], **edge[1])
+
+    rig.connect(time=now[0] + 86_400)
+    assert last_seen() == (now[0], now[0])
+    rig.connect(time=now[0] + 30)
+    assert last_seen() == (now[0] + 30, now[0] + 30)
+    now[0] += 3600  # an hour later, the same node still a day ahead
+    rig.connect(time=now[0] + 86_400)
+    assert last_seen() == (now[0], now[0])
+    rig.connect(time=now[0] - 10)  # older than what was seen: no change
+    assert last_seen() == (now[0], now[0])
+
+
 def test_unexpected_traffic_sets_no_rule_series() -> None:
     rig = Rig()
     rig.connect(source=DEBUG, destination=REDIS, destination_port=6379)

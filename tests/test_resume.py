@@ -7,7 +7,7 @@ import random
 import pytest
 
 from auditor.sources.hubble import Backoff
-from auditor.sources.resume import AHEAD, BACKWARDS, ResumeState
+from auditor.sources.resume import AHEAD, BACKWARDS, ResumeState, plausible_time
 
 NOW = 1_800_000_000.0
 
@@ -110,3 +110,9 @@ def test_backoff_stays_capped_after_thousands_of_attempts() -> None:
     assert all(15.0 <= d <= 30.0 for d in delays)
     backoff.reset()
     assert 0.25 <= backoff.next_delay() <= 0.5
+
+
+def test_a_time_within_the_tolerance_is_plausible_and_one_beyond_counts_at_the_clock() -> None:
+    assert plausible_time(NOW + 60, lambda: NOW, 60) == (NOW + 60, NOW + 60)
+    assert plausible_time(NOW + 61, lambda: NOW, 60) == (NOW, NOW + 60)
+    assert plausible_time(NOW - 3600, lambda: NOW, 60) == (NOW - 3600, NOW + 60)

@@ -9,7 +9,9 @@ their state, lost events and newest flow; the matrix's components and unused rul
 Bounded by construction: at most ``max_edges`` edges (and as many provisional ones), beyond which new
 edges are folded per class into one ``other`` edge; per edge a fixed number of one-minute buckets; at most
 ``max_nodes`` nodes. Times are flow times (Hubble's clock); the window ends at the newest flow time seen or
-the clock, whichever is later, so a quiet stream ages out of "last 15 minutes".
+the clock, whichever is later, so a quiet stream ages out of "last 15 minutes". A flow stamped more than
+the clock tolerance (60 s) ahead of the auditor's clock counts at the clock's time, so that one node clock
+running ahead cannot move the window (or a node's newest flow) into the future.
 
 Threading: the pipeline thread is the only writer; the HTTP thread calls :meth:`snapshot`, which copies
 dicts (atomic under the GIL) and may see one edge a few events ahead of another, never a torn value.
@@ -27,6 +29,7 @@ from typing import Any, Final
 from auditor.classify import CLASSES, OTHER, VIOLATIONS, Edge, Judgement, Unproven
 from auditor.matrix import Matrix
 from auditor.model import LostEvents, NodeStatus
+from auditor.sources.resume import DEFAULT_TOLERANCE, plausible_time
 
 WINDOW: Final = 900.0
 BUCKET: Final = 60.0
@@ -77,10 +80,13 @@ class LiveSink:
         matrix: Matrix,
         *,
         clock: Callable[[], float] = time.time,
+        clock_tolerance: float = DEFAULT_TOLERANCE,
         max_edges: int = DEFAULT_MAX_EDGES,
         max_nodes: int = DEFAULT_MAX_NODES,
     ) -> None:
         self.clock = clock
+        self.clock_tolerance = clock_tolerance
+        self._horizon = 0.0  # flow times beyond it are checked against the clock (plausible_time)
         self.max_edges = max_edges
         self.max_nodes = max_nodes
         self.started = clock()
@@ -115,6 +121,8 @@ class LiveSink:
     def on_judgement(self, j: Judgement) -> None:
         flow = j.flow
         t = flow.time
+        if t > self._horizon:  # stamped ahead of the clock: seen now (the window does not run ahead)
+            t, self._horizon = plausible_time(t, self.clock, self.clock_tolerance)
         if t > self.newest:
             self.newest = t
         self._node(flow.node_name, t)

@@ -43,6 +43,7 @@ the auditor but not here) updates no rule series. Counters survive matrix reload
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Final, NamedTuple
 
@@ -60,7 +61,7 @@ from auditor.names import (
     UNKNOWN_LOST_EVENT_SOURCE,
     UNKNOWN_NODE_STATE,
 )
-from auditor.sources.resume import ANOMALY_KINDS
+from auditor.sources.resume import ANOMALY_KINDS, DEFAULT_TOLERANCE, plausible_time
 
 PREFIX: Final = "flow_auditor_"
 UNKNOWN_PEER: Final = "unknown"
@@ -164,8 +165,12 @@ class MetricsSink:
         max_namespaces: int = DEFAULT_MAX_NAMESPACES,
         max_other_ports: int = DEFAULT_MAX_OTHER_PORTS,
         max_series: int = DEFAULT_MAX_SERIES,
+        clock: Callable[[], float] = time.time,
+        clock_tolerance: float = DEFAULT_TOLERANCE,
     ) -> None:
         self.max_series = max_series
+        # Last-seen times are flow times bounded by the auditor's clock (see on_judgement).
+        self._clock, self._tolerance, self._horizon = clock, clock_tolerance, 0.0
         self.max_namespaces = max_namespaces
         self.max_other_ports = max_other_ports
         # Counters and gauges (plain values; the collector reads them at scrape time).
@@ -259,6 +264,8 @@ class MetricsSink:
             slot = self._slot(judgement)
         series = slot.series
         t = judgement.flow.time
+        if t > self._horizon:  # stamped ahead of the clock: seen now (the silent-rule alert stays true)
+            t, self._horizon = plausible_time(t, self._clock, self._tolerance)
         if t > series.last_seen:
             series.last_seen = t
         rule = judgement.rule
@@ -368,9 +375,9 @@ class MetricsSink:
         if series is None:
             if len(self._series) - len(self._other_series) >= self.max_series:
                 beyond = True
-                series = self._overflow_series(cls, judgement.flow.time)
+                series = self._overflow_series(cls, 0.0)
             else:
-                series = _Series(labels, judgement.flow.time)
+                series = _Series(labels, 0.0)  # on_judgement sets its time (bounded by the clock)
                 self._series[labels] = series
         rule = judgement.rule
         slot = _Slot(

@@ -46,6 +46,16 @@ BACKWARDS: Final = "backwards"
 ANOMALY_KINDS: Final = (AHEAD, BACKWARDS)
 
 
+def plausible_time(t: float, clock: Callable[[], float], tolerance: float) -> tuple[float, float]:
+    """``t``, or the auditor's clock when ``t`` is more than ``tolerance`` seconds ahead of it (a node clock
+    running ahead, a time far from now); and the horizon: the clock plus ``tolerance``. A caller that keeps
+    the horizon calls this only for a time beyond it (the clock is read once per such time, not per flow);
+    a time up to the horizon is plausible, as the clock only moves forward."""
+    now = clock()
+    horizon = now + tolerance
+    return (t if t <= horizon else now), horizon
+
+
 class _Node:
     __slots__ = ("keys", "order", "watermark")
 
