@@ -352,6 +352,21 @@ MUTANTS: list[tuple[str, str, str, str, list[str]]] = [
         "        if False and t > self._horizon:  # stamped ahead",
         ["tests/test_live_page.py::test_a_flow_stamped_a_day_ahead_of_the_clock_moves_neither_the_window_nor_its_node"],
     ),
+    # queue entries left behind by late times (auditor/classify.py)
+    (
+        "dedup: a stale queue entry forgets a key seen since",
+        "auditor/classify.py",
+        "        if kept is not None and kept.t == oldest.t:",
+        "        if kept is not None:",
+        ["tests/test_classify.py"],
+    ),
+    (
+        "pending: a stale queue entry expires a connection held since",
+        "auditor/classify.py",
+        "        if item is not None and item.flow.time == t:",
+        "        if item is not None:",
+        ["tests/test_classify.py"],
+    ),
 ]
 
 

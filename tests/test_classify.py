@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from factory import DEBUG, POSTGRES, REDIS, SCHEDULER, WORKER, WORLD, flow, judged, pod
@@ -17,6 +18,8 @@ from auditor.classify import (
     Auditor,
     DedupTable,
     Judgement,
+    PendingTable,
+    Unproven,
 )
 from auditor.matrix import load_matrix, parse_matrix
 from auditor.model import Direction, Endpoint, EventType, ObservationPoint, Verdict
@@ -131,6 +134,33 @@ def test_dedup_table_is_bounded_and_expires() -> None:
     late.seen(1, 100.0)
     assert not late.seen(2, 85.0) and not late.seen(2, 96.0)  # late times: no expiry runs
     assert len(late) == 2 and late.queued == 3  # key 2's first entry waits in the queue until it expires
+
+
+def test_a_stale_queue_entry_does_not_forget_a_key_seen_again_since() -> None:
+    # Late times leave an entry behind a newer one in the queue: key 7 first at 95 (behind 100), again at
+    # 106 (past its window: a new connection). When the 95 entry leaves, 7 was seen at 106: still known.
+    d = DedupTable(window=10)
+    d.seen(1, 100.0)
+    assert not d.seen(7, 95.0)
+    assert not d.seen(7, 106.0)
+    d.seen(2, 111.0)  # the queue's 100 and 95 entries leave
+    assert d.seen(7, 112.0)  # within 10 s of 106: the same connection
+
+
+def test_a_connection_held_again_after_its_proof_waits_its_own_window() -> None:
+    # Held at 100, proven at 101 (it leaves), held again at 112 (the proof is past the window): the
+    # queue's entry of 100 must not expire the new one (unproven at once, although proof follows at 113).
+    p = PendingTable(window=10)
+
+    def connection(t: float) -> Callable[[], Unproven]:
+        return lambda: Unproven(flow(time=t), "worker", "postgresql", 5432, "TCP")
+
+    p.hold(7, 100.0, connection(100.0))
+    p.resolve(7, 101.0)
+    p.hold(7, 112.0, connection(112.0))
+    assert 7 in p and p.expired == []
+    p.resolve(7, 113.0)
+    assert len(p) == 0 and p.expired == []
 
 
 def test_reused_identity_with_new_labels_is_resolved_again() -> None:
