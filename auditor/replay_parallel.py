@@ -248,7 +248,10 @@ class _Chunk:
             tuple[str, str, int | None, str, str, str, str, str, str, str, str], int
         ] = {}
         self.samples: dict[int, tuple[dict[tuple[object, ...], Judgement], bool]] = {}
-        self.policy_index: dict[tuple[object, ...], int] = {}
+        self.policy_index: dict[tuple[object, ...], int] = {}  # expected_dropped judgements
+        self.delivered_index: dict[
+            tuple[int, int, int, str, str], list[tuple[tuple[str, ...], tuple[str, ...], int]]
+        ] = {}
         self.labels_of: dict[tuple[str, ...], tuple[str, ...]] = {}
         self.add_time, self.add_conn, self.add_key = r.times.append, r.conns.append, r.keys.append
         self.add_kind, self.add_policy = r.kinds.append, r.policy_slots.append
@@ -340,12 +343,27 @@ class _Chunk:
         elif cls == EXPECTED_DROPPED:
             self.add_policy(_dropped_slot(self.policy_index, self.r.policy, index, j))
         else:  # delivered: the label sets of both ends, what the label history reads
-            pkey = (index, src.namespace, src.labels, dst.namespace, dst.labels)
-            pslot = self.policy_index.get(pkey)
-            if pslot is None:
-                pslot = self.policy_index[pkey] = len(self.r.policy)
-                self.r.policy.append(_delivered(edge, src, dst, self.labels_of))
-            self.add_policy(pslot)
+            self.add_policy(self._delivered_slot(index, edge, src, dst))
+
+    def _delivered_slot(self, index: int, edge: Edge, src: Endpoint, dst: Endpoint) -> int:
+        """The policy slot of a delivered event: one per distinct (edge, namespaces, label sets) of the
+        chunk. Looked up by the ends' identities, cheap to hash, then told apart by comparing the label
+        sets (a reused identity): hashing two label sets of fresh strings per event cost more than
+        judging the event. Two slots with equal contents (one label set under two identities) are
+        remembered alike by the label history."""
+        key = (index, src.identity, dst.identity, src.namespace, dst.namespace)
+        found = self.delivered_index.get(key)
+        if found is None:
+            found = self.delivered_index[key] = []
+        else:
+            src_labels, dst_labels = src.labels, dst.labels
+            for labels_a, labels_b, slot in found:
+                if labels_a == src_labels and labels_b == dst_labels:
+                    return slot
+        slot = len(self.r.policy)
+        self.r.policy.append(_delivered(edge, src, dst, self.labels_of))
+        found.append((src.labels, dst.labels, slot))
+        return slot
 
     def _new_edge(self, edge: Edge, rule: int) -> int:
         rows, index_of = self.edge_rows, self.edge_index

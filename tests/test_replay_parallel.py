@@ -260,3 +260,44 @@ def test_label_history_of_both_ends_crosses_chunks(
         changes = edge["policy_change"]["label_changes"]
         assert [c["end"] for c in changes] == ["destination"], changes
         assert changes[0]["labels"] == {"app.kubernetes.io/version": ["16.1.0", "17.0.0"]}, changes
+
+
+def test_label_history_tells_a_reused_identity_apart_within_a_chunk(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """PostgreSQL delivered under one identity with two label sets (the identity reused after a relabel),
+    both in the last chunk, then a drop with the second set: the history knows both sets, so the drop
+    names no label change."""
+    lines = EXAMPLES[0].read_bytes().splitlines(keepends=True)
+    [template] = [json.loads(line) for line in lines if b'"destination_port":5432' in line][:1]
+    old, new = "k8s:app.kubernetes.io/version=16.1.0", "k8s:app.kubernetes.io/version=17.0.0"
+    relabelled = [new if label == old else label for label in template["flow"]["destination"]["labels"]]
+    assert relabelled != template["flow"]["destination"]["labels"]
+
+    def event(port: int, minute: int, labels: list[str], dropped: bool = False) -> bytes:
+        line = json.loads(json.dumps(template))
+        flow = line["flow"]
+        flow["l4"]["TCP"]["source_port"] = port
+        flow["destination"]["labels"] = labels
+        flow["time"] = line["time"] = f"2026-11-23T23:{minute:02d}:00Z"
+        flow["traffic_direction"] = "INGRESS"  # a policy verdict at the destination: delivered
+        if dropped:
+            flow["verdict"], flow["drop_reason_desc"] = "DROPPED", "POLICY_DENIED"
+            flow["traffic_direction"], flow["event_type"] = "INGRESS", {"type": 1}
+        return json.dumps(line).encode() + b"\n"
+
+    capture = tmp_path / "reused.jsonl"
+    added = [
+        event(40002, 50, template["flow"]["destination"]["labels"]),
+        event(40003, 51, relabelled),
+        event(40001, 59, relabelled, dropped=True),
+    ]
+    capture.write_bytes(b"".join(lines + added))
+    report = json.loads(assert_identical(tmp_path, capsys, [capture], capture.stat().st_size // 2))
+    [edge] = [
+        e
+        for e in report["edges"]
+        if (e["source"], e["destination"], e["class"]) == ("worker", "postgresql", "expected_dropped")
+    ]
+    assert edge["connections"] == 1
+    assert edge["policy_change"]["label_changes"] == [], edge["policy_change"]
