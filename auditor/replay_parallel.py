@@ -237,7 +237,7 @@ class _Chunk:
     keys and slots the merge replays (see :class:`ChunkResult`)."""
 
     def __init__(self, unjudgeable: UnjudgeableCheck, max_edges: int) -> None:
-        self.r = r = ChunkResult()
+        self.r = ChunkResult()
         self.unjudgeable = unjudgeable
         self.max_edges = max_edges
         self.outcomes = dict.fromkeys(OUTCOMES, 0)
@@ -253,8 +253,12 @@ class _Chunk:
             tuple[int, int, int, str, str], list[tuple[tuple[str, ...], tuple[str, ...], int]]
         ] = {}
         self.labels_of: dict[tuple[str, ...], tuple[str, ...]] = {}
-        self.add_time, self.add_conn, self.add_key = r.times.append, r.conns.append, r.keys.append
-        self.add_kind, self.add_policy = r.kinds.append, r.policy_slots.append
+        # Per event, gathered in lists (a native append; an array's is a method call) and packed at the end
+        self.times: list[float] = []
+        self.conns: list[int] = []
+        self.keys: list[int] = []
+        self.kinds: list[int] = []
+        self.policy_slots: list[int] = []
 
     def invalid(self, number: int, reason: str) -> None:
         r = self.r
@@ -293,11 +297,11 @@ class _Chunk:
         slot = self.unproven_index.get(ukey)
         if slot is None:
             slot = self.unproven_index[ukey] = len(self.unproven_index)
-        self.add_time(record.time)
-        self.add_conn(pending.key)
-        self.add_key(0)
-        self.add_kind(_PROVISIONAL - slot)
-        self.add_policy(-1)
+        self.times.append(record.time)
+        self.conns.append(pending.key)
+        self.keys.append(0)
+        self.kinds.append(_PROVISIONAL - slot)
+        self.policy_slots.append(-1)
 
     def judged(self, record: Flow, j: Judgement, dedup_key: int, connection: int) -> None:
         """A final verdict: its edge's counts and times, its example slot and its policy candidate."""
@@ -334,16 +338,16 @@ class _Chunk:
         slot = self.slot_index.get(skey)
         if slot is None:
             slot = self.slot_index[skey] = len(self.slot_index)
-        self.add_time(t)
-        self.add_conn(connection)
-        self.add_key(dedup_key)
-        self.add_kind(slot)
+        self.times.append(t)
+        self.conns.append(connection)
+        self.keys.append(dedup_key)
+        self.kinds.append(slot)
         if not row[5] or cls not in _POLICY_CLASSES:
-            self.add_policy(-1)
+            self.policy_slots.append(-1)
         elif cls == EXPECTED_DROPPED:
-            self.add_policy(_dropped_slot(self.policy_index, self.r.policy, index, j))
+            self.policy_slots.append(_dropped_slot(self.policy_index, self.r.policy, index, j))
         else:  # delivered: the label sets of both ends, what the label history reads
-            self.add_policy(self._delivered_slot(index, edge, src, dst))
+            self.policy_slots.append(self._delivered_slot(index, edge, src, dst))
 
     def _delivered_slot(self, index: int, edge: Edge, src: Endpoint, dst: Endpoint) -> int:
         """The policy slot of a delivered event: one per distinct (edge, namespaces, label sets) of the
@@ -383,6 +387,8 @@ class _Chunk:
     def result(self, lines: int, nonblank: int, events: int) -> ChunkResult:
         r = self.r
         r.lines, r.nonblank, r.events, r.outcomes = lines, nonblank, events, self.outcomes
+        r.times, r.conns, r.keys = array("d", self.times), array("q", self.conns), array("q", self.keys)
+        r.kinds, r.policy_slots = array("q", self.kinds), array("q", self.policy_slots)
         r.unjudgeable_events, r.unjudgeable_missing = self.unjudgeable.events, self.unjudgeable.missing
         r.edges = [(e, rule, n, first, last, kept) for e, rule, n, first, last, kept in self.edge_rows]
         r.samples = self.samples
