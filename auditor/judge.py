@@ -35,6 +35,7 @@ from typing import Final
 
 from auditor.model import (
     ICMP_PROTOCOLS,
+    LOCAL_SCOPE_IDENTITY,
     TCP_ACK,
     TCP_SYN,
     Direction,
@@ -64,7 +65,6 @@ _INGRESS_PROOF_POINTS: Final = frozenset({ObservationPoint.TO_ENDPOINT, Observat
 # Reserved identities outside Cilium's endpoints: host, world, unmanaged, remote-node, kube-apiserver,
 # world-ipv4, world-ipv6. (health, init and ingress are Cilium-managed endpoints.)
 _EXTERNAL_IDENTITIES: Final = frozenset({1, 2, 3, 6, 7, 9, 10})
-_LOCAL_SCOPE_IDENTITY: Final = 1 << 24  # CIDR/FQDN-selector identities live at and above this bit
 _EXTERNAL_LABEL_PREFIXES: Final = (
     "reserved:world",
     "reserved:host",
@@ -123,7 +123,7 @@ def judge(flow: Flow, node_local: bool = False) -> int:
 def is_external(dst: Endpoint, src: Endpoint) -> bool:
     """Whether ``dst`` is outside Cilium's endpoints, so that egress-side evidence proves delivery."""
     ident = dst.identity
-    if ident in _EXTERNAL_IDENTITIES or ident >= _LOCAL_SCOPE_IDENTITY:
+    if ident in _EXTERNAL_IDENTITIES or ident >= LOCAL_SCOPE_IDENTITY:
         return True
     if dst.cluster_name and src.cluster_name and dst.cluster_name != src.cluster_name:
         return True

@@ -133,6 +133,8 @@ class Protocol:
 
 
 ICMP_PROTOCOLS: Final = frozenset({Protocol.ICMPV4, Protocol.ICMPV6})
+LOCAL_SCOPE_IDENTITY: Final = 1 << 24
+"""Cilium's local-scope identities (CIDR and FQDN selectors) live at and above this bit."""
 
 # Bits of Flow.tcp_flags (the order of flow.TCPFlags fields).
 TCP_FIN: Final = 1

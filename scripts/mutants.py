@@ -374,6 +374,13 @@ MUTANTS: list[tuple[str, str, str, str, list[str]]] = [
         "                if True:",
         ["tests/test_replay_parallel.py::test_label_history_tells_a_reused_identity_apart_within_a_chunk"],
     ),
+    (
+        "address selectors: pods and nodes inside a CIDR are that component",
+        "auditor/matrix/selectors.py",
+        "        if (self.cidrs or self.fqdns) and not outside_cluster(ep, entities):",
+        "        if False:",
+        ["tests/test_matrix.py", "tests/test_classify.py"],
+    ),
 ]
 
 

@@ -163,6 +163,30 @@ def test_a_connection_held_again_after_its_proof_waits_its_own_window() -> None:
     assert len(p) == 0 and p.expired == []
 
 
+def test_a_pod_inside_a_components_cidr_is_lateral_movement_not_that_component() -> None:
+    # An office network reaches PostgreSQL through a VPN; the pod network lies inside the office's
+    # 10.0.0.0/8. A compromised pod reaching PostgreSQL is not "office": it is unexpected.
+    m = parse_matrix(
+        """\
+apiVersion: flow-auditor/v1alpha1
+kind: CommunicationMatrix
+metadata: {name: vpn}
+components:
+  postgresql: {namespace: airflow, labels: {app.kubernetes.io/name: postgresql}}
+  office: {cidrs: [10.0.0.0/8]}
+allow:
+  - {from: office, to: postgresql, ports: ["5432/TCP"]}
+""",
+        "vpn.yaml",
+    )
+    evil = pod("airflow", "evil-0", 3003, "app=evil")
+    j = judged(Auditor(m), source=evil, source_ip="10.244.1.30", destination=POSTGRES)
+    assert (j.edge.source, j.edge.cls) == ("ns:airflow", UNEXPECTED_ALLOWED)
+    office = Endpoint(identity=(1 << 24) + 1, labels=("cidr:10.20.0.0/16", "reserved:world"))
+    j = judged(Auditor(m), source=office, source_ip="10.20.0.7", destination=POSTGRES)
+    assert (j.edge.source, j.edge.cls) == ("office", EXPECTED_ALLOWED)
+
+
 def test_reused_identity_with_new_labels_is_resolved_again() -> None:
     a = Auditor(MATRIX)
     assert judged(a, source=SCHEDULER).edge.source == "scheduler"

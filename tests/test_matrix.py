@@ -210,6 +210,30 @@ def test_address_selectors(selector: str, ip: str, names: tuple[str, ...], match
     assert (m.resolve(WORLD, ip, names) == "c") is matches
 
 
+# Cilium's CIDR and FQDN rules select only peers outside the cluster; so do address selectors: a pod or a
+# node whose address lies in the CIDR (or that a DNS answer named) is not that component.
+OUTSIDE_CASES = [
+    ("world", WORLD, True),
+    ("world-ipv6", Endpoint(identity=10, labels=("reserved:world-ipv6",)), True),
+    ("CIDR identity", Endpoint(identity=(1 << 24) + 5, labels=("cidr:10.1.0.0/16",)), True),
+    ("CIDR identity, old numbering", Endpoint(identity=300, labels=("cidr:10.1.0.0/16",)), True),
+    ("FQDN identity", Endpoint(identity=(1 << 24) + 9, labels=("fqdn:*.example.com",)), True),
+    ("pod", WORKER, False),
+    ("host", HOST, False),
+    ("remote node", Endpoint(identity=6, labels=("reserved:remote-node",)), False),
+    ("API server", Endpoint(identity=7, labels=("reserved:kube-apiserver",)), False),
+    ("unmanaged", Endpoint(identity=3, labels=("reserved:unmanaged",)), False),
+    ("unknown identity", Endpoint(), False),
+]
+
+
+@pytest.mark.parametrize(("ep", "outside"), [c[1:] for c in OUTSIDE_CASES], ids=[c[0] for c in OUTSIDE_CASES])
+def test_address_selectors_match_only_peers_outside_the_cluster(ep: Endpoint, outside: bool) -> None:
+    cidr, fqdn = one("{cidrs: [10.0.0.0/8]}"), one("{fqdns: [vault.example.com]}")
+    assert (cidr.resolve(ep, "10.1.2.3") == "c") is outside
+    assert (fqdn.resolve(ep, "10.1.2.3", ("vault.example.com",)) == "c") is outside
+
+
 def test_first_matching_component_wins() -> None:
     m = matrix("""\
         components:

@@ -7,8 +7,10 @@ this module only: its key, its compiled field, its compilation and its match.
 
 All fields of a selector must match (AND). The *label part* (namespaces, labels, namespace labels, service
 account, workload, entities) depends only on the endpoint's identity; the *address part* (``cidrs``,
-``fqdns``) depends on the flow's address and DNS names. Entities are Cilium's reserved identities, read
-from an endpoint's ``reserved:`` labels and its identity number as Cilium's ``toEntities`` reads them.
+``fqdns``) depends on the flow's address and DNS names, and a selector that has one matches only endpoints
+outside the cluster (:func:`outside_cluster`), as Cilium's CIDR and FQDN rules select. Entities are
+Cilium's reserved identities, read from an endpoint's ``reserved:`` labels and its identity number as
+Cilium's ``toEntities`` reads them.
 
 Error policy: compiling raises :class:`~auditor.matrix.nodes.MatrixError` naming file, line and key (unknown
 fields, empty selectors, bad operators, entities, CIDRs, FQDNs and port names); matching never raises (an
@@ -27,7 +29,7 @@ import yaml
 
 from auditor.matrix.nodes import MatrixError, NodeReader
 from auditor.matrix.ports import parse_port
-from auditor.model import ICMP_PROTOCOLS, Endpoint
+from auditor.model import ICMP_PROTOCOLS, LOCAL_SCOPE_IDENTITY, Endpoint
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -66,6 +68,7 @@ ENTITY_PRECEDENCE: Final = (
     "unmanaged",
 )
 
+_ADDRESS_LABEL_PREFIXES: Final = ("cidr:", "fqdn:")
 _K8S_NS_LABEL_PREFIX: Final = "io.cilium.k8s.namespace.labels."
 _K8S_SA_LABEL: Final = "io.cilium.k8s.policy.serviceaccount"
 _K8S_NS_LABEL: Final = "io.kubernetes.pod.namespace"
@@ -145,7 +148,12 @@ class Selector:
 
     def matches_labels(self, ep: Endpoint, k8s: dict[str, str], entities: frozenset[str]) -> bool:
         """The identity-dependent part; ``k8s`` are the endpoint's ``k8s:`` labels as a dict, ``entities``
-        every reserved entity the endpoint is (an identity with several reserved labels is each of them)."""
+        every reserved entity the endpoint is (an identity with several reserved labels is each of them).
+        A selector with an address part matches only endpoints outside the cluster (as Cilium's CIDR and
+        FQDN rules): a pod or node whose address lies in a CIDR, or whose address a DNS answer named, is
+        not that component."""
+        if (self.cidrs or self.fqdns) and not outside_cluster(ep, entities):
+            return False
         if self.namespaces is not None and ep.namespace not in self.namespaces:
             return False
         if self.entities is not None and self.entities.isdisjoint(entities):
@@ -174,6 +182,18 @@ class Selector:
         if self.cidrs and not _ip_in(ip, self.cidrs):
             return False
         return not self.fqdns or any(_fqdn_match(p, n) for p in self.fqdns for n in names)
+
+
+def outside_cluster(ep: Endpoint, entities: frozenset[str]) -> bool:
+    """Whether ``ep`` is outside the cluster's endpoints — the only peers Cilium's CIDR and FQDN rules
+    select: the world (reserved identity or label), or a CIDR/FQDN identity (local scope, or ``cidr:`` and
+    ``fqdn:`` labels). Pods, nodes (host, remote-node), the API server's identity, Cilium's own endpoints,
+    unmanaged pods and endpoints of unknown identity are not."""
+    return (
+        "world" in entities
+        or ep.identity >= LOCAL_SCOPE_IDENTITY
+        or any(label.startswith(_ADDRESS_LABEL_PREFIXES) for label in ep.labels)
+    )
 
 
 def _ip_in(
