@@ -283,8 +283,8 @@ class PendingTable:
         """A final verdict for the 5-tuple ``key``: it is proven (or dropped), no longer pending."""
         self.proven.seen(key, t)
         if self._items:
+            self.advance(t)  # first what the window has passed: a proof after it comes too late
             self._items.pop(key, None)
-            self.advance(t)
 
     def advance(self, t: float) -> None:
         if t <= self._now:

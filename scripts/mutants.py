@@ -381,6 +381,13 @@ MUTANTS: list[tuple[str, str, str, str, list[str]]] = [
         "        if False:",
         ["tests/test_matrix.py", "tests/test_classify.py"],
     ),
+    (
+        "pending: a proof after the window still proves",
+        "auditor/classify.py",
+        "            self.advance(t)  # first what the window has passed",
+        "            pass  # first what the window has passed",
+        ["tests/test_classify.py"],
+    ),
 ]
 
 

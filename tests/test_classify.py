@@ -136,6 +136,25 @@ def test_dedup_table_is_bounded_and_expires() -> None:
     assert len(late) == 2 and late.queued == 3  # key 2's first entry waits in the queue until it expires
 
 
+def connection(t: float) -> Callable[[], Unproven]:
+    """A provisional connection first seen at ``t``, as the pending table builds it."""
+    return lambda: Unproven(flow(time=t), "worker", "postgresql", 5432, "TCP")
+
+
+def test_a_proof_after_the_window_comes_too_late_whether_or_not_other_traffic_passed() -> None:
+    # Proof 40 s after the provisional event (window 30): unproven, as when an unrelated flow at 35 s
+    # had expired it first. Within the window it is proven.
+    late, busy, timely = PendingTable(window=30), PendingTable(window=30), PendingTable(window=30)
+    for p in (late, busy, timely):
+        p.hold(7, 0.0, connection(0.0))
+    busy.advance(35.0)
+    late.resolve(7, 40.0)
+    busy.resolve(7, 40.0)
+    timely.resolve(7, 29.0)
+    assert [u.flow.time for u in late.expired] == [u.flow.time for u in busy.expired] == [0.0]
+    assert len(late) == len(busy) == len(timely) == 0 and timely.expired == []
+
+
 def test_a_stale_queue_entry_does_not_forget_a_key_seen_again_since() -> None:
     # Late times leave an entry behind a newer one in the queue: key 7 first at 95 (behind 100), again at
     # 106 (past its window: a new connection). When the 95 entry leaves, 7 was seen at 106: still known.
@@ -151,10 +170,6 @@ def test_a_connection_held_again_after_its_proof_waits_its_own_window() -> None:
     # Held at 100, proven at 101 (it leaves), held again at 112 (the proof is past the window): the
     # queue's entry of 100 must not expire the new one (unproven at once, although proof follows at 113).
     p = PendingTable(window=10)
-
-    def connection(t: float) -> Callable[[], Unproven]:
-        return lambda: Unproven(flow(time=t), "worker", "postgresql", 5432, "TCP")
-
     p.hold(7, 100.0, connection(100.0))
     p.resolve(7, 101.0)
     p.hold(7, 112.0, connection(112.0))
