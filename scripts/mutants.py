@@ -388,6 +388,13 @@ MUTANTS: list[tuple[str, str, str, str, list[str]]] = [
         "            pass  # first what the window has passed",
         ["tests/test_classify.py"],
     ),
+    (
+        "--fail-on: an empty value is none",
+        "auditor/commands/replay.py",
+        "    if not classes:\n        raise argparse.ArgumentTypeError(\"empty: give classes (comma-separated) or none\")",
+        "    if not classes:\n        return frozenset()",
+        ["tests/test_cli_exit_codes.py"],
+    ),
 ]
 
 

@@ -82,6 +82,11 @@ def test_a_bad_environment_variable_of_another_command_does_not_break_matrix_che
         (REPLAY[:4], {"FLOW_AUDITOR_FORMAT": "xml"}, ("FLOW_AUDITOR_FORMAT", "xml")),
         (REPLAY, {"FLOW_AUDITOR_FAIL_ON": "bogus"}, ("FLOW_AUDITOR_FAIL_ON", "unknown class bogus")),
         ((*REPLAY, "--fail-on", "bogus"), {}, ("--fail-on", "unknown class bogus")),
+        # an unset variable in `--fail-on "$FAIL_ON"` must not switch the check off
+        ((*REPLAY, "--fail-on", ""), {}, ("--fail-on", "empty")),
+        ((*REPLAY, "--fail-on", " , "), {}, ("--fail-on", "empty")),
+        (REPLAY, {"FLOW_AUDITOR_FAIL_ON": ""}, ("FLOW_AUDITOR_FAIL_ON", "empty")),
+        ((*REPLAY, "--fail-on", "none,expected_dropped"), {}, ("--fail-on", "none cannot be combined")),
         (("run", "--matrix", str(MATRIX)), {"FLOW_AUDITOR_TLS": "maybe"}, ("FLOW_AUDITOR_TLS",)),
         (("run", "--matrix", str(MATRIX)), {"FLOW_AUDITOR_TIMEOUT": "5x"}, ("FLOW_AUDITOR_TIMEOUT",)),
         (("run", "--matrix", str(MATRIX), "--reload-interval", "0s"), {}, ("--reload-interval",)),
@@ -247,6 +252,9 @@ def test_fail_on_exits_1_when_any_one_of_its_classes_has_connections(tmp_path: P
     assert proc.returncode == 1
     proc = run_cli("replay", str(clean), "--matrix", str(MATRIX), "--format", "json", "--fail-on", "none")
     assert proc.returncode == 0
+    shouted = ("--fail-on", "Expected_Dropped, EXPECTED_ALLOWED")  # class names in any case, as `none`
+    proc = run_cli("replay", str(clean), "--matrix", str(MATRIX), "--format", "json", *shouted)
+    assert proc.returncode == 1, proc.stderr
 
 
 @pytest.mark.parametrize(

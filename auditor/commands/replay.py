@@ -153,10 +153,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def parse_classes(text: str) -> frozenset[str]:
-    """``--fail-on`` value → set of classes; ``none`` is the empty set."""
-    if text.strip().lower() in ("none", ""):
+    """``--fail-on`` value → set of classes (any case); ``none`` is the empty set. An empty value is an
+    error, not ``none``: an unset variable in ``--fail-on "$FAIL_ON"`` must not switch the check off."""
+    classes = {c.strip().lower() for c in text.split(",") if c.strip()}
+    if not classes:
+        raise argparse.ArgumentTypeError("empty: give classes (comma-separated) or none")
+    if "none" in classes:
+        if len(classes) > 1:
+            raise argparse.ArgumentTypeError("none cannot be combined with classes")
         return frozenset()
-    classes = {c.strip() for c in text.split(",") if c.strip()}
     unknown = sorted(classes - set(CLASSES))
     if unknown:
         raise argparse.ArgumentTypeError(
