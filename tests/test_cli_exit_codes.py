@@ -345,3 +345,16 @@ def test_a_few_good_lines_among_garbage_are_not_an_input_error(tmp_path: Path) -
     proc = run_cli("replay", str(mixed), "--matrix", str(MATRIX), "--format", "json", "--fail-on", "none")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["flows"]["invalid"] == 1
+
+
+def test_a_run_with_no_flow_in_the_matrixs_scope_is_an_input_error_not_a_pass(tmp_path: Path) -> None:
+    # A typo in scope.namespaces (or a capture of other namespaces) leaves nothing to judge: exit 2, not
+    # "no violation". One flow in scope is enough to judge the run as usual.
+    typo = tmp_path / "matrix.yaml"
+    text = MATRIX.read_text()
+    assert "- airflow\n" in text or "[airflow]" in text
+    typo.write_text(text.replace("[airflow]", "[airflw]").replace("- airflow\n", "- airflw\n", 1))
+    proc = run_cli("replay", str(FLOWS), "--matrix", str(typo), "--format", "json")
+    assert_usage_error(proc, "none of the", "in the matrix's scope (namespaces: airflw)", str(typo))
+    proc = run_cli("replay", str(FLOWS), "--matrix", str(MATRIX), "--format", "json")
+    assert proc.returncode == 1 and json.loads(proc.stdout)["flows"]["out_of_scope"] > 0

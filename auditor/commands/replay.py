@@ -33,6 +33,7 @@ from auditor.commands.common import (
     read_matrix,
     write_output,
 )
+from auditor.matrix import Matrix
 from auditor.options import choice, typed
 from auditor.pipeline import Pipeline
 from auditor.render import FORMATS, render
@@ -139,6 +140,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
             parallel.close()
     pipeline.finish()
     report = sink.report()
+    problem = no_scope_reason(report["flows"], matrix, args.matrix)
+    if problem:
+        raise UsageError(problem)
     color = args.output is None and sys.stdout.isatty()
     # The terminal's width ($COLUMNS, else the terminal itself); 160 columns when there is none.
     width = shutil.get_terminal_size((160, 24)).columns
@@ -150,6 +154,18 @@ def cmd_replay(args: argparse.Namespace) -> int:
     for line in unjudgeable.warning():
         print(f"flow-auditor: warning: {line}", file=sys.stderr)
     return exit_code(report["classes"], fail_on)
+
+
+def no_scope_reason(flows: dict[str, int], matrix: Matrix, matrix_file: str) -> str | None:
+    """The input error for a run in which flows arrived but none was in the matrix's scope (a typo in
+    ``scope.namespaces``, or a capture of other namespaces): it would otherwise pass as no violation."""
+    if not flows["out_of_scope"] or any(flows[k] for k in ("judged", "reply", "provisional", "ignored")):
+        return None
+    scope = ", ".join(sorted(matrix.scope_namespaces or ()))
+    return (
+        f"none of the {flows['out_of_scope']} flows is in the matrix's scope (namespaces: {scope}): "
+        f"check scope.namespaces in {matrix_file}, or record the namespaces it names"
+    )
 
 
 def parse_classes(text: str) -> frozenset[str]:
