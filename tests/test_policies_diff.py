@@ -241,6 +241,23 @@ def test_generated_policies_round_trip_with_no_difference(
     assert f"policies: {kind} 8" in err
 
 
+def test_a_missing_default_deny_is_a_difference_in_words_and_exit_code(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # Without the namespace's default-deny, pods no component selects talk to anything, and anything to
+    # them: a zero-trust namespace broken. The components stay isolated by their own policies, so the
+    # findings are all on unmatched endpoints — which the summary must not call "no difference".
+    objects = list(yaml.safe_load_all(generated(capsys, str(AIRFLOW), "kubernetes")))
+    kept = [o for o in objects if "default-deny" not in o["metadata"]["name"]]
+    assert len(kept) == len(objects) - 1
+    path = write(tmp_path, "p.yaml", dump(*kept))
+    code, out, _ = run(capsys, "diff", path, "-m", str(AIRFLOW))
+    assert code == 1
+    verdict = out.splitlines()[-1]
+    assert verdict.startswith("0 difference(s) between components, ") and "of unmatched endpoints" in verdict
+    assert "unexpected_allowed ns:airflow -> internet" in out
+
+
 def test_a_cilium_policy_opening_a_port_is_found(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     objects = list(yaml.safe_load_all(generated(capsys, str(AIRFLOW), "cilium")))
     pg = next(o for o in objects if o["metadata"]["name"] == "airflow-postgresql")

@@ -157,7 +157,7 @@ def _table(result: DiffResult, matrix: str, files: int) -> str:
         out.append("")
     groups = _noise_groups(result)
     if groups:
-        out.append(f"NOISE: probes standing for no component ({len(result.noise)} edge(s))")
+        out.append(f"UNMATCHED ENDPOINTS: probes standing for no component ({len(result.noise)} edge(s))")
         for label, edges in groups.items():
             kinds = ", ".join(
                 f"{sum(e.kind == k for e in edges)} {k}"
@@ -191,7 +191,12 @@ def _verdict(result: DiffResult) -> str:
     if not result.edges:
         return "no difference"
     announced = sum(e.announced is not None for e in result.edges)
-    text = f"{len(result.differences)} difference(s), {len(result.noise)} noise edge(s)"
+    # Edges of unmatched endpoints are differences too (they count in the exit code): a missing
+    # default-deny shows only there.
+    text = (
+        f"{len(result.differences)} difference(s) between components, "
+        f"{len(result.noise)} edge(s) of unmatched endpoints"
+    )
     return text + (f" ({announced} announced by generate)" if announced else "")
 
 
@@ -225,7 +230,7 @@ def _markdown(result: DiffResult, matrix: str, files: int) -> str:
         out += ["### Differences", "", *_md_edges(result.differences), ""]
     groups = _noise_groups(result)
     if groups:
-        out += ["### Noise: probes standing for no component", ""]
+        out += ["### Unmatched endpoints: probes standing for no component", ""]
         for label, edges in groups.items():
             summary = html.escape(_lit(label))  # raw HTML: Markdown escapes do not apply inside it
             out += [f"<details><summary>{summary}: {len(edges)} edge(s)</summary>", ""]
