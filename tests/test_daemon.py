@@ -322,6 +322,40 @@ def process_log(proc: subprocess.Popen[str]) -> str:
     return _PROCESS_LOGS[proc.pid].read_text()
 
 
+def test_a_tls_handshake_failure_is_named_and_every_log_line_is_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    # TLS towards a plaintext server: the reason says why the connection failed (gRPC's own account), not
+    # only that it timed out; gRPC's C core writes none of its plain-text lines into the JSON log.
+    monkeypatch.delenv("GRPC_VERBOSITY", raising=False)
+    plain = HubbleServer(FlowLog())
+    plain.start()
+    proc, _ = run_daemon_process(
+        "run",
+        "--tls",
+        "--server",
+        plain.address,
+        "--matrix",
+        str(MATRIX),
+        "--timeout",
+        "1s",
+        "--log-format",
+        "json",
+    )
+    try:
+        wait_for(lambda: "hubble stream down" in process_log(proc), what="the failed connection")
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+        lines = [line for line in process_log(proc).splitlines() if line.strip()]
+        assert all(line.startswith("{") for line in lines), [x for x in lines if not x.startswith("{")][:3]
+        [reason, *_] = [json.loads(x)["reason"] for x in lines if '"hubble stream down"' in x]
+        assert (
+            reason.startswith(f"cannot connect to {plain.address} within 1s: ")
+            and "handshake" in reason.lower()
+        )
+    finally:
+        stop_process(proc)
+        plain.stop(0)
+
+
 def test_sigterm_stops_the_daemon_with_exit_0(example_server: HubbleServer) -> None:
     proc, address = run_daemon_process(
         "run",

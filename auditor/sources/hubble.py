@@ -389,7 +389,8 @@ class HubbleSource:
             try:
                 ready.result(timeout=self.config.timeout)
             except grpc.FutureTimeoutError:
-                return f"cannot connect to {self.config.target} within {self.config.timeout:g}s"
+                why = self._why_not_connected(channel)
+                return f"cannot connect to {self.config.target} within {self.config.timeout:g}s{why}"
             except grpc.FutureCancelledError:
                 return "stopped while connecting"
             finally:
@@ -506,6 +507,24 @@ class HubbleSource:
                     self._reopen.set()
                     self._cancel("certificate files changed")
                     return
+
+    def _why_not_connected(self, channel: grpc.Channel) -> str:
+        """gRPC's own account of the last connection attempt (a refused port, a failed TLS handshake:
+        the channel's readiness says only "not yet"), from a call that does not wait for the channel;
+        ``""`` when it has none."""
+        probe: Any = channel.unary_unary(
+            SERVER_STATUS,
+            request_serializer=observer_pb2.ServerStatusRequest.SerializeToString,
+            response_deserializer=None,
+        )
+        try:
+            probe(observer_pb2.ServerStatusRequest(), timeout=1.0, wait_for_ready=False)
+        except grpc.RpcError as e:
+            details = e.details() if hasattr(e, "details") else None
+            return f": {details}" if details else ""
+        except ValueError:  # the channel was closed meanwhile (stopping)
+            return ""
+        return ""
 
     def _answers(self, channel: grpc.Channel) -> bool:
         """Whether the server answers a ``ServerStatus`` call within ``timeout`` (any answer counts)."""
