@@ -26,7 +26,7 @@ $(NATIVE_MANIFEST): $(STAMP) scripts/build_native.py $(NATIVE_INPUTS)
 
 ## run: the daemon against the embedded demo Hubble server (metrics on http://localhost:9967/metrics)
 run: $(STAMP) native
-	$(VENV)/bin/flow-auditor demo
+	$(VENV)/bin/flow-auditor demo --listen-address 127.0.0.1:9967
 
 ## replay-example: replay the bundled Airflow flows and print the report
 replay-example: $(STAMP) native
