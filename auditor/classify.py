@@ -210,10 +210,22 @@ class DedupTable:
         return len(self._order)
 
     def seen(self, key: int, t: float) -> bool:
-        """True when ``key`` was seen within the window before ``t``; otherwise records it."""
+        """True when ``key`` was seen within the window of ``t``; otherwise records it.
+
+        Events may arrive out of time order (files given late first, a node clock behind): one stamped
+        less than the window before the connection's first is part of it, and the connection's window
+        then runs from that earlier time (as if the events had come in time order); one stamped a window
+        or more before it is another connection, and the later one stays the reference."""
         first = self._first.get(key)
-        if first is not None and t - first.t < self.window:
-            return True
+        if first is not None:
+            since = t - first.t
+            if 0.0 <= since < self.window:
+                return True
+            if since < 0.0:
+                if since > -self.window:
+                    first.t = t
+                    return True
+                return False
         if t > self._now:
             self._now = t
             self._expire()
@@ -224,9 +236,9 @@ class DedupTable:
         return False
 
     def recent(self, key: int, t: float) -> bool:
-        """True when ``key`` was seen within the window before ``t`` (records nothing)."""
+        """True when ``key`` was seen within the window of ``t``, before or after it (records nothing)."""
         first = self._first.get(key)
-        return first is not None and t - first.t < self.window
+        return first is not None and -self.window < t - first.t < self.window
 
     def _expire(self) -> None:
         order, limit = self._order, self._now - self.window

@@ -168,15 +168,15 @@ MUTANTS: list[tuple[str, str, str, str, list[str]]] = [
     (
         "rule 3: 2^24 boundary off by one",
         "auditor/judge.py",
-        "ident >= _LOCAL_SCOPE_IDENTITY:",
-        "ident > _LOCAL_SCOPE_IDENTITY:",
+        "ident >= LOCAL_SCOPE_IDENTITY:",
+        "ident > LOCAL_SCOPE_IDENTITY:",
         JUDGING,
     ),
     (
         "rule 3: 2^24 boundary below",
-        "auditor/judge.py",
-        "_LOCAL_SCOPE_IDENTITY: Final = 1 << 24",
-        "_LOCAL_SCOPE_IDENTITY: Final = (1 << 24) - 1",
+        "auditor/model.py",
+        "LOCAL_SCOPE_IDENTITY: Final = 1 << 24",
+        "LOCAL_SCOPE_IDENTITY: Final = (1 << 24) - 1",
         JUDGING,
     ),
     (
@@ -232,8 +232,8 @@ MUTANTS: list[tuple[str, str, str, str, list[str]]] = [
     (
         "dedup window inclusive",
         "auditor/classify.py",
-        "        if first is not None and t - first.t < self.window:\n            return True",
-        "        if first is not None and t - first.t <= self.window + 1:\n            return True",
+        "            if 0.0 <= since < self.window:",
+        "            if 0.0 <= since <= self.window + 1:",
         JUDGING,
     ),
     (
@@ -394,6 +394,13 @@ MUTANTS: list[tuple[str, str, str, str, list[str]]] = [
         "    if not classes:\n        raise argparse.ArgumentTypeError(\"empty: give classes (comma-separated) or none\")",
         "    if not classes:\n        return frozenset()",
         ["tests/test_cli_exit_codes.py"],
+    ),
+    (
+        "dedup: an event stamped before the connection's first counts with it however far back",
+        "auditor/classify.py",
+        "                if since > -self.window:",
+        "                if True:",
+        ["tests/test_classify.py"],
     ),
 ]
 

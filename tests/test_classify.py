@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from factory import DEBUG, POSTGRES, REDIS, SCHEDULER, WORKER, WORLD, flow, judged, pod
 
 from auditor.classify import (
@@ -153,6 +154,37 @@ def test_a_proof_after_the_window_comes_too_late_whether_or_not_other_traffic_pa
     timely.resolve(7, 29.0)
     assert [u.flow.time for u in late.expired] == [u.flow.time for u in busy.expired] == [0.0]
     assert len(late) == len(busy) == len(timely) == 0 and timely.expired == []
+
+
+@pytest.mark.parametrize(
+    ("times", "connections"),
+    [
+        ((0, 60, 120), 3),
+        ((120, 60, 0), 3),  # files given late first
+        ((100, 80, 115), 2),  # 80 began the connection: 115 is 35 s after it, a new one
+        ((100, 75, 80, 110), 2),
+        ((100, 50, 115), 2),  # 50 is its own connection; 115 belongs to 100's
+        ((0, 10, 20, 29), 1),
+    ],
+)
+def test_dedup_counts_events_that_arrive_out_of_time_order_as_in_time_order(
+    times: tuple[int, ...], connections: int
+) -> None:
+    # The window runs from a connection's first event in time (30 s), whatever order events arrive in.
+    shuffled, ordered = DedupTable(window=30), DedupTable(window=30)
+    assert sum(not shuffled.seen(7, float(t)) for t in times) == connections
+    assert sum(not ordered.seen(7, float(t)) for t in sorted(times)) == connections
+
+
+def test_a_provisional_event_stamped_long_before_its_proof_is_not_proven_by_it() -> None:
+    # The proof (100 s) arrived first; provisional evidence stamped 50 s earlier is outside its window,
+    # 20 s earlier within it.
+    p = PendingTable(window=30)
+    p.resolve(7, 100.0)
+    p.hold(7, 80.0, connection(80.0))
+    assert 7 not in p
+    p.hold(7, 50.0, connection(50.0))
+    assert 7 in p
 
 
 def test_a_stale_queue_entry_does_not_forget_a_key_seen_again_since() -> None:
