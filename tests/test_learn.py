@@ -295,8 +295,12 @@ def test_cluster_data_in_comments_and_selectors_cannot_forge_yaml() -> None:
     )
     text = learned_text(delivered(evil, DB, 5432, 40001, 1_800_000_000.0))
     doc = yaml.safe_load(text)
-    assert doc["allow"] == [{"from": "evil-true", "to": "db", "ports": ["5432/TCP"]}]
-    assert doc["components"]["evil-true"]["labels"] == {"app": "evil: true"}
+    assert doc["allow"] == [{"from": "evil-name", "to": "db", "ports": ["5432/TCP"]}]
+    # a label value Kubernetes would refuse (forged in the data) is never selected on
+    assert doc["components"]["evil-name"] == {
+        "namespace": "shop",
+        "workload": {"kind": "Deployment", "name": "evil\nname"},
+    }
     parse_matrix(text)
 
 

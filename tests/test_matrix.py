@@ -389,6 +389,49 @@ ERROR_CASES = [
         "components.a: duplicate key",
     ),
     ("empty selector", "components:\n  a: {}\nallow: []\n", 5, "components.a: empty selector"),
+    # label keys and values Kubernetes refuses would never match (nor make a valid policy)
+    (
+        "Cilium source prefix in a label key",
+        "components:\n  a: {labels: {k8s:app: web}}\nallow: []\n",
+        5,
+        "components.a.labels.k8s:app: label key 'k8s:app' carries Cilium's source prefix 'k8s:': write 'app'",
+    ),
+    (
+        "bad label key",
+        'components:\n  a: {labels: {"bad key!": x}}\nallow: []\n',
+        5,
+        "not a Kubernetes label key",
+    ),
+    (
+        "bad label prefix",
+        "components:\n  a: {labels: {Example.COM/app: x}}\nallow: []\n",
+        5,
+        "not a DNS subdomain",
+    ),
+    (
+        "bad label value",
+        'components:\n  a: {labels: {app: "two words"}}\nallow: []\n',
+        5,
+        "not a Kubernetes label value",
+    ),
+    (
+        "bad namespace label",
+        "components:\n  a: {namespaceLabels: {name: -x}}\nallow: []\n",
+        5,
+        "components.a.namespaceLabels.name: label value '-x'",
+    ),
+    (
+        "Cilium source prefix in an expression",
+        "components:\n  a: {matchExpressions: [{key: k8s:app, operator: Exists}]}\nallow: []\n",
+        5,
+        "components.a.matchExpressions[0].key: label key 'k8s:app' carries",
+    ),
+    (
+        "bad expression value",
+        "components:\n  a: {matchExpressions: [{key: app, operator: In, values: [ok, not ok]}]}\nallow: []\n",
+        5,
+        "matchExpressions[0].values: label value 'not ok'",
+    ),
     ("unknown entity", "components:\n  a: {entities: [wrld]}\nallow: []\n", 5, "unknown entity 'wrld'"),
     ("bad cidr", "components:\n  a: {cidrs: [10.0.0.1/8]}\nallow: []\n", 5, "invalid CIDR '10.0.0.1/8'"),
     (

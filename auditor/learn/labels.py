@@ -7,13 +7,16 @@ per revision or per pod (they change on every rollout or differ between replicas
 bookkeeping labels (namespace, namespace labels, service account, cluster: the selector says
 ``namespace`` instead).
 
-Error policy: none needed; label strings without ``=`` are labels with an empty value.
+Error policy: none needed; label strings without ``=`` are labels with an empty value; a label Kubernetes
+would refuse (forged in the data: Kubernetes validates the labels Cilium reads) is never selected on.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from typing import Final
+
+from auditor.matrix.selectors import label_key_problem, label_value_problem
 
 VOLATILE_KEYS: Final = frozenset(
     {
@@ -71,6 +74,7 @@ def pod_labels(labels: Iterable[str]) -> dict[str, str]:
             and key not in VOLATILE_KEYS
             and key not in UPGRADE_KEYS
             and not key.startswith(VOLATILE_PREFIXES)
+            and not (label_key_problem(key) or label_value_problem(value))  # not set by Kubernetes
         ):
             out[key] = value
     return out

@@ -69,6 +69,9 @@ ENTITY_PRECEDENCE: Final = (
 )
 
 _ADDRESS_LABEL_PREFIXES: Final = ("cidr:", "fqdn:")
+_LABEL_NAME_RE: Final = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+_DNS_SUBDOMAIN_RE: Final = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_CILIUM_LABEL_SOURCES: Final = frozenset({"k8s", "any", "reserved", "container", "cidr", "fqdn", "unspec"})
 _K8S_NS_LABEL_PREFIX: Final = "io.cilium.k8s.namespace.labels."
 _K8S_SA_LABEL: Final = "io.cilium.k8s.policy.serviceaccount"
 _K8S_NS_LABEL: Final = "io.kubernetes.pod.namespace"
@@ -196,6 +199,27 @@ def outside_cluster(ep: Endpoint, entities: frozenset[str]) -> bool:
     )
 
 
+def label_key_problem(key: str) -> str | None:
+    """Why ``key`` is not a Kubernetes label key (``[prefix/]name``), or ``None``. Selectors match the pod's
+    Kubernetes labels, so a Cilium source prefix (``k8s:app``) is named as such."""
+    source, colon, rest = key.partition(":")
+    if colon and source in _CILIUM_LABEL_SOURCES:
+        return f"label key {key!r} carries Cilium's source prefix {source + ':'!r}: write {rest!r}"
+    prefix, slash, name = key.rpartition("/")
+    if not _LABEL_NAME_RE.match(name) or len(name) > 63:
+        return f"label key {key!r} is not a Kubernetes label key (name: up to 63 of a-z, A-Z, 0-9, -, _, .)"
+    if slash and (not _DNS_SUBDOMAIN_RE.match(prefix) or len(prefix) > 253):
+        return f"label key {key!r} is not a Kubernetes label key (its prefix is not a DNS subdomain)"
+    return None
+
+
+def label_value_problem(value: str) -> str | None:
+    """Why ``value`` is not a Kubernetes label value, or ``None`` (empty is a value)."""
+    if value and (len(value) > 63 or not _LABEL_NAME_RE.match(value)):
+        return f"label value {value!r} is not a Kubernetes label value (up to 63 of a-z, A-Z, 0-9, -, _, .)"
+    return None
+
+
 def _ip_in(
     ip: str,
     cidrs: Iterable[
@@ -259,14 +283,14 @@ class SelectorReader(NodeReader):
             namespaces = frozenset(s for s, _ in self.strings(f["namespaces"], f"{key}.namespaces"))
         pod_labels = tuple(
             LabelRequirement(k, "In", frozenset({v}))
-            for k, v in (self.string_map(f["labels"], f"{key}.labels").items() if "labels" in f else ())
+            for k, v in (self.label_map(f["labels"], f"{key}.labels").items() if "labels" in f else ())
         )
         if "matchExpressions" in f:
             pod_labels += self.expressions(f["matchExpressions"], f"{key}.matchExpressions")
         ns_labels = tuple(
             LabelRequirement(k, "In", frozenset({v}))
             for k, v in (
-                self.string_map(f["namespaceLabels"], f"{key}.namespaceLabels").items()
+                self.label_map(f["namespaceLabels"], f"{key}.namespaceLabels").items()
                 if "namespaceLabels" in f
                 else ()
             )
@@ -312,8 +336,25 @@ class SelectorReader(NodeReader):
                 raise self.err(item, f"{k}.values", f"operator {op} needs a non-empty list of values")
             if op in ("Exists", "DoesNotExist") and values:
                 raise self.err(e["values"], f"{k}.values", f"operator {op} takes no values")
-            out.append(LabelRequirement(self.string(e["key"], f"{k}.key"), op, values or frozenset()))
+            label = self.string(e["key"], f"{k}.key")
+            problem = label_key_problem(label)
+            if problem:
+                raise self.err(e["key"], f"{k}.key", problem)
+            for value in sorted(values or ()):
+                if label_value_problem(value):
+                    raise self.err(e["values"], f"{k}.values", label_value_problem(value) or "")
+            out.append(LabelRequirement(label, op, values or frozenset()))
         return tuple(out)
+
+    def label_map(self, node: yaml.Node, key: str) -> dict[str, str]:
+        """matchLabels: Kubernetes label keys and values (a key Kubernetes refuses would never match)."""
+        items = self.mapping(node, key)
+        labels = self.string_map(node, key)
+        for k, v in labels.items():
+            problem = label_key_problem(k) or label_value_problem(v)
+            if problem:
+                raise self.err(items[k], f"{key}.{k}", problem)
+        return labels
 
     def workload(self, node: yaml.Node, key: str) -> tuple[str | None, str | None]:
         w = self.mapping(node, key, {"kind", "name"})
