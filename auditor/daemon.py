@@ -40,6 +40,7 @@ from auditor import __version__, native, web
 from auditor.classify import DEFAULT_DEDUP_WINDOW, Auditor
 from auditor.http_server import HttpServer, Request, Response, Route, probe_route, registry_route
 from auditor.matrix import Matrix, MatrixError, load_matrix
+from auditor.matrix.lint import warnings as matrix_warnings
 from auditor.pipeline import Pipeline, Sink
 from auditor.sinks.live import LiveSink
 from auditor.sinks.log import LogSink, drop_empty
@@ -174,6 +175,7 @@ class Daemon:
             receiver=self.config.hubble.receiver,
             listen=self.listen_address,
         )
+        _log_matrix_warnings(self.matrix)
 
     def _spawn(self, name: str, target: Callable[[], None]) -> None:
         def supervised() -> None:
@@ -299,6 +301,7 @@ class Daemon:
         log.info(
             "matrix reloaded", matrix=matrix.name, rules=len(matrix.rules), components=len(matrix.components)
         )
+        _log_matrix_warnings(matrix)
         if self.config.server_side_filter and matrix.scope_namespaces != old_scope:
             self.source.set_namespaces(tuple(sorted(matrix.scope_namespaces or ())))
         return True
@@ -420,3 +423,9 @@ def run(config: DaemonConfig, on_started: Callable[[Daemon], None] | None = None
 
 
 __all__ = ["Daemon", "DaemonConfig", "Matrix", "configure_logging", "run"]
+
+
+def _log_matrix_warnings(matrix: Matrix) -> None:
+    """What :mod:`auditor.matrix.lint` finds in a matrix just put in use (it is used all the same)."""
+    for warning in matrix_warnings(matrix):
+        log.warning("matrix warning", matrix=matrix.name, warning=warning)

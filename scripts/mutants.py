@@ -402,6 +402,13 @@ MUTANTS: list[tuple[str, str, str, str, list[str]]] = [
         "                if True:",
         ["tests/test_classify.py"],
     ),
+    (
+        "matrix lint: a later component with fewer labels is dead",
+        "auditor/matrix/lint.py",
+        "        and set(a.pod_labels) <= set(b.pod_labels)",
+        "        and set(a.pod_labels) >= set(b.pod_labels)",
+        ["tests/test_matrix_lint.py"],
+    ),
 ]
 
 

@@ -1,7 +1,8 @@
 """``flow-auditor matrix``: ``check`` validates a matrix and prints its compiled form; ``learn`` is in
 :mod:`auditor.commands.learn`.
 
-DESIGN §6.5. Stage: front end. Output of ``check``: :func:`auditor.matrix.describe` on stdout.
+DESIGN §6.5. Stage: front end. Output of ``check``: :func:`auditor.matrix.describe` on stdout, and the
+warnings of :mod:`auditor.matrix.lint` on stderr (exit 0: the matrix is valid).
 
 Error policy: a bad matrix raises :class:`~auditor.commands.common.UsageError` naming file, line and key
 (exit 2).
@@ -10,10 +11,12 @@ Error policy: a bad matrix raises :class:`~auditor.commands.common.UsageError` n
 from __future__ import annotations
 
 import argparse
+import sys
 
 from auditor.commands import learn
 from auditor.commands.common import EXIT_OK, Parser, Subcommands, read_matrix
 from auditor.matrix import describe
+from auditor.matrix.lint import warnings
 
 
 def add_parser(sub: Subcommands) -> None:
@@ -26,5 +29,8 @@ def add_parser(sub: Subcommands) -> None:
 
 
 def cmd_matrix_check(args: argparse.Namespace) -> int:
-    print(describe(read_matrix(args.file)))
+    matrix = read_matrix(args.file)
+    print(describe(matrix))
+    for warning in warnings(matrix):  # it loads, and means less than it says
+        print(f"flow-auditor: warning: {warning}", file=sys.stderr)
     return EXIT_OK

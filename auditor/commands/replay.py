@@ -34,6 +34,7 @@ from auditor.commands.common import (
     write_output,
 )
 from auditor.matrix import Matrix
+from auditor.matrix.lint import warnings as matrix_warnings
 from auditor.options import choice, typed
 from auditor.pipeline import Pipeline
 from auditor.render import FORMATS, render
@@ -102,6 +103,8 @@ def add_parser(sub: Subcommands) -> None:
 def cmd_replay(args: argparse.Namespace) -> int:
     fail_on: frozenset[str] = args.fail_on
     matrix = read_matrix(args.matrix)
+    for warning in matrix_warnings(matrix):
+        print(f"flow-auditor: warning: {warning}", file=sys.stderr)
     _check_inputs(args.files)
     check_output(args.output)
     inputs = {
