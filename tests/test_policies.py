@@ -133,13 +133,25 @@ def test_every_object_is_labelled_managed_by_and_annotated_with_matrix_and_rules
 
 def test_kubernetes_flavor_notes_what_it_cannot_express_for_airflow() -> None:
     result = build(AIRFLOW, "kubernetes")
+    world = (
+        "rule 7: internet: entity world is 0.0.0.0/0 and ::/0, which on some network plugins also matches "
+        "pod and service addresses (wider): give --cluster-cidr to except them"
+    )
     assert result.notes == [
         "rule 2: kubelet: entity host cannot be selected by a NetworkPolicy; traffic between a pod and "
-        "its own node is always allowed, other nodes are denied"
+        "its own node is always allowed, other nodes are denied",
+        world,
     ]
     annotations = by_name(result.objects, "airflow-webserver")["metadata"]["annotations"]
-    assert annotations["flow-auditor.io/notes"] == result.notes[0]
+    assert annotations["flow-auditor.io/notes"] == "; ".join(result.notes)
     assert annotations["flow-auditor.io/rules"] == "1,3,4,5,6,7,8,9"
+    # with the cluster's networks given, world excepts them and says nothing more
+    excepted = build(AIRFLOW, "kubernetes", cluster_cidrs=("10.244.0.0/16", "fd00:10:244::/56"))
+    assert world not in excepted.notes
+    egress = by_name(excepted.objects, "airflow-worker")["spec"]["egress"]
+    blocks = [p["ipBlock"] for rule in egress for p in rule.get("to", []) if "ipBlock" in p]
+    assert {"cidr": "0.0.0.0/0", "except": ["10.244.0.0/16"]} in blocks
+    assert {"cidr": "::/0", "except": ["fd00:10:244::/56"]} in blocks
 
 
 @pytest.mark.parametrize("flavor", ["kubernetes", "cilium"])

@@ -274,6 +274,13 @@ class KubernetesRenderer(Renderer):
         for entity in sorted(sel.entities or ()):
             if entity == "world":
                 out.extend(self.world())
+                if not self.cluster_cidrs:
+                    add_note(
+                        notes,
+                        f"{where}: entity world is {' and '.join(WORLD_CIDRS)}, which on some network "
+                        "plugins also matches pod and service addresses (wider): give --cluster-cidr to "
+                        "except them",
+                    )
             elif entity == "host":
                 add_note(
                     notes,
