@@ -29,6 +29,7 @@ read raises :class:`~auditor.sources.files.SourceError` (from the worker, re-rai
 
 from __future__ import annotations
 
+import gc
 import io
 import itertools
 import multiprocessing
@@ -590,7 +591,13 @@ class ParallelReplay:
 
     def __init__(self, matrix: Matrix, window: float, max_edges: int, jobs: int) -> None:
         ctx = multiprocessing.get_context("fork")
-        self.pool = ctx.Pool(jobs, initializer=init_worker, initargs=(matrix, window, max_edges))
+        # The parent's objects out of the workers' collections (as CPython advises before a fork): their
+        # pages stay shared instead of being copied when a worker's collector walks them.
+        gc.freeze()
+        try:
+            self.pool = ctx.Pool(jobs, initializer=init_worker, initargs=(matrix, window, max_edges))
+        finally:
+            gc.unfreeze()
         self.ahead = 4 * jobs
 
     def feed(
