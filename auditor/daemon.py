@@ -90,6 +90,7 @@ class Daemon:
         self.matrix = load_matrix(config.matrix)  # MatrixError at start: the CLI exits 2
         self._matrix_digest = _digest(Path(config.matrix))
         self._in_use_digest = self._matrix_digest
+        self._unsettled: str | None = None  # digest of a changed file that failed once (see check_reload)
         self.registry = registry or CollectorRegistry()
         tolerance = config.hubble.clock_tolerance  # a flow stamped further ahead counts at the clock
         self.metrics = MetricsSink(self.matrix, self.registry, clock_tolerance=tolerance)
@@ -276,15 +277,22 @@ class Daemon:
                 log.error("matrix reload check failed", error=f"{type(e).__name__}: {e}")
 
     def check_reload(self, forced: bool = False) -> bool | None:
-        """Reload when the file's content changed (or ``forced``). True/False: reloaded/failed; None: same."""
+        """Reload when the file's content changed (or ``forced``). True/False: reloaded/failed; None: same, or
+        a change that failed to load for the first time (it may be half-written: the next check decides)."""
         path = Path(self.config.matrix)
         digest = _digest(path)
         if digest == self._matrix_digest and not forced:
             return None
-        self._matrix_digest = digest
         try:
             matrix = load_matrix(path)
         except Exception as e:  # MatrixError, and whatever a hostile file provokes (deep nesting, huge ints)
+            if not forced and digest != self._unsettled:
+                # A file written in place (an editor, cp) may be read half-way: it counts as failed only
+                # when the same content fails again at the next check. (A ConfigMap swaps files whole.)
+                self._unsettled = digest
+                return None
+            self._matrix_digest = digest
+            self._unsettled = None
             self.metrics.matrix_reloaded(False)
             error = str(e) if isinstance(e, MatrixError) else f"{path}: {type(e).__name__}: {e}"[:1000]
             self.live.matrix_loaded(self._in_use_digest, False, error)
@@ -292,6 +300,8 @@ class Daemon:
                 "matrix reload failed, keeping the previous matrix", error=error, matrix=self.matrix.name
             )
             return False
+        self._matrix_digest = digest
+        self._unsettled = None
         old_scope = self.matrix.scope_namespaces
         self.matrix = matrix
         self.pipeline.set_matrix(matrix)

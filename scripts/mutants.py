@@ -409,6 +409,13 @@ MUTANTS: list[tuple[str, str, str, str, list[str]]] = [
         "        and set(a.pod_labels) >= set(b.pod_labels)",
         ["tests/test_matrix_lint.py"],
     ),
+    (
+        "reload: a half-written matrix counts as a failure at once",
+        "auditor/daemon.py",
+        "            if not forced and digest != self._unsettled:",
+        "            if False:",
+        ["tests/test_daemon_robust.py::test_a_matrix_caught_half_written_counts_only_when_it_stays_broken"],
+    ),
 ]
 
 

@@ -71,6 +71,37 @@ def test_matrix_edits_that_raise_anything_keep_the_old_matrix_and_later_ones_loa
     assert http_status(f"http://{d.listen_address}/healthz") == 200
 
 
+def test_a_matrix_caught_half_written_counts_only_when_it_stays_broken(tmp_path: Path) -> None:
+    # An editor or `cp` writes the watched file in place: a check may read it empty or cut. That is no
+    # failure yet (no FlowAuditorMatrixReloadFailed for a file that is fine a moment later); the same
+    # content failing at the next check is. A forced reload (SIGHUP) says at once.
+    matrix = tmp_path / "matrix.yaml"
+    good = MATRIX.read_text()
+    matrix.write_text(good)
+    d = Daemon(
+        DaemonConfig(
+            matrix=str(matrix), hubble=HubbleConfig(server="127.0.0.1:9"), listen_address="127.0.0.1:0"
+        )
+    )
+
+    def failures() -> float | None:
+        return d.registry.get_sample_value("flow_auditor_matrix_reloads_total", {"result": "error"})
+
+    fewer = "\n".join(line for line in good.splitlines() if "Redis exporter" not in line)
+    matrix.write_text(fewer[: len(fewer) // 3])  # caught half-way
+    assert d.check_reload() is None and failures() == 0
+    matrix.write_text(fewer)  # finished
+    assert d.check_reload() is True and failures() == 0 and len(d.matrix.rules) == 12
+    broken = good.replace("to: webserver, ports: [8080]", "to: websrv, ports: [8080]", 1)
+    matrix.write_text(broken)
+    assert d.check_reload() is None and failures() == 0
+    assert d.check_reload() is False and failures() == 1  # the same content again: broken indeed
+    assert d.check_reload() is None and failures() == 1  # and said once
+    matrix.write_text(broken + "\n# still broken\n")
+    assert d.check_reload(forced=True) is False and failures() == 2
+    assert len(d.matrix.rules) == 12
+
+
 # -- exceptions in the pipeline ------------------------------------------------------------------------------
 
 
