@@ -358,3 +358,12 @@ def test_a_run_with_no_flow_in_the_matrixs_scope_is_an_input_error_not_a_pass(tm
     assert_usage_error(proc, "none of the", "in the matrix's scope (namespaces: airflw)", str(typo))
     proc = run_cli("replay", str(FLOWS), "--matrix", str(MATRIX), "--format", "json")
     assert proc.returncode == 1 and json.loads(proc.stdout)["flows"]["out_of_scope"] > 0
+
+
+def test_matrix_check_reads_standard_input_as_replay_does() -> None:
+    good = run_cli("matrix", "check", "-", stdin=MATRIX.read_text())
+    assert good.returncode == 0 and good.stdout.startswith("matrix 'airflow' (-): "), good.stderr
+    bad = run_cli(
+        "matrix", "check", "-", stdin=MATRIX.read_text().replace("to: webserver,", "to: websrv,", 1)
+    )
+    assert_usage_error(bad, "-:", "unknown component 'websrv'")

@@ -14,8 +14,8 @@ import argparse
 import sys
 
 from auditor.commands import learn
-from auditor.commands.common import EXIT_OK, Parser, Subcommands, read_matrix
-from auditor.matrix import describe
+from auditor.commands.common import EXIT_OK, Parser, Subcommands, UsageError, read_matrix
+from auditor.matrix import MatrixError, describe, parse_matrix
 from auditor.matrix.lint import warnings
 
 
@@ -23,13 +23,19 @@ def add_parser(sub: Subcommands) -> None:
     matrix = sub.add_parser("matrix", help="communication matrix tools")
     msub = matrix.add_subparsers(dest="matrix_command", required=True, parser_class=Parser)
     check = msub.add_parser("check", help="validate a matrix and print its compiled form")
-    check.add_argument("file", metavar="FILE")
+    check.add_argument("file", metavar="FILE", help="the matrix file, or - for standard input")
     check.set_defaults(func=cmd_matrix_check)
     learn.add_parser(msub)
 
 
 def cmd_matrix_check(args: argparse.Namespace) -> int:
-    matrix = read_matrix(args.file)
+    if args.file == "-":  # as replay and policies diff read their inputs
+        try:
+            matrix = parse_matrix(sys.stdin.read(), "-")
+        except MatrixError as e:
+            raise UsageError(str(e)) from None
+    else:
+        matrix = read_matrix(args.file)
     print(describe(matrix))
     for warning in warnings(matrix):  # it loads, and means less than it says
         print(f"flow-auditor: warning: {warning}", file=sys.stderr)
