@@ -40,6 +40,7 @@ from auditor.decode_schema import (
     FLOW_TYPES,
     LINE_DECODER,
     POINTS,
+    TRACE_REASONS,
     VERDICTS,
     FlowFields,
     Line,
@@ -178,6 +179,7 @@ def _flow(f: FlowFields, envelope_node: str, envelope_time: datetime | None) -> 
         f.node_name or envelope_node,
         f.source_names,
         f.destination_names,
+        reason if (reason := f.trace_reason).__class__ is int else TRACE_REASONS.get(reason, 0),  # type: ignore[arg-type]
     )
 
 

@@ -283,6 +283,7 @@ def _decode_flow(msg: flow_pb2.Flow | live_pb2.Flow, envelope: Response | None) 
         node_name,
         tuple(source_names) if source_names else (),
         tuple(destination_names) if destination_names else (),
+        msg.trace_reason,
     )
 
 
@@ -308,6 +309,7 @@ def assemble_flow(
     node_name: str,
     source_names: tuple[str, ...],
     destination_names: tuple[str, ...],
+    trace_reason: int,
 ) -> Flow:
     """The ``Flow`` of the values read from a message (by protobuf here, or from the wire by
     :mod:`auditor.decode_wire`): domain checks, time, drop reason name, cached endpoints.
@@ -340,6 +342,7 @@ def assemble_flow(
         node_name,
         source_names,
         destination_names,
+        trace_reason,
     )
 
 

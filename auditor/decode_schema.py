@@ -26,7 +26,14 @@ from typing import Annotated, Any, Final, get_args, get_origin
 
 import msgspec
 
-from auditor.model import DIRECTION_NAMES, FLOW_TYPE_NAMES, OBSERVATION_POINT_NAMES, VERDICT_NAMES, Endpoint
+from auditor.model import (
+    DIRECTION_NAMES,
+    FLOW_TYPE_NAMES,
+    OBSERVATION_POINT_NAMES,
+    TRACE_REASON_NAMES,
+    VERDICT_NAMES,
+    Endpoint,
+)
 
 # --------------------------------------------------------------------------------------------------
 # Enum tables (upstream numeric values; names as protojson writes them)
@@ -35,6 +42,7 @@ VERDICTS: Final = {name: number for number, name in VERDICT_NAMES.items()}
 FLOW_TYPES: Final = {name: number for number, name in FLOW_TYPE_NAMES.items()}
 DIRECTIONS: Final = {name: number for number, name in DIRECTION_NAMES.items()}
 POINTS: Final = {name: number for number, name in OBSERVATION_POINT_NAMES.items()}
+TRACE_REASONS: Final = {name: number for number, name in TRACE_REASON_NAMES.items()}
 
 # Domains of the numbers the auditor reads (protobuf types of flow.proto), checked by msgspec in C.
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
@@ -106,6 +114,7 @@ class FlowFields(msgspec.Struct, **_STRUCT):
     traffic_direction: Enum = 0
     trace_observation_point: Enum = 0
     is_reply: bool | None = None
+    trace_reason: Enum = 0
 
 
 class Lost(msgspec.Struct, **_STRUCT):
@@ -157,7 +166,7 @@ LINE_DECODER: Final = msgspec.json.Decoder(Line)
 CAMEL_DECODER: Final = msgspec.json.Decoder(CAMEL_LINE)
 CAMEL_MARKER: Final = re.compile(
     rb'"(?:nodeName|podName|sourcePort|destinationPort|isReply|eventType|trafficDirection|dropReasonDesc|'
-    rb'traceObservationPoint|lostEvents|nodeStatus|numEventsLost|nodeNames|agentEvent|debugEvent)"'
+    rb'traceObservationPoint|traceReason|lostEvents|nodeStatus|numEventsLost|nodeNames|agentEvent|debugEvent)"'
 )
 """A key only the camelCase spelling has (looked for when a line has no snake_case node name)."""
 BARE_FLOW_HINTS: Final = ("verdict", "IP", "l4", "source", "destination", "event_type", "Type")

@@ -226,6 +226,7 @@ class _Fields:
         self.destination_names: list[str] = []
         self.reply = False
         self.is_reply: bool | None = None
+        self.trace_reason = 0
         self.event_type = 0
         self.direction = 0
         self.observation_point = 0
@@ -279,11 +280,12 @@ def _flow(data: bytes, pos: int, end: int, envelope_node: str, envelope_s: int, 
         f.node_name or envelope_node,
         tuple(f.source_names) if f.source_names else (),
         tuple(f.destination_names) if f.destination_names else (),
+        f.trace_reason,
     )
 
 
-_FLOW_NUMBERS: Final = frozenset({1, 2, 3, 5, 6, 8, 9, 10, 11, 13, 14, 16, 19, 22, 24, 25, 26})
-_FLOW_VARINTS: Final = frozenset({2, 3, 10, 16, 22, 24, 25})
+_FLOW_NUMBERS: Final = frozenset({1, 2, 3, 5, 6, 8, 9, 10, 11, 13, 14, 16, 19, 22, 24, 25, 26, 36})
+_FLOW_VARINTS: Final = frozenset({2, 3, 10, 16, 22, 24, 25, 36})
 
 
 def _flow_varint(f: _Fields, number: int, data: bytes, pos: int) -> int:
@@ -303,6 +305,8 @@ def _flow_varint(f: _Fields, number: int, data: bytes, pos: int) -> int:
         f.observation_point = _int32(value)
     elif number == 25:
         f.drop_reason_desc = _int32(value)
+    elif number == 36:
+        f.trace_reason = _int32(value)
     elif number in _FLOW_NUMBERS:
         raise Unusual("a known field with another wire type")
     return pos  # a varint past the flow's end: _flow's end check refuses it

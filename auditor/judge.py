@@ -26,7 +26,11 @@ The rules, in order:
    host, remote-node, kube-apiserver, unmanaged, another cluster). Egress-side evidence towards a pod is
    ``PROVISIONAL``: the destination's ingress policy may still drop it.
 4. L3/L4 events without a direction (overlay hops), L7 records, socket traces and other verdicts →
-   ``IGNORED``.
+   ``IGNORED``. So is an ICMP error (destination unreachable, time exceeded, …) that Cilium's connection
+   tracking marked ``RELATED`` to a connection (Hubble's ``trace_reason``, Cilium ≥ 1.15), whatever its
+   verdict — checked before rule 1: it answers other traffic and is no connection attempt (a path-MTU or
+   port-unreachable message must not read as unexpected traffic). Without a ``trace_reason`` (older Hubble)
+   it is judged like any ICMP message.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from auditor.model import (
     FlowType,
     ObservationPoint,
     Protocol,
+    TraceReason,
     Verdict,
 )
 
@@ -84,10 +89,18 @@ ICMP_REQUEST_TYPE: Final[dict[tuple[str, int], int]] = {
     (Protocol.ICMPV6, 129): 128,  # echo
 }
 """ICMP replies that answer a request: only those prove the request's delivery."""
+ICMP_ERROR_TYPES: Final = frozenset(
+    # ICMPv4 destination unreachable, source quench, redirect, time exceeded, parameter problem; ICMPv6
+    # destination unreachable, packet too big, time exceeded, parameter problem
+    [(Protocol.ICMPV4, t) for t in (3, 4, 5, 11, 12)] + [(Protocol.ICMPV6, t) for t in (1, 2, 3, 4)]
+)
+"""ICMP messages that report a problem with other traffic: with ``trace_reason`` RELATED, no connection."""
 
 
 def judge(flow: Flow, node_local: bool = False) -> int:
     """The evidence code of one flow event (see the module docstring)."""
+    if flow.trace_reason == TraceReason.RELATED and (flow.protocol, flow.icmp_type) in ICMP_ERROR_TYPES:
+        return IGNORED
     reply = flow.is_reply
     if reply or (reply is None and flow.protocol == Protocol.TCP and flow.tcp_flags & _SYN_ACK == _SYN_ACK):
         if (

@@ -87,6 +87,29 @@ class ObservationPoint:
     TO_CRYPTO: Final = 13
 
 
+class TraceReason:
+    """``flow.TraceReason`` values (Hubble ≥ 1.15): what Cilium's connection tracking said of a packet."""
+
+    UNKNOWN: Final = 0
+    NEW: Final = 1
+    ESTABLISHED: Final = 2
+    REPLY: Final = 3
+    RELATED: Final = 4
+
+
+TRACE_REASON_NAMES: Final[dict[int, str]] = {
+    0: "TRACE_REASON_UNKNOWN",
+    1: "NEW",
+    2: "ESTABLISHED",
+    3: "REPLY",
+    4: "RELATED",
+    5: "REOPENED",
+    6: "SRV6_ENCAP",
+    7: "SRV6_DECAP",
+    8: "ENCRYPT_OVERLAY",
+}
+
+
 OBSERVATION_POINT_NAMES: Final[dict[int, str]] = {
     0: "UNKNOWN_POINT",
     1: "TO_PROXY",
@@ -226,6 +249,7 @@ class Flow(msgspec.Struct, frozen=True, gc=False):
     node_name: str
     source_names: tuple[str, ...] = ()
     destination_names: tuple[str, ...] = ()
+    trace_reason: int = 0  # TraceReason (Hubble ≥ 1.15; 0 when not said): RELATED marks ICMP errors
 
 
 class LostEvents(msgspec.Struct, frozen=True, gc=False):

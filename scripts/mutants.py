@@ -416,6 +416,13 @@ MUTANTS: list[tuple[str, str, str, str, list[str]]] = [
         "            if False:",
         ["tests/test_daemon_robust.py::test_a_matrix_caught_half_written_counts_only_when_it_stays_broken"],
     ),
+    (
+        "rule 4: a related ICMP error judged as a connection",
+        "auditor/judge.py",
+        "    if flow.trace_reason == TraceReason.RELATED and (flow.protocol, flow.icmp_type) in ICMP_ERROR_TYPES:",
+        "    if False:",
+        ["tests/test_judge.py"],
+    ),
 ]
 
 

@@ -121,6 +121,22 @@ def test_unknown_enum_names_and_numbers() -> None:
     assert flow.verdict == 0 and flow.traffic_direction == 9
 
 
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"trace_reason": "RELATED"}, 4),
+        ({"trace_reason": 4}, 4),
+        ({"trace_reason": "SOMETHING_NEW"}, 0),
+        ({}, 0),  # older Hubble: not said
+    ],
+)
+def test_trace_reason_by_name_or_number(fields: dict[str, object], expected: int) -> None:
+    flow = decode_line(json.dumps({"flow": {**FLOW, **fields}}).encode())
+    assert isinstance(flow, Flow) and flow.trace_reason == expected
+    camel = decode_line(json.dumps(_camel({"flow": {**FLOW, **fields}})).encode())  # protobuf JSON spelling
+    assert isinstance(camel, Flow) and camel.trace_reason == expected
+
+
 def test_deprecated_drop_reason_number_only() -> None:
     f = {k: v for k, v in FLOW.items() if k != "drop_reason_desc"}
     flow = decode_line(json.dumps({"flow": f}).encode())

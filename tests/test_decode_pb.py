@@ -96,6 +96,7 @@ EXPECTED_FULL = model.Flow(
     node_name="kind-worker",
     source_names=("worker.example",),
     destination_names=("db.example", "postgres.example"),
+    trace_reason=model.TraceReason.NEW,
 )
 
 
@@ -131,11 +132,12 @@ def test_unknown_enum_numbers_survive_as_ints() -> None:
             vfield(22, 7),  # traffic_direction
             vfield(24, 250),  # trace_observation_point
             vfield(25, 999),  # drop_reason_desc
+            vfield(36, 77),  # trace_reason
         ]
     )
     got = flow_from_pb(flow_pb2.Flow.FromString(wire))
     ints = (got.verdict, got.flow_type, got.event_type, got.traffic_direction, got.observation_point)
-    assert ints == (42, 9, 13, 7, 250)
+    assert ints == (42, 9, 13, 7, 250) and got.trace_reason == 77
     assert got.drop_reason == "999"
 
 

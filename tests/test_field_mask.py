@@ -88,6 +88,7 @@ def full_flows() -> list[flow_pb2.Flow]:
         event_type=flow_pb2.CiliumEventType(type=1, sub_type=133),
         traffic_direction=flow_pb2.EGRESS,
         trace_observation_point=flow_pb2.TO_ENDPOINT,
+        trace_reason=flow_pb2.NEW,
         uuid="1b4e28ba-2fa1-11d2-883f-0016d3cca427",
         Summary="TCP Flags: SYN",
     )

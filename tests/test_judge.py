@@ -14,12 +14,21 @@ from auditor.model import (
     EventType,
     FlowType,
     ObservationPoint,
+    Protocol,
+    TraceReason,
     Verdict,
 )
 
 INGRESS, EGRESS, NODIR = Direction.INGRESS, Direction.EGRESS, Direction.UNKNOWN
 TRACE, POLICY, DROP, L7 = EventType.TRACE, EventType.POLICY_VERDICT, EventType.DROP, EventType.ACCESS_LOG
 P = ObservationPoint
+UNREACHABLE = {
+    "protocol": Protocol.ICMPV4,
+    "icmp_type": 3,
+    "source_port": 0,
+    "destination_port": 0,
+    "tcp_flags": 0,
+}
 
 REPLY_CASES = [
     # rule 1: a reply is never a connection of its own. Seen by an auditor of the whole cluster, a forwarded
@@ -187,6 +196,30 @@ CASES = [
     ("unknown verdict number", {"verdict": 42}, j.IGNORED),
     ("debug capture", {"event_type": EventType.CAPTURE, "observation_point": 0}, j.IGNORED),
     ("no L4", {"protocol": ""}, j.IGNORED),
+    # rule 4, checked first: an ICMP error that conntrack tracked as RELATED answers other traffic
+    ("related destination unreachable", {**UNREACHABLE, "trace_reason": TraceReason.RELATED}, j.IGNORED),
+    (
+        "related time exceeded, dropped",
+        {**UNREACHABLE, "icmp_type": 11, "trace_reason": TraceReason.RELATED, "verdict": Verdict.DROPPED},
+        j.IGNORED,
+    ),
+    (
+        "related ICMPv6 packet too big",
+        {**UNREACHABLE, "protocol": Protocol.ICMPV6, "icmp_type": 2, "trace_reason": TraceReason.RELATED},
+        j.IGNORED,
+    ),
+    ("destination unreachable, new", {**UNREACHABLE, "trace_reason": TraceReason.NEW}, j.DELIVERED),
+    ("destination unreachable, reason unknown (older Hubble)", UNREACHABLE, j.DELIVERED),
+    (
+        "related echo request is no error",
+        {**UNREACHABLE, "icmp_type": 8, "trace_reason": TraceReason.RELATED},
+        j.DELIVERED,
+    ),
+    (
+        "related TCP is judged",
+        {"trace_reason": TraceReason.RELATED, "icmp_type": 3},
+        j.DELIVERED,
+    ),
 ]
 
 

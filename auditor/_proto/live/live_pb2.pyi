@@ -86,6 +86,7 @@ class Flow(_message.Message):
     TRACE_OBSERVATION_POINT_FIELD_NUMBER: _builtins.int
     DROP_REASON_DESC_FIELD_NUMBER: _builtins.int
     IS_REPLY_FIELD_NUMBER: _builtins.int
+    TRACE_REASON_FIELD_NUMBER: _builtins.int
     verdict: _flow_pb2.Verdict.ValueType
     drop_reason: _builtins.int
     source: _builtins.bytes
@@ -98,6 +99,7 @@ class Flow(_message.Message):
     traffic_direction: _flow_pb2.TrafficDirection.ValueType
     trace_observation_point: _flow_pb2.TraceObservationPoint.ValueType
     drop_reason_desc: _flow_pb2.DropReason.ValueType
+    trace_reason: _flow_pb2.TraceReason.ValueType
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -132,10 +134,11 @@ class Flow(_message.Message):
         trace_observation_point: _flow_pb2.TraceObservationPoint.ValueType = ...,
         drop_reason_desc: _flow_pb2.DropReason.ValueType = ...,
         is_reply: _wrappers_pb2.BoolValue | None = ...,
+        trace_reason: _flow_pb2.TraceReason.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["IP", b"IP", "event_type", b"event_type", "is_reply", b"is_reply", "l4", b"l4", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["IP", b"IP", "Type", b"Type", "destination", b"destination", "destination_names", b"destination_names", "drop_reason", b"drop_reason", "drop_reason_desc", b"drop_reason_desc", "event_type", b"event_type", "is_reply", b"is_reply", "l4", b"l4", "node_name", b"node_name", "reply", b"reply", "source", b"source", "source_names", b"source_names", "time", b"time", "trace_observation_point", b"trace_observation_point", "traffic_direction", b"traffic_direction", "verdict", b"verdict"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["IP", b"IP", "Type", b"Type", "destination", b"destination", "destination_names", b"destination_names", "drop_reason", b"drop_reason", "drop_reason_desc", b"drop_reason_desc", "event_type", b"event_type", "is_reply", b"is_reply", "l4", b"l4", "node_name", b"node_name", "reply", b"reply", "source", b"source", "source_names", b"source_names", "time", b"time", "trace_observation_point", b"trace_observation_point", "trace_reason", b"trace_reason", "traffic_direction", b"traffic_direction", "verdict", b"verdict"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
