@@ -40,6 +40,7 @@ MODULES: Final = (
     "auditor.classify",
     "auditor.pipeline",
     "auditor.replay_input",
+    "auditor.replay_chunk",
     "auditor.replay_parallel",
     "auditor.sinks.report",
     "auditor.decode_pb",

@@ -369,7 +369,7 @@ MUTANTS: list[tuple[str, str, str, str, list[str]]] = [
     ),
     (
         "--jobs: a reused identity's label sets merged into one policy slot",
-        "auditor/replay_parallel.py",
+        "auditor/replay_chunk.py",
         "                if labels_a == src_labels and labels_b == dst_labels:",
         "                if True:",
         ["tests/test_replay_parallel.py::test_label_history_tells_a_reused_identity_apart_within_a_chunk"],

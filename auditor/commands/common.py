@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias
 
@@ -94,6 +96,12 @@ def read_matrix(path: str) -> Matrix:
         return load_matrix(path)
     except MatrixError as e:
         raise UsageError(str(e)) from None
+
+
+def warn(lines: Iterable[str]) -> None:
+    """Warnings on stderr, one ``flow-auditor: warning:`` line each (they change no exit code)."""
+    for line in lines:
+        print(f"flow-auditor: warning: {line}", file=sys.stderr)
 
 
 def check_output(path: str | None) -> None:

@@ -14,7 +14,7 @@ import argparse
 import sys
 
 from auditor.commands import learn
-from auditor.commands.common import EXIT_OK, Parser, Subcommands, UsageError, read_matrix
+from auditor.commands.common import EXIT_OK, Parser, Subcommands, UsageError, read_matrix, warn
 from auditor.matrix import MatrixError, describe, parse_matrix
 from auditor.matrix.lint import warnings
 
@@ -37,6 +37,5 @@ def cmd_matrix_check(args: argparse.Namespace) -> int:
     else:
         matrix = read_matrix(args.file)
     print(describe(matrix))
-    for warning in warnings(matrix):  # it loads, and means less than it says
-        print(f"flow-auditor: warning: {warning}", file=sys.stderr)
+    warn(warnings(matrix))  # it loads, and means less than it says
     return EXIT_OK

@@ -31,6 +31,7 @@ from auditor.commands.common import (
     check_output,
     env_default,
     read_matrix,
+    warn,
     write_output,
 )
 from auditor.matrix import Matrix
@@ -103,8 +104,7 @@ def add_parser(sub: Subcommands) -> None:
 def cmd_replay(args: argparse.Namespace) -> int:
     fail_on: frozenset[str] = args.fail_on
     matrix = read_matrix(args.matrix)
-    for warning in matrix_warnings(matrix):
-        print(f"flow-auditor: warning: {warning}", file=sys.stderr)
+    warn(matrix_warnings(matrix))
     _check_inputs(args.files)
     check_output(args.output)
     inputs = {
@@ -154,8 +154,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         write_output(args.output, text)
     else:
         sys.stdout.write(text)
-    for line in unjudgeable.warning():
-        print(f"flow-auditor: warning: {line}", file=sys.stderr)
+    warn(unjudgeable.warning())
     return exit_code(report["classes"], fail_on)
 
 

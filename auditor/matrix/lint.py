@@ -17,11 +17,6 @@ from auditor.matrix.model import Component, Matrix
 from auditor.matrix.selectors import Selector
 
 
-def warnings(matrix: Matrix) -> list[str]:
-    """Every warning about ``matrix``, in file order."""
-    return shadowed(matrix)
-
-
 def covers(a: Selector, b: Selector) -> bool:
     """Whether every endpoint ``b`` selects is also selected by ``a`` (a sufficient condition)."""
     return (
@@ -42,7 +37,8 @@ def covers(a: Selector, b: Selector) -> bool:
     )
 
 
-def shadowed(matrix: Matrix) -> list[str]:
+def warnings(matrix: Matrix) -> list[str]:
+    """Every warning about ``matrix``, in file order: the components an earlier one covers."""
     out: list[str] = []
     for i, later in enumerate(matrix.components):
         first: Component | None = next(

@@ -512,13 +512,8 @@ class HubbleSource:
         """gRPC's own account of the last connection attempt (a refused port, a failed TLS handshake:
         the channel's readiness says only "not yet"), from a call that does not wait for the channel;
         ``""`` when it has none."""
-        probe: Any = channel.unary_unary(
-            SERVER_STATUS,
-            request_serializer=observer_pb2.ServerStatusRequest.SerializeToString,
-            response_deserializer=None,
-        )
         try:
-            probe(observer_pb2.ServerStatusRequest(), timeout=1.0, wait_for_ready=False)
+            _server_status(channel)(observer_pb2.ServerStatusRequest(), timeout=1.0, wait_for_ready=False)
         except grpc.RpcError as e:
             details = e.details() if hasattr(e, "details") else None
             return f": {details}" if details else ""
@@ -528,16 +523,20 @@ class HubbleSource:
 
     def _answers(self, channel: grpc.Channel) -> bool:
         """Whether the server answers a ``ServerStatus`` call within ``timeout`` (any answer counts)."""
-        probe: Any = channel.unary_unary(
-            SERVER_STATUS,
-            request_serializer=observer_pb2.ServerStatusRequest.SerializeToString,
-            response_deserializer=None,
-        )
         try:
-            probe(observer_pb2.ServerStatusRequest(), timeout=self.config.timeout)
+            _server_status(channel)(observer_pb2.ServerStatusRequest(), timeout=self.config.timeout)
         except grpc.RpcError as e:
             code = e.code() if hasattr(e, "code") else None
             return code not in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE)
         except ValueError:  # the channel was closed meanwhile: the stream is over anyway
             return True
         return True
+
+
+def _server_status(channel: grpc.Channel) -> Any:
+    """The ``ServerStatus`` call on ``channel`` (any answer will do: the response stays unparsed)."""
+    return channel.unary_unary(
+        SERVER_STATUS,
+        request_serializer=observer_pb2.ServerStatusRequest.SerializeToString,
+        response_deserializer=None,
+    )
