@@ -28,8 +28,10 @@ domain raises :class:`DecodeError` with a short reason naming the field (``Expec
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any, Final
 
 import msgspec
+from msgspec.structs import astuple as _astuple
 
 from auditor.decode_schema import (
     BARE_FLOW_HINTS,
@@ -38,10 +40,14 @@ from auditor.decode_schema import (
     CAMEL_MARKER,
     DIRECTIONS,
     FLOW_TYPES,
+    L4,
     LINE_DECODER,
     POINTS,
     TRACE_REASONS,
+    TWINS,
     VERDICTS,
+    Addresses,
+    Flags,
     FlowFields,
     Line,
     Lost,
@@ -70,6 +76,62 @@ from auditor.names import drop_reason_name, lost_event_source_name, node_state_n
 
 __all__ = ["LINE_DECODER", "DecodeError", "decode_line", "drop_reason_name", "parse_time"]
 
+# Positions in ``astuple`` of the schema's structs (checked against the schema below, at import).
+_FLOW_ORDER: Final = (
+    "time",
+    "verdict",
+    "drop_reason",
+    "drop_reason_desc",
+    "IP",
+    "l4",
+    "source",
+    "destination",
+    "Type",
+    "node_name",
+    "source_names",
+    "destination_names",
+    "reply",
+    "event_type",
+    "traffic_direction",
+    "trace_observation_point",
+    "is_reply",
+    "trace_reason",
+)
+_FLOW_FIELDS: Final = 18
+_TIME: Final = 0
+_NODE_NAME: Final = 9
+_LINE_FLOW: Final = 18
+# Module-level Finals are C statics in the compiled module, where other globals are a dict lookup per use.
+astuple: Final = _astuple
+_ENDPOINT: Final = Endpoint
+_FLOW: Final = Flow
+_VERDICTS: Final = VERDICTS
+_FLOW_TYPES: Final = FLOW_TYPES
+_DIRECTIONS: Final = DIRECTIONS
+_POINTS: Final = POINTS
+_TRACE_REASONS: Final = TRACE_REASONS
+
+
+def _check_positions() -> None:
+    """Fail at import, not on data, if the schema's field order stops matching the positions read here."""
+    orders: dict[type, tuple[str, ...]] = {
+        FlowFields: _FLOW_ORDER,
+        Line: (*_FLOW_ORDER, "flow"),
+        L4: ("TCP", "UDP", "SCTP", "ICMPv4", "ICMPv6"),
+        Flags: ("FIN", "SYN", "RST", "PSH", "ACK"),
+        Addresses: ("source", "destination"),
+    }
+    for tp, order in orders.items():
+        for twin in (tp, TWINS[tp]):
+            names = tuple(f.name for f in msgspec.structs.fields(twin))
+            if names[: len(order)] != order:
+                raise ImportError(
+                    f"auditor.decode: {twin.__name__} fields are not in the order read ({order})"
+                )
+
+
+_check_positions()
+
 
 class DecodeError(ValueError):
     """A line that cannot be decoded; the message is a short reason."""
@@ -79,16 +141,20 @@ def decode_line(line: bytes | str) -> Record:
     """Decode one JSON line. Raises :class:`DecodeError`."""
     try:
         raw: Line = LINE_DECODER.decode(line)
-        if not (raw.node_name or (raw.flow is not None and raw.flow.node_name)) and CAMEL_MARKER.search(
+        fields = astuple(raw)
+        flow = fields[_LINE_FLOW]
+        if not (fields[_NODE_NAME] or (flow is not None and flow.node_name)) and CAMEL_MARKER.search(
             line.encode() if isinstance(line, str) else line
         ):
             raw = CAMEL_DECODER.decode(line)
+            fields = astuple(raw)
+            flow = fields[_LINE_FLOW]
     except msgspec.DecodeError as e:
         raise DecodeError(_short(e)) from None
     except RecursionError:
         raise DecodeError("nested too deeply to be a Hubble event") from None
-    if raw.flow is not None:
-        return _flow(raw.flow, raw.node_name, raw.time)
+    if flow is not None:
+        return _flow(astuple(flow), fields[_NODE_NAME], fields[_TIME])
     if raw.lost_events is not None:
         return _lost(raw.lost_events, raw.node_name)
     if raw.node_status is not None:
@@ -98,7 +164,7 @@ def decode_line(line: bytes | str) -> Record:
     if raw.debug_event:
         return OtherRecord("debug_event")
     if any(getattr(raw, f) for f in BARE_FLOW_HINTS):
-        return _flow(raw, raw.node_name, raw.time)
+        return _flow(fields, raw.node_name, raw.time)
     return OtherRecord("unknown")
 
 
@@ -112,74 +178,95 @@ def _short(e: Exception) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
-def _flow(f: FlowFields, envelope_node: str, envelope_time: datetime | None) -> Flow:
-    l4 = f.l4
+def _flow(f: tuple[Any, ...], envelope_node: str, envelope_time: datetime | None) -> Flow:
+    """The model's Flow from a FlowFields' values (``astuple``: one call instead of a lookup per field)."""
+    (
+        t,
+        verdict,
+        drop,
+        drop_desc,
+        ip,
+        l4,
+        src,
+        dst,
+        ftype,
+        node,
+        source_names,
+        destination_names,
+        reply,
+        event,
+        direction,
+        point,
+        is_reply,
+        reason,
+    ) = f[:_FLOW_FIELDS]
     protocol, sport, dport, icmp_type, flags = Protocol.NONE, 0, 0, 0, 0
     if l4 is not None:
-        ports = l4.TCP
-        if ports is not None:
+        tcp, udp, sctp, icmp4, icmp6 = astuple(l4)
+        ports = tcp
+        if tcp is not None:
             protocol = Protocol.TCP
-            fl = ports.flags
+            fl = tcp.flags
             if fl is not None:
+                fin, syn, rst, psh, ack = astuple(fl)
                 flags = (
-                    (TCP_FIN if fl.FIN else 0)
-                    | (TCP_SYN if fl.SYN else 0)
-                    | (TCP_RST if fl.RST else 0)
-                    | (TCP_PSH if fl.PSH else 0)
-                    | (TCP_ACK if fl.ACK else 0)
+                    (TCP_FIN if fin else 0)
+                    | (TCP_SYN if syn else 0)
+                    | (TCP_RST if rst else 0)
+                    | (TCP_PSH if psh else 0)
+                    | (TCP_ACK if ack else 0)
                 )
-        elif (ports := l4.UDP) is not None:
-            protocol = Protocol.UDP
-        elif (ports := l4.SCTP) is not None:
-            protocol = Protocol.SCTP
-        elif (icmp := l4.ICMPv4) is not None:
-            protocol, icmp_type = Protocol.ICMPV4, icmp.type
-        elif (icmp := l4.ICMPv6) is not None:
-            protocol, icmp_type = Protocol.ICMPV6, icmp.type
+        elif udp is not None:
+            protocol, ports = Protocol.UDP, udp
+        elif sctp is not None:
+            protocol, ports = Protocol.SCTP, sctp
+        elif icmp4 is not None:
+            protocol, icmp_type = Protocol.ICMPV4, icmp4.type
+        elif icmp6 is not None:
+            protocol, icmp_type = Protocol.ICMPV6, icmp6.type
         if ports is not None:
             sport, dport = ports.source_port, ports.destination_port
-    ip = f.IP
-    is_reply = f.is_reply
-    if is_reply is None and f.reply:
+    if is_reply is None and reply:
         is_reply = True
-    event = f.event_type
-    verdict, ftype, direction, point = f.verdict, f.Type, f.traffic_direction, f.trace_observation_point
-    drop = f.drop_reason_desc or f.drop_reason
-    t = f.time or envelope_time
+    drop = drop_desc or drop
+    t = t or envelope_time
     seconds = 0.0
     if t is not None:
         # Hot path inlined: an aware time inside the model's range; _timestamp handles the rest.
         seconds = t.timestamp() if t.tzinfo is not None else _timestamp(t)
         if not MIN_TIME <= seconds < END_TIME:
             _timestamp(t)  # raises DecodeError naming the time
-    src, dst = f.source, f.destination
     # An endpoint decoded into the model's own type with its namespace set is used as it is.
-    if src is None or src.__class__ is not Endpoint or not src.namespace:
+    if src is None or type(src) is not _ENDPOINT or not src.namespace:
         src = _endpoint(src)
-    if dst is None or dst.__class__ is not Endpoint or not dst.namespace:
+    if dst is None or type(dst) is not _ENDPOINT or not dst.namespace:
         dst = _endpoint(dst)
-    return Flow(
+    if ip is not None:
+        source_ip, destination_ip = astuple(ip)
+    else:
+        source_ip = destination_ip = ""
+    return _FLOW(
         seconds,
-        verdict if verdict.__class__ is int else VERDICTS.get(verdict, 0),  # type: ignore[arg-type]
+        verdict if type(verdict) is int else _VERDICTS.get(verdict, 0),
         drop_reason_name(drop) if drop else "",
         src,
         dst,
-        ip.source if ip is not None else "",
-        ip.destination if ip is not None else "",
+        source_ip,
+        destination_ip,
         protocol,
         sport,
         dport,
         icmp_type,
         flags,
         is_reply,
-        ftype if ftype.__class__ is int else FLOW_TYPES.get(ftype, 0),  # type: ignore[arg-type]
+        ftype if type(ftype) is int else _FLOW_TYPES.get(ftype, 0),
         event.type if event is not None else 0,
-        direction if direction.__class__ is int else DIRECTIONS.get(direction, 0),  # type: ignore[arg-type]
-        point if point.__class__ is int else POINTS.get(point, 0),  # type: ignore[arg-type]
-        f.node_name or envelope_node,
-        f.source_names,
-        f.destination_names,
-        reason if (reason := f.trace_reason).__class__ is int else TRACE_REASONS.get(reason, 0),  # type: ignore[arg-type]
+        direction if type(direction) is int else _DIRECTIONS.get(direction, 0),
+        point if type(point) is int else _POINTS.get(point, 0),
+        node or envelope_node,
+        source_names,
+        destination_names,
+        reason if type(reason) is int else _TRACE_REASONS.get(reason, 0),
     )
 
 

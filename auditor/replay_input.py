@@ -1,9 +1,10 @@
 """Replay input: feeding recorded files into the pipeline, and what the input itself says about them.
 
-Stage: source → decode → pipeline, for ``replay`` (the live source has its own loop). Input: numbered lines
-of one file at a time (``auditor.sources.files``). Output: the records fed to the :class:`Pipeline`, plus
-an :class:`InputSummary` per file and an :class:`UnjudgeableCheck` over all files, from which the CLI
-tells the user two things the report's numbers alone do not:
+Stage: source → decode → pipeline, for ``replay`` (the live source has its own loop). Input: the lines of
+one file at a time, in blocks (``FlowFile.blocks`` in ``auditor.sources.files``: this compiled loop numbers
+them and skips the blank ones, so no Python iterator runs per line). Output: the records fed to the
+:class:`Pipeline`, plus an :class:`InputSummary` per file and an :class:`UnjudgeableCheck` over all files,
+from which the CLI tells the user two things the report's numbers alone do not:
 
 * **No Hubble event in a file** (:func:`no_events_reason`): an empty file or stdin, blank lines only,
   ``hubble observe`` default/compact/table output, a YAML file passed by mistake, JSON that is not Hubble's.
@@ -41,6 +42,7 @@ UNKNOWN_KIND: Final = "unknown"  # the OtherRecord kind of a JSON object that is
 _PASS_VERDICTS: Final = frozenset({Verdict.FORWARDED, Verdict.REDIRECTED})
 _NOT_L3_L4: Final = frozenset({FlowType.L7, FlowType.SOCK})
 MASKABLE_FIELDS: Final = ("event_type", "traffic_direction", "trace_observation_point")
+BRACE: Final = 0x7B  # a line that starts with "{" is not blank
 
 
 @dataclass
@@ -94,40 +96,45 @@ class UnjudgeableCheck:
 
 
 def feed_file(
-    pipeline: Pipeline, name: str, lines: Iterable[tuple[int, bytes]], unjudgeable: UnjudgeableCheck
+    pipeline: Pipeline, name: str, blocks: Iterable[list[bytes]], unjudgeable: UnjudgeableCheck
 ) -> InputSummary:
-    """Decode and feed the numbered lines of one input; ``name`` is used in invalid reports."""
+    """Decode and feed the lines of one input, given in blocks (``FlowFile.blocks``): every line, blank ones
+    included, numbered from 1 across blocks; ``name`` is used in invalid reports."""
     summary = InputSummary(name)
     feed, invalid, decode, check = pipeline.feed, pipeline.invalid, decode_line, unjudgeable.check
     # Flows, the common line, skip Pipeline.feed's dispatch: the same calls, made here.
     process, sinks, pending = pipeline.auditor.process, pipeline.sinks, pipeline.auditor.pending
-    count = events = 0
-    for number, line in lines:
-        count += 1
-        try:
-            record = decode(line)
-        except DecodeError as e:
-            invalid(f"{name}:{number}", str(e))
-            if summary.first_error is None:
-                summary.first_error = (number, str(e))
-            continue
-        if type(record) is Flow:
-            events += 1
-            if not record.event_type or not (record.traffic_direction or record.observation_point):
-                check(record)
-            result = process(record)
-            if type(result) is str:
-                for sink in sinks:
-                    sink.on_outcome(result)
-            else:
-                for sink in sinks:
-                    sink.on_judgement(result)  # type: ignore[arg-type]  # a Judgement
-            if pending is not None and pending.expired:
-                pipeline.emit_unproven()
-            continue
-        if type(record) is not OtherRecord or record.kind != UNKNOWN_KIND:
-            events += 1
-        feed(record)
+    number = count = events = 0
+    for block in blocks:
+        for line in block:
+            number += 1
+            if not line or (line[0] != BRACE and not line.strip()):
+                continue  # blank
+            count += 1
+            try:
+                record = decode(line)
+            except DecodeError as e:
+                invalid(f"{name}:{number}", str(e))
+                if summary.first_error is None:
+                    summary.first_error = (number, str(e))
+                continue
+            if type(record) is Flow:
+                events += 1
+                if not record.event_type or not (record.traffic_direction or record.observation_point):
+                    check(record)
+                result = process(record)
+                if type(result) is str:
+                    for sink in sinks:
+                        sink.on_outcome(result)
+                else:
+                    for sink in sinks:
+                        sink.on_judgement(result)  # type: ignore[arg-type]  # a Judgement
+                if pending is not None and pending.expired:
+                    pipeline.emit_unproven()
+                continue
+            if type(record) is not OtherRecord or record.kind != UNKNOWN_KIND:
+                events += 1
+            feed(record)
     summary.lines, summary.events = count, events
     return summary
 

@@ -33,7 +33,6 @@ read raises :class:`~auditor.sources.files.SourceError` (from the worker, re-rai
 from __future__ import annotations
 
 import gc
-import io
 import itertools
 import multiprocessing
 import os
@@ -63,7 +62,7 @@ from auditor.replay_chunk import (
     Example,
     PendingRecorder,
 )
-from auditor.replay_input import InputSummary, UnjudgeableCheck
+from auditor.replay_input import BRACE, InputSummary, UnjudgeableCheck
 from auditor.sinks.report import (
     MAX_EXAMPLES,
     MAX_SUGGESTION_SAMPLES,
@@ -71,7 +70,7 @@ from auditor.sinks.report import (
     ReportSink,
     add_example,
 )
-from auditor.sources.files import SourceError
+from auditor.sources.files import SourceError, split_lines
 
 DEFAULT_CHUNK_BYTES: Final = 4 * 1024 * 1024
 
@@ -137,11 +136,11 @@ def judge_chunk(task: tuple[str, int, int]) -> ChunkResult:
             data = f.read(end - start)
     except OSError as e:
         raise SourceError(f"{name}: cannot read: {e.strerror or e}") from None
-    return _judge_lines(io.BytesIO(data), *_worker)
+    return _judge_lines(split_lines(data), *_worker)
 
 
 def _judge_lines(
-    stream: io.BytesIO,
+    lines: list[bytes],
     auditor: Auditor,
     dedup: DedupRecorder,
     pending: PendingRecorder,
@@ -152,9 +151,10 @@ def _judge_lines(
     outcomes, check = chunk.outcomes, chunk.unjudgeable.check
     process, decode = auditor.process, decode_line
     number = nonblank = events = 0
-    for number, line in enumerate(stream, 1):
-        if not line.strip():
-            continue
+    for line in lines:
+        number += 1
+        if not line or (line[0] != BRACE and not line.strip()):
+            continue  # blank
         nonblank += 1
         try:
             record = decode(line)

@@ -73,7 +73,7 @@ def run_stage(stage: str, path: Path, chunk_bytes: int) -> None:
     elif stage == "replay":
         sink = ReportSink(matrix)
         with FlowFile(str(path)) as f:
-            feed_file(Pipeline(Auditor(matrix), [sink]), str(path), f, UnjudgeableCheck(matrix))
+            feed_file(Pipeline(Auditor(matrix), [sink]), str(path), f.blocks(), UnjudgeableCheck(matrix))
         sink.report()
     elif stage.startswith("workers"):
         init_worker(matrix, 30.0, 10_000)

@@ -112,7 +112,7 @@ def replay(path: Path) -> int:
     matrix = load_matrix(MATRIX)
     sink = ReportSink(matrix)
     with FlowFile(str(path)) as f:  # the loop `flow-auditor replay` runs, with its input checks
-        feed_file(Pipeline(Auditor(matrix), [sink]), str(path), f, UnjudgeableCheck(matrix))
+        feed_file(Pipeline(Auditor(matrix), [sink]), str(path), f.blocks(), UnjudgeableCheck(matrix))
     report = sink.report()
     assert report["flows"]["invalid"] == 0, report["invalid_samples"]
     return int(report["flows"]["received"])

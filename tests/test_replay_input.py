@@ -119,7 +119,7 @@ def test_masked_events_out_of_scope_do_not_matter() -> None:
     pipeline = Pipeline(Auditor(load_matrix(MATRIX)), [ReportSink(load_matrix(MATRIX))])
     check = UnjudgeableCheck(load_matrix(MATRIX))
     lines = masked(EXPORT_SAMPLE.read_text().replace('"DROPPED"', '"FORWARDED"').splitlines())
-    summary = feed_file(pipeline, "x", enumerate(lines.encode().splitlines(), 1), check)
+    summary = feed_file(pipeline, "x", [lines.encode().splitlines()], check)
     assert summary.events == 2 and check.events == 0 and check.warning() == []
 
 
@@ -136,7 +136,7 @@ def test_replies_and_l7_records_are_not_counted() -> None:
     l7 = dict(line, flow=dict(flow, Type="L7"))
     counted = dict(line, flow=dict(flow))
     data = [json.dumps(d).encode() for d in (reply, l7, counted)]
-    feed_file(Pipeline(Auditor(matrix), [sink]), "x", enumerate(data, 1), check)
+    feed_file(Pipeline(Auditor(matrix), [sink]), "x", [data], check)
     assert check.events == 1, sink.outcomes
 
 

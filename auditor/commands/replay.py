@@ -45,7 +45,6 @@ from auditor.sinks.report import DEFAULT_MAX_EDGES, ReportSink
 from auditor.sources.files import FlowFile, SourceError
 
 _PROGRESS_MIN_BYTES = 8 * 1024 * 1024
-_PROGRESS_EVERY = 8192
 
 
 def add_parser(sub: Subcommands) -> None:
@@ -129,10 +128,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
                     summary = parallel.feed(merger, name, args.chunk_bytes)
             else:
                 with FlowFile(name) as f:
-                    lines: Iterator[tuple[int, bytes]] = iter(f)
+                    blocks: Iterator[list[bytes]] = f.blocks()
                     if show_progress and f.size >= _PROGRESS_MIN_BYTES:
-                        lines = _with_progress(f, lines)
-                    summary = feed_file(pipeline, name, lines, unjudgeable)
+                        blocks = _with_progress(f, blocks)
+                    summary = feed_file(pipeline, name, blocks, unjudgeable)
             problem = no_events_reason(summary)
             if problem:
                 raise UsageError(problem)
@@ -216,17 +215,16 @@ def _check_inputs(names: Sequence[str]) -> None:
             raise UsageError(f"{name}: no such file")
 
 
-def _with_progress(f: FlowFile, lines: Iterator[tuple[int, bytes]]) -> Iterator[tuple[int, bytes]]:
+def _with_progress(f: FlowFile, blocks: Iterator[list[bytes]]) -> Iterator[list[bytes]]:
     from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
     columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn())
     with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
         task = progress.add_task(Path(f.name).name, total=f.size)
-        for i, item in enumerate(lines):
-            if i % _PROGRESS_EVERY == 0:
-                progress.update(task, completed=f.position)
-            yield item
+        for block in blocks:
+            progress.update(task, completed=f.position)
+            yield block
 
 
 def _parallel_with_progress(
