@@ -29,6 +29,7 @@ from collections.abc import Callable
 from typing import Final, NamedTuple
 
 import msgspec
+from msgspec.structs import astuple as _astuple
 
 from auditor import judge as j
 from auditor.matrix import Component, Matrix, pick
@@ -68,6 +69,7 @@ _CLASS: Final = {
 DEFAULT_DEDUP_WINDOW: Final = 30.0
 _MAX_DEDUP_ENTRIES: Final = 250_000
 _MAX_CACHE_ENTRIES: Final = 50_000
+astuple: Final = _astuple  # a C static when compiled (a global is a dict lookup per use)
 IDENTITY_CACHE_BYTES: Final = 48 * 1024 * 1024
 ANON_CACHE_BYTES: Final = 16 * 1024 * 1024
 RULE_CACHE_BYTES: Final = 8 * 1024 * 1024
@@ -109,20 +111,45 @@ OTHER: Final = "other"
 _new_edge: Final = tuple.__new__  # an Edge without NamedTuple's Python-level __new__
 
 
-class Judgement(msgspec.Struct, frozen=True, gc=False):
+class Judgement:
     """A flow that carried a final verdict, placed on its edge.
 
     ``reply`` is true when the flow is a forwarded reply that proved delivery of the original connection:
     the edge, ports and the ends (:attr:`source`, :attr:`destination`, …) are then those of the original
     connection, the reversed flow; the record itself is still counted as a ``reply``.
+
+    A plain class, not a struct: compiled, the sinks read its fields without a lookup per field.
     """
 
-    flow: Flow
-    edge: Edge
-    verdict: str
-    rule: int  # 1-based index of the matching allow rule, 0 when the matrix does not allow it
-    new_connection: bool
-    reply: bool = False
+    __slots__ = ("edge", "flow", "new_connection", "reply", "rule", "verdict")
+
+    def __init__(
+        self, flow: Flow, edge: Edge, verdict: str, rule: int, new_connection: bool, reply: bool = False
+    ) -> None:
+        self.flow = flow
+        self.edge = edge
+        self.verdict = verdict
+        self.rule = rule  # 1-based index of the matching allow rule, 0 when the matrix does not allow it
+        self.new_connection = new_connection
+        self.reply = reply
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is Judgement and self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return (
+            f"Judgement(flow={self.flow!r}, edge={self.edge!r}, verdict={self.verdict!r}, "
+            f"rule={self.rule!r}, new_connection={self.new_connection!r}, reply={self.reply!r})"
+        )
+
+    def __reduce__(self) -> tuple[type[Judgement], tuple[Flow, Edge, str, int, bool, bool]]:
+        return (Judgement, self._fields())
+
+    def _fields(self) -> tuple[Flow, Edge, str, int, bool, bool]:
+        return (self.flow, self.edge, self.verdict, self.rule, self.new_connection, self.reply)
 
     @property
     def cls(self) -> str:
@@ -165,13 +192,26 @@ class Unproven(msgspec.Struct, frozen=True, gc=False):
         return (self.source, self.destination, self.port, self.protocol)
 
 
-class _Resolved(msgspec.Struct, frozen=True, gc=False):
-    namespace: str
-    labels: tuple[str, ...]
-    workloads: tuple[object, ...]
-    candidates: tuple[Component, ...]
-    fallback: str
-    direct: str | None  # the answer when no address check is needed
+class _Resolved:
+    """An endpoint's resolution, cached (a plain class: compiled, its fields are read without a lookup)."""
+
+    __slots__ = ("candidates", "direct", "fallback", "labels", "namespace", "workloads")
+
+    def __init__(
+        self,
+        namespace: str,
+        labels: tuple[str, ...],
+        workloads: tuple[object, ...],
+        candidates: tuple[Component, ...],
+        fallback: str,
+        direct: str | None,  # the answer when no address check is needed
+    ) -> None:
+        self.namespace = namespace
+        self.labels = labels
+        self.workloads = workloads
+        self.candidates = candidates
+        self.fallback = fallback
+        self.direct = direct
 
 
 class _Seen:
@@ -440,14 +480,14 @@ class Auditor:
 
     def component(self, ep: Endpoint, ip: str, names: tuple[str, ...]) -> str:
         """The component (or fallback name) of one end of a flow."""
-        ident = ep.identity
+        ident, namespace, labels, _, workloads, _ = astuple(ep)  # one call, not a lookup per field
         if ident:
             r = self._ids.get(ident)
             if (
                 r is None
-                or r.labels != ep.labels
-                or r.namespace != ep.namespace
-                or (self._use_workloads and r.workloads != ep.workloads)
+                or r.labels != labels
+                or r.namespace != namespace
+                or (self._use_workloads and r.workloads != workloads)
             ):
                 r = self._resolve(ep)
                 cost = _resolved_cost(r)
@@ -460,7 +500,7 @@ class Auditor:
                 self._ids[ident] = r
                 self._charged["identity"] += cost
         else:
-            anon_key = (ep.namespace, ep.labels, ep.workloads if self._use_workloads else ())
+            anon_key = (namespace, labels, workloads if self._use_workloads else ())
             r = self._anon.get(anon_key)
             if r is None:
                 r = self._resolve(ep)
