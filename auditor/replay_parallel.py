@@ -32,14 +32,10 @@ read raises :class:`~auditor.sources.files.SourceError` (from the worker, re-rai
 
 from __future__ import annotations
 
-import gc
 import itertools
-import multiprocessing
 import os
 import stat
-from collections import deque
 from collections.abc import Callable
-from multiprocessing.pool import AsyncResult
 from typing import Final, cast
 
 from auditor.classify import (
@@ -71,6 +67,7 @@ from auditor.sinks.report import (
     add_example,
 )
 from auditor.sources.files import SourceError, split_lines
+from auditor.workers import OrderedPool
 
 DEFAULT_CHUNK_BYTES: Final = 4 * 1024 * 1024
 
@@ -291,17 +288,12 @@ def _maker(item: tuple[str, str, int | None, str, Example], t: float) -> Callabl
 
 
 class ParallelReplay:
-    """A pool of ``jobs`` workers for one replay run (fork: workers share the parent's matrix)."""
+    """``jobs`` worker processes for one replay run (fork: workers share the parent's matrix)."""
 
     def __init__(self, matrix: Matrix, window: float, max_edges: int, jobs: int) -> None:
-        ctx = multiprocessing.get_context("fork")
-        # The parent's objects out of the workers' collections (as CPython advises before a fork): their
-        # pages stay shared instead of being copied when a worker's collector walks them.
-        gc.freeze()
-        try:
-            self.pool = ctx.Pool(jobs, initializer=init_worker, initargs=(matrix, window, max_edges))
-        finally:
-            gc.unfreeze()
+        self.pool: OrderedPool[tuple[str, int, int], ChunkResult] = OrderedPool(
+            jobs, judge_chunk, init_worker, (matrix, window, max_edges)
+        )
         self.ahead = 4 * jobs
 
     def feed(
@@ -309,23 +301,16 @@ class ParallelReplay:
     ) -> InputSummary:
         """Judge one splittable file; returns its summary, as :func:`auditor.replay_input.feed_file`."""
         summary = InputSummary(name)
-        ranges = iter(chunks(name, chunk_bytes))
-        in_flight: deque[tuple[int, AsyncResult[ChunkResult]]] = deque()
+        ranges = chunks(name, chunk_bytes)
+        tasks = [(name, start, end) for start, end in ranges]
         base = 0
-        while True:
-            # At most a few chunks per worker ahead of the merge: memory does not grow with the file.
-            while len(in_flight) < self.ahead and (task := next(ranges, None)) is not None:
-                start, end = task
-                in_flight.append((end, self.pool.apply_async(judge_chunk, ((name, start, end),))))
-            if not in_flight:
-                return summary
-            end, pending = in_flight.popleft()
-            result = pending.get()
+        # At most a few chunks per worker ahead of the merge: memory does not grow with the file.
+        for (_, _, end), result in zip(tasks, self.pool.map(tasks, self.ahead), strict=True):
             merger.apply(name, base, result, summary)
             base += result.lines
             if progress is not None:
                 progress(end)
+        return summary
 
     def close(self) -> None:
-        self.pool.terminate()
-        self.pool.join()
+        self.pool.close()
