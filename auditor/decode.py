@@ -104,7 +104,6 @@ _LINE_FLOW: Final = 18
 # Module-level Finals are C statics in the compiled module, where other globals are a dict lookup per use.
 astuple: Final = _astuple
 _ENDPOINT: Final = Endpoint
-_FLOW: Final = Flow
 _VERDICTS: Final = VERDICTS
 _FLOW_TYPES: Final = FLOW_TYPES
 _DIRECTIONS: Final = DIRECTIONS
@@ -245,7 +244,7 @@ def _flow(f: tuple[Any, ...], envelope_node: str, envelope_time: datetime | None
         source_ip, destination_ip = astuple(ip)
     else:
         source_ip = destination_ip = ""
-    return _FLOW(
+    return Flow(
         seconds,
         verdict if type(verdict) is int else _VERDICTS.get(verdict, 0),
         drop_reason_name(drop) if drop else "",

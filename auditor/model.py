@@ -4,9 +4,10 @@ Stage: none (data types only). Input: produced by ``auditor.decode`` from Hubble
 messages. Output: consumed by ``auditor.judge`` and ``auditor.classify``.
 
 Everything here is immutable and cheap to build: ``msgspec.Struct`` with ``frozen=True`` and ``gc=False``
-(no cycles are possible). Enumerations from Hubble's ``flow.proto`` are kept as plain ``int`` constants
-with the upstream numeric values, because integer comparisons are the cheapest thing on the per-flow path;
-the name tables below turn them back into the names Hubble users know.
+(no cycles are possible), but ``Flow``, a plain class of the compiled core (``auditor.flow_record``, see
+there why) re-exported from here. Enumerations from Hubble's ``flow.proto`` are kept as plain ``int``
+constants with the upstream numeric values, because integer comparisons are the cheapest thing on the
+per-flow path; the name tables below turn them back into the names Hubble users know.
 
 Error policy: none here; decoders map unknown enum names to ``0`` (the proto's "unknown" value) and keep
 unknown numbers as they are.
@@ -14,7 +15,7 @@ unknown numbers as they are.
 
 from __future__ import annotations
 
-from typing import Annotated, Final
+from typing import Annotated, Final, TypeAlias
 
 import msgspec
 
@@ -221,37 +222,6 @@ MIN_TIME: Final = -62135596800.0
 END_TIME: Final = 253402300800.0
 
 
-class Flow(msgspec.Struct, frozen=True, gc=False):
-    """One Hubble flow event, reduced to what the auditor reads.
-
-    ``time`` is seconds since the epoch (float, microsecond precision or better). ``is_reply`` is
-    ``None`` when Hubble did not know (the field was absent). Ports are 0 for protocols without ports;
-    ``icmp_type`` is set for ICMP only.
-    """
-
-    time: float
-    verdict: int
-    drop_reason: str
-    source: Endpoint
-    destination: Endpoint
-    source_ip: str
-    destination_ip: str
-    protocol: str
-    source_port: int
-    destination_port: int
-    icmp_type: int
-    tcp_flags: int
-    is_reply: bool | None
-    flow_type: int
-    event_type: int
-    traffic_direction: int
-    observation_point: int
-    node_name: str
-    source_names: tuple[str, ...] = ()
-    destination_names: tuple[str, ...] = ()
-    trace_reason: int = 0  # TraceReason (Hubble ≥ 1.15; 0 when not said): RELATED marks ICMP errors
-
-
 class LostEvents(msgspec.Struct, frozen=True, gc=False):
     """A ``lost_events`` record: Hubble (or Relay) could not deliver ``num_events`` events.
 
@@ -278,4 +248,7 @@ class OtherRecord(msgspec.Struct, frozen=True, gc=False):
     kind: str
 
 
-Record = Flow | LostEvents | NodeStatus | OtherRecord
+# The Flow record is a compiled class of its own module, which imports Endpoint from here: imported last.
+from auditor.flow_record import Flow as Flow  # noqa: E402
+
+Record: TypeAlias = Flow | LostEvents | NodeStatus | OtherRecord

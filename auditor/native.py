@@ -35,6 +35,7 @@ from types import ModuleType
 from typing import Any, Final
 
 MODULES: Final = (
+    "auditor.flow_record",
     "auditor.decode",
     "auditor.judge",
     "auditor.classify",

@@ -15,7 +15,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import pytest
 from daemon_helpers import FLOWS, MATRIX, replay_cli, wait_for
 
@@ -83,7 +82,7 @@ def test_a_flow_stamped_a_day_ahead_of_the_clock_moves_neither_the_window_nor_it
     flows = [f for f in map(decode_line, FLOWS.read_bytes().splitlines()) if type(f) is Flow and f.time]
     newest = max(f.time for f in flows)
     last = max(flows, key=lambda f: f.time)
-    ahead = msgspec.structs.replace(last, time=newest + 86_400, source_port=last.source_port + 1)
+    ahead = last.replace(time=newest + 86_400, source_port=last.source_port + 1)
     sink = live_sink(clock=lambda: newest, then=ahead)
     snap = sink.snapshot()
     assert api_edges(snap, "connections_recent") == api_edges(snap) != {}  # still all in the window

@@ -69,7 +69,7 @@ from auditor.kube.model import (
 from auditor.kube.netpol import cidr_matches, resolve_named_port
 
 API_VERSION: Final = "cilium.io/v2"
-KINDS: Final = ("CiliumNetworkPolicy", "CiliumClusterwideNetworkPolicy")
+KINDS: Final[tuple[str, str]] = ("CiliumNetworkPolicy", "CiliumClusterwideNetworkPolicy")
 NS_KEY: Final = "io.kubernetes.pod.namespace"
 NS_LABELS_PREFIX: Final = "io.cilium.k8s.namespace.labels."
 SA_KEY: Final = "io.cilium.k8s.policy.serviceaccount"
