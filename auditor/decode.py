@@ -120,6 +120,8 @@ def _check_positions() -> None:
         Flags: ("FIN", "SYN", "RST", "PSH", "ACK"),
         Addresses: ("source", "destination"),
     }
+    if (len(_FLOW_ORDER), _FLOW_ORDER[_TIME], _FLOW_ORDER[_NODE_NAME]) != (_FLOW_FIELDS, "time", "node_name"):
+        raise ImportError("auditor.decode: the positions of time and node_name do not match _FLOW_ORDER")
     for tp, order in orders.items():
         for twin in (tp, TWINS[tp]):
             names = tuple(f.name for f in msgspec.structs.fields(twin))

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -265,3 +268,21 @@ def test_real_exporter_sample_with_empty_source() -> None:
     assert first.drop_reason == "INVALID_SOURCE_IP"
     assert isinstance(second, Flow) and second.source.pod == "default/xwing"
     assert second.tcp_flags == TCP_SYN and not second.tcp_flags & TCP_ACK
+
+
+def test_a_schema_whose_field_order_changed_is_refused_at_import() -> None:
+    """decode reads each schema struct's values by position (one astuple call); reordering the schema must
+    stop the import, not shift every value into the wrong field."""
+    script = """
+import msgspec
+import auditor.decode_schema as schema
+swapped = msgspec.defstruct("Flags", [("SYN", bool, False), ("FIN", bool, False), ("RST", bool, False),
+                                       ("PSH", bool, False), ("ACK", bool, False)], frozen=True, gc=False)
+schema.Flags = swapped
+schema.TWINS[swapped] = swapped
+import auditor.decode
+"""
+    env = {**os.environ, "FLOW_AUDITOR_PURE": "1"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode != 0
+    assert "ImportError: auditor.decode: Flags fields are not in the order read" in done.stderr
