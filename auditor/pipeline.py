@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Sequence
-from typing import Protocol
+from typing import Final, Protocol
 
 from mypy_extensions import mypyc_attr
 
@@ -27,6 +27,8 @@ from auditor.classify import IGNORED, INVALID, Auditor, Judgement, Unproven
 from auditor.decode import DecodeError, decode_line
 from auditor.matrix import Matrix
 from auditor.model import Flow, LostEvents, NodeStatus, Record
+
+BRACE: Final = 0x7B  # a line that starts with "{" is not blank (read before the dearer strip())
 
 
 class Sink(Protocol):
@@ -130,6 +132,23 @@ class Pipeline:
         for sink in self.sinks:
             sink.on_invalid(where, reason)
             sink.on_outcome(INVALID)
+
+    def feed_blocks(self, name: str, blocks: Iterable[list[bytes]]) -> None:
+        """Decode and feed the lines of one input given in blocks (``FlowFile.blocks``: every line, blank
+        ones included, numbered from 1 across blocks); blank lines are skipped."""
+        feed, decode = self.feed, decode_line
+        number = 0
+        for block in blocks:
+            for line in block:
+                number += 1
+                if not line or (line[0] != BRACE and not line.strip()):
+                    continue  # blank
+                try:
+                    record = decode(line)
+                except DecodeError as e:
+                    self.invalid(f"{name}:{number}", str(e))
+                    continue
+                feed(record)
 
     def feed_lines(self, name: str, lines: Iterable[tuple[int, bytes]]) -> None:
         """Decode and feed numbered JSON lines of one input (``name`` is used in invalid reports)."""

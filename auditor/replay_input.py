@@ -35,14 +35,13 @@ from auditor import judge
 from auditor.decode import DecodeError, decode_line
 from auditor.matrix import Matrix
 from auditor.model import Flow, FlowType, OtherRecord, Verdict
-from auditor.pipeline import Pipeline
+from auditor.pipeline import BRACE, Pipeline
 
 RECORD_HINT: Final = "record flows with `hubble observe -o jsonpb`"
 UNKNOWN_KIND: Final = "unknown"  # the OtherRecord kind of a JSON object that is no Hubble event
 _PASS_VERDICTS: Final = frozenset({Verdict.FORWARDED, Verdict.REDIRECTED})
 _NOT_L3_L4: Final = frozenset({FlowType.L7, FlowType.SOCK})
 MASKABLE_FIELDS: Final = ("event_type", "traffic_direction", "trace_observation_point")
-BRACE: Final = 0x7B  # a line that starts with "{" is not blank
 
 
 @dataclass

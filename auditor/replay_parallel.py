@@ -49,7 +49,7 @@ from auditor.classify import (
 from auditor.decode import DecodeError, decode_line
 from auditor.matrix import Matrix
 from auditor.model import EMPTY_ENDPOINT, Flow
-from auditor.pipeline import Pipeline
+from auditor.pipeline import BRACE, Pipeline
 from auditor.replay_chunk import (
     PROVISIONAL_SLOT,
     Chunk,
@@ -58,7 +58,7 @@ from auditor.replay_chunk import (
     Example,
     PendingRecorder,
 )
-from auditor.replay_input import BRACE, InputSummary, UnjudgeableCheck
+from auditor.replay_input import InputSummary, UnjudgeableCheck
 from auditor.sinks.report import (
     MAX_EXAMPLES,
     MAX_SUGGESTION_SAMPLES,

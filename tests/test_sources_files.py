@@ -101,3 +101,24 @@ def test_replay_numbers_lines_across_blocks(tmp_path: Path) -> None:
     assert [(s["file"], s["line"]) for s in report["invalid_samples"]] == [("f", 18), ("f", 34)]
     assert summary.lines == 38 and summary.events == 35 and summary.first_error is not None
     assert summary.first_error[0] == 18
+
+
+def test_pipeline_feed_blocks_numbers_and_skips_as_replay_does(tmp_path: Path) -> None:
+    """matrix learn feeds blocks through Pipeline.feed_blocks: the same numbering and blank lines."""
+    from auditor.classify import Auditor
+    from auditor.matrix import load_matrix
+    from auditor.pipeline import Pipeline
+    from auditor.sinks.report import ReportSink
+
+    matrix = load_matrix(Path(__file__).resolve().parent.parent / "examples" / "airflow" / "matrix.yaml")
+    lines = [b'{"lost_events":{"source":"HUBBLE_RING_BUFFER","num_events_lost":"1"}}\n'] * 30
+    for index, line in {2: b"\r\n", 11: b"oops\n", 12: b" \t \n", 27: b'{"flow": 7}\n'}.items():
+        lines[index] = line
+    path = tmp_path / "flows.jsonl"
+    path.write_bytes(b"".join(lines))
+    sink = ReportSink(matrix)
+    with FlowFile(str(path)) as f:
+        Pipeline(Auditor(matrix), [sink]).feed_blocks("f", f.blocks(90))
+    report = sink.report()
+    assert [(s["file"], s["line"]) for s in report["invalid_samples"]] == [("f", 12), ("f", 28)]
+    assert report["flows"]["invalid"] == 2

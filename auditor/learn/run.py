@@ -62,7 +62,7 @@ def learn_files(
     pipeline, sink = learning_pipeline(options, existing, dedup_window)
     for name in files:
         with FlowFile(name) as f:
-            pipeline.feed_lines(name, f)
+            pipeline.feed_blocks(name, f.blocks())
     pipeline.finish()
     return build(sink.obs, options, existing)
 
