@@ -13,9 +13,10 @@ Error policy: none here.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from auditor.model import Endpoint
+if TYPE_CHECKING:  # auditor.model imports this module (at its end) to re-export Flow: no import back
+    from auditor.model import Endpoint
 
 FIELDS = (
     "time",

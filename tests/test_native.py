@@ -168,3 +168,19 @@ def test_the_python_sources_pass_the_core_tests_on_their_own(tmp_path: Path) -> 
     for name in native.MODULES:
         assert str(loaded.get(name)).endswith(".py"), f"{name}: {loaded.get(name)}"
     assert [name for name, file in loaded.items() if file and not file.endswith(".py")] == []
+
+
+@pytest.mark.parametrize("first", ["auditor.flow_record", "auditor.model", "auditor.decode"])
+def test_the_flow_record_imports_whichever_module_comes_first(first: str) -> None:
+    """auditor.model re-exports Flow from auditor.flow_record, which must not import model back at run
+    time (a cycle that broke when flow_record was imported first)."""
+    script = "\n".join(
+        [
+            f"import {first}",
+            "from auditor.model import Flow",
+            "import auditor.flow_record as r",
+            "assert r.Flow is Flow",
+        ]
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
