@@ -33,6 +33,7 @@ from auditor.classify import (
     Judgement,
     PendingTable,
     Unproven,
+    same_labels,
 )
 from auditor.model import Endpoint, Flow, LostEvents, NodeStatus, OtherRecord, Record
 from auditor.replay_input import UNKNOWN_KIND, UnjudgeableCheck
@@ -225,7 +226,7 @@ class Chunk:
         else:
             src_labels, dst_labels = src.labels, dst.labels
             for labels_a, labels_b, slot in found:
-                if labels_a == src_labels and labels_b == dst_labels:
+                if same_labels(labels_a, src_labels) and same_labels(labels_b, dst_labels):
                     return slot
         slot = len(self.r.policy)
         self.r.policy.append(_delivered(edge, src, dst, self.labels_of))

@@ -261,8 +261,22 @@ MUTANTS: list[tuple[str, str, str, str, list[str]]] = [
     (
         "cache ignores new labels",
         "auditor/classify.py",
-        "                or r.labels != labels\n",
+        "                or not same_labels(r.labels, labels)\n",
         "",
+        MATRIX,
+    ),
+    (
+        "label sets compared on the shorter one's length",
+        "auditor/classify.py",
+        "    return len(a) == len(b) and all(a[i] == b[i] for i in range(len(a)))",
+        "    return all(a[i] == b[i] for i in range(min(len(a), len(b))))",
+        MATRIX,
+    ),
+    (
+        "label sets: the last label not compared",
+        "auditor/classify.py",
+        "    return len(a) == len(b) and all(a[i] == b[i] for i in range(len(a)))",
+        "    return len(a) == len(b) and all(a[i] == b[i] for i in range(len(a) - 1))",
         MATRIX,
     ),
     (
@@ -370,7 +384,7 @@ MUTANTS: list[tuple[str, str, str, str, list[str]]] = [
     (
         "--jobs: a reused identity's label sets merged into one policy slot",
         "auditor/replay_chunk.py",
-        "                if labels_a == src_labels and labels_b == dst_labels:",
+        "                if same_labels(labels_a, src_labels) and same_labels(labels_b, dst_labels):",
         "                if True:",
         ["tests/test_replay_parallel.py::test_label_history_tells_a_reused_identity_apart_within_a_chunk"],
     ),

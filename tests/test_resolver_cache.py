@@ -147,3 +147,23 @@ def test_the_generator_reaches_every_kind_of_answer() -> None:
             answers.add(matrix.resolve(rng.choice(endpoints), rng.choice(IPS), rng.choice(NAMES)))
     assert {"world", "host", "remote-node", "kube-apiserver"} <= answers
     assert any(a.startswith("ns:") for a in answers) and any(a.startswith("c") for a in answers)
+
+
+@pytest.mark.parametrize("grows", [True, False], ids=["label added", "label removed"])
+def test_an_identity_whose_label_set_gains_or_loses_its_last_label_is_resolved_again(grows: bool) -> None:
+    """The cache checks an identity's labels on every use; a set that is the other's prefix is not equal."""
+    doc = {
+        "apiVersion": "flow-auditor/v1alpha1",
+        "kind": "CommunicationMatrix",
+        "metadata": {"name": "prefix"},
+        "components": {"front": {"namespace": "a", "labels": {"app": "web", "tier": "front"}}},
+        "allow": [],
+    }
+    matrix = parse_matrix(json.dumps(doc), "prefix.yaml")
+    short = Endpoint(identity=300, namespace="a", labels=("k8s:app=web",))
+    long = Endpoint(identity=300, namespace="a", labels=("k8s:app=web", "k8s:tier=front"))
+    first, then = (short, long) if grows else (long, short)
+    auditor = Auditor(matrix)
+    assert auditor.component(first, "10.0.0.1", ()) == matrix.resolve(first, "10.0.0.1", ())
+    assert auditor.component(then, "10.0.0.1", ()) == matrix.resolve(then, "10.0.0.1", ())
+    assert {matrix.resolve(short, "10.0.0.1", ()), matrix.resolve(long, "10.0.0.1", ())} == {"front", "ns:a"}
