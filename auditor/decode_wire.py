@@ -86,6 +86,9 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
 
 def _varint32(data: bytes, pos: int) -> tuple[int, int]:
     """A key or a length at ``pos``: protobuf reads those from at most five bytes."""
+    byte = data[pos]
+    if byte < 0x80:  # one byte: most keys (fields 1-15) and lengths (under 128)
+        return byte, pos + 1
     start = pos
     value, pos = _varint(data, pos)
     if pos - start > 5:

@@ -330,6 +330,13 @@ MUTANTS: list[tuple[str, str, str, str, list[str]]] = [
         ["tests/test_decode_wire.py"],
     ),
     (
+        "wire reader: a key or length's one-byte path takes 0x80, the first byte of a longer one",
+        "auditor/decode_wire.py",
+        "    if byte < 0x80:  # one byte: most keys (fields 1-15) and lengths (under 128)",
+        "    if byte <= 0x80:  # one byte: most keys (fields 1-15) and lengths (under 128)",
+        ["tests/test_decode_wire.py"],
+    ),
+    (
         "wire reader: a cleared TCP flag stays set",
         "auditor/decode_wire.py",
         "flags = (flags | bit) if value else (flags & ~bit)",
