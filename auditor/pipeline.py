@@ -28,7 +28,13 @@ from auditor.decode import DecodeError, decode_line
 from auditor.matrix import Matrix
 from auditor.model import Flow, LostEvents, NodeStatus, Record
 
-BRACE: Final = 0x7B  # a line that starts with "{" is not blank (read before the dearer strip())
+_BRACE: Final = 0x7B
+
+
+def blank(line: bytes) -> bool:
+    """Whether a line of a flow file holds nothing but whitespace (skipped, not invalid). A line that starts
+    with ``{``, nearly every one, is told apart before the copy ``strip()`` makes."""
+    return not line or (line[0] != _BRACE and not line.strip())
 
 
 class Sink(Protocol):
@@ -141,22 +147,11 @@ class Pipeline:
         for block in blocks:
             for line in block:
                 number += 1
-                if not line or (line[0] != BRACE and not line.strip()):
-                    continue  # blank
+                if blank(line):
+                    continue
                 try:
                     record = decode(line)
                 except DecodeError as e:
                     self.invalid(f"{name}:{number}", str(e))
                     continue
                 feed(record)
-
-    def feed_lines(self, name: str, lines: Iterable[tuple[int, bytes]]) -> None:
-        """Decode and feed numbered JSON lines of one input (``name`` is used in invalid reports)."""
-        feed, decode = self.feed, decode_line
-        for number, line in lines:
-            try:
-                record = decode(line)
-            except DecodeError as e:
-                self.invalid(f"{name}:{number}", str(e))
-                continue
-            feed(record)

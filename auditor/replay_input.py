@@ -18,11 +18,11 @@ from which the CLI tells the user two things the report's numbers alone do not:
   ``event_type`` (every datapath event has one) or both ``traffic_direction`` and
   ``trace_observation_point`` (a trace event has a point, a policy verdict a direction).
 
-The per-line cost over ``Pipeline.feed_lines`` is one type test per record and, for flows, a test of two
+The per-line cost over ``Pipeline.feed_blocks`` is one type test per record and, for flows, a test of two
 ints; the judge runs a second time only for events that lack those fields.
 
 Error policy: undecodable lines are counted as ``invalid`` (with ``file:line``) and skipped, as in
-``Pipeline.feed_lines``; nothing here raises on input.
+``Pipeline.feed_blocks``; nothing here raises on input.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from auditor import judge
 from auditor.decode import DecodeError, decode_line
 from auditor.matrix import Matrix
 from auditor.model import Flow, FlowType, OtherRecord, Verdict
-from auditor.pipeline import BRACE, Pipeline
+from auditor.pipeline import Pipeline, blank
 
 RECORD_HINT: Final = "record flows with `hubble observe -o jsonpb`"
 UNKNOWN_KIND: Final = "unknown"  # the OtherRecord kind of a JSON object that is no Hubble event
@@ -107,8 +107,8 @@ def feed_file(
     for block in blocks:
         for line in block:
             number += 1
-            if not line or (line[0] != BRACE and not line.strip()):
-                continue  # blank
+            if blank(line):
+                continue
             count += 1
             try:
                 record = decode(line)

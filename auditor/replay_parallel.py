@@ -49,7 +49,7 @@ from auditor.classify import (
 from auditor.decode import DecodeError, decode_line
 from auditor.matrix import Matrix
 from auditor.model import EMPTY_ENDPOINT, Flow
-from auditor.pipeline import BRACE, Pipeline
+from auditor.pipeline import Pipeline, blank
 from auditor.replay_chunk import (
     PROVISIONAL_SLOT,
     Chunk,
@@ -150,8 +150,8 @@ def _judge_lines(
     number = nonblank = events = 0
     for line in lines:
         number += 1
-        if not line or (line[0] != BRACE and not line.strip()):
-            continue  # blank
+        if blank(line):
+            continue
         nonblank += 1
         try:
             record = decode(line)

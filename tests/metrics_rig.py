@@ -63,7 +63,7 @@ class Rig:
     def replay_example(self) -> None:
         source = FlowFile(str(EXAMPLE / "flows.jsonl"))
         try:
-            self.pipeline.feed_lines(source.name, source)
+            self.pipeline.feed_blocks(source.name, source.blocks())
         finally:
             source.close()
 

@@ -98,7 +98,7 @@ def test_lost_events_are_counted_by_source_and_unknown_sources_are_bounded() -> 
 def test_lost_events_from_a_recorded_line_reach_the_counter() -> None:
     rig = Rig()
     line = b'{"lost_events":{"source":"HUBBLE_RING_BUFFER","num_events_lost":"12"},"node_name":"n1"}'
-    rig.pipeline.feed_lines("lost.jsonl", [(1, line)])
+    rig.pipeline.feed_blocks("lost.jsonl", [[line]])
     assert rig.value("flow_auditor_hubble_lost_events_total", source="HUBBLE_RING_BUFFER") == 12
 
 

@@ -80,7 +80,7 @@ def test_dropped_connections_by_reason_add_up_to_the_dropped_edges_on_the_exampl
 def test_flows_total_sums_to_received_with_every_outcome_of_the_report() -> None:
     rig = Rig()
     rig.replay_example()
-    rig.pipeline.feed_lines("broken.jsonl", [(1, b"{not json")])
+    rig.pipeline.feed_blocks("broken.jsonl", [[b"{not json"]])
     for outcome in OUTCOMES:
         assert rig.value("flow_auditor_flows_total", outcome=outcome) == rig.report.outcomes[outcome]
     assert rig.value("flow_auditor_flows_total", outcome="invalid") == 1

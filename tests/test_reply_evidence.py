@@ -25,6 +25,7 @@ from auditor.model import Direction, Endpoint, EventType, Flow, ObservationPoint
 from auditor.pipeline import Pipeline
 from auditor.sinks.metrics import MetricsSink
 from auditor.sinks.report import ReportSink
+from auditor.sources.files import FlowFile
 
 MATRIX = load_matrix(Path(__file__).parent.parent / "examples" / "airflow" / "matrix.yaml")
 SAMPLES = Path(__file__).parent / "data" / "hubble-samples" / "hubble-otel"
@@ -268,8 +269,8 @@ def test_real_one_node_capture_answered_dns_queries_are_delivered() -> None:
     path = SAMPLES / "basic-sample-400-udp-flows.json"
     sink = ReportSink(BOOKINFO_DNS)
     pipeline = Pipeline(Auditor(BOOKINFO_DNS), [sink])
-    with path.open("rb") as f:
-        pipeline.feed_lines(str(path), enumerate(f, 1))
+    with FlowFile(str(path)) as f:
+        pipeline.feed_blocks(str(path), f.blocks())
     pipeline.finish()
     report = sink.report()
     answered = answered_queries(path)
@@ -301,8 +302,8 @@ allow:
     cluster, node_local = ReportSink(matrix), ReportSink(matrix)
     for sink, local in ((cluster, False), (node_local, True)):
         pipeline = Pipeline(Auditor(matrix, node_local=local), [sink])
-        with path.open("rb") as f:
-            pipeline.feed_lines(str(path), enumerate(f, 1))
+        with FlowFile(str(path)) as f:
+            pipeline.feed_blocks(str(path), f.blocks())
         pipeline.finish()
     used = {e["rule"] for e in cluster.report()["edges"] if e["rule"]}
     assert used == {1, 2}
