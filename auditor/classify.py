@@ -192,8 +192,11 @@ class Unproven(msgspec.Struct, frozen=True, gc=False):
         return (self.source, self.destination, self.port, self.protocol)
 
 
-class _Resolved:
-    """An endpoint's resolution, cached (a plain class: compiled, its fields are read without a lookup)."""
+class Resolution:
+    """An endpoint's resolution, cached (a plain class: compiled, its fields are read without a lookup).
+
+    Equality is identity: one object stands for one cache entry, whose namespace and labels equal those of
+    every endpoint it was returned for (see :meth:`Auditor.component`)."""
 
     __slots__ = ("candidates", "direct", "fallback", "labels", "namespace", "workloads")
 
@@ -212,6 +215,9 @@ class _Resolved:
         self.candidates = candidates
         self.fallback = fallback
         self.direct = direct
+
+
+_NO_RESOLUTION: Final = Resolution("", (), (), (), "", None)
 
 
 class _Seen:
@@ -386,12 +392,13 @@ class Auditor:
         self.matrix = matrix
         self._scope = matrix.scope_namespaces
         self._use_workloads = matrix.uses_workloads
-        self._ids: dict[int, _Resolved] = {}
-        self._anon: dict[tuple[str, tuple[str, ...], tuple[object, ...]], _Resolved] = {}
+        self._ids: dict[int, Resolution] = {}
+        self._anon: dict[tuple[str, tuple[str, ...], tuple[object, ...]], Resolution] = {}
         self._rules: dict[tuple[str, str, str, int], int] = {}
         self._charged = {"identity": 0, "anon": 0, "rule": 0}
         self._edges: dict[tuple[str, str, int | None, str, str], Edge] = {}  # one Edge per distinct edge
         self._edges_charged = 0
+        self.resolved = self.resolved_before = _NO_RESOLUTION
 
     def cache_info(self) -> dict[str, int]:
         """Entries and charged bytes of the resolution and rule caches."""
@@ -479,7 +486,10 @@ class Auditor:
             self.pending.flush()
 
     def component(self, ep: Endpoint, ip: str, names: tuple[str, ...]) -> str:
-        """The component (or fallback name) of one end of a flow."""
+        """The component (or fallback name) of one end of a flow.
+
+        The cache entry used is kept in :attr:`resolved` (and the one before in :attr:`resolved_before`):
+        after :meth:`process` judges a flow, they are its connection's source and destination ends."""
         ident, namespace, labels, _, workloads, _ = astuple(ep)  # one call, not a lookup per field
         if ident:
             r = self._ids.get(ident)
@@ -510,19 +520,20 @@ class Auditor:
                     self._charged["anon"] = 0
                 self._anon[anon_key] = r
                 self._charged["anon"] += cost
+        self.resolved_before, self.resolved = self.resolved, r
         if r.direct is not None:
             return r.direct
         return pick(r.candidates, r.fallback, ip, names)
 
     # -- cache misses -------------------------------------------------------------------------------
-    def _resolve(self, ep: Endpoint) -> _Resolved:
+    def _resolve(self, ep: Endpoint) -> Resolution:
         candidates, fallback = self.matrix.candidates(ep)
         direct: str | None = None
         if not candidates:
             direct = fallback
         elif not candidates[0].selector.has_address_part:
             direct = candidates[0].name
-        return _Resolved(ep.namespace, ep.labels, ep.workloads, candidates, fallback, direct)
+        return Resolution(ep.namespace, ep.labels, ep.workloads, candidates, fallback, direct)
 
     def _rule(self, key: tuple[str, str, str, int]) -> int:
         rule = self.matrix.rule_for(*key)
@@ -542,7 +553,7 @@ def same_labels(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
     return len(a) == len(b) and all(a[i] == b[i] for i in range(len(a)))
 
 
-def _resolved_cost(r: _Resolved) -> int:
+def _resolved_cost(r: Resolution) -> int:
     """Estimated bytes of one resolution cache entry (labels dominate; they may be tens of KB)."""
     strings = sum(len(label) for label in r.labels) + len(r.namespace) + len(r.fallback)
     return _ENTRY_OVERHEAD + strings + _STRING_OVERHEAD * (len(r.labels) + len(r.workloads) + 2)

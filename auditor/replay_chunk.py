@@ -32,10 +32,10 @@ from auditor.classify import (
     Edge,
     Judgement,
     PendingTable,
+    Resolution,
     Unproven,
-    same_labels,
 )
-from auditor.model import Endpoint, Flow, LostEvents, NodeStatus, OtherRecord, Record
+from auditor.model import Flow, LostEvents, NodeStatus, OtherRecord, Record
 from auditor.replay_input import UNKNOWN_KIND, UnjudgeableCheck
 from auditor.sinks.report import MAX_INVALID_SAMPLES, MAX_SUGGESTION_SAMPLES
 
@@ -113,10 +113,7 @@ class Chunk:
         ] = {}
         self.samples: dict[int, tuple[dict[tuple[object, ...], Judgement], bool]] = {}
         self.policy_index: dict[tuple[object, ...], int] = {}  # expected_dropped judgements
-        self.delivered_index: dict[
-            tuple[int, int, int, str, str], list[tuple[tuple[str, ...], tuple[str, ...], int]]
-        ] = {}
-        self.labels_of: dict[tuple[str, ...], tuple[str, ...]] = {}
+        self.delivered_index: dict[tuple[int, Resolution, Resolution], int] = {}
         # Per event, gathered in lists (a native append; an array's is a method call) and packed at the end
         self.times: list[float] = []
         self.conns: list[int] = []
@@ -167,8 +164,17 @@ class Chunk:
         self.kinds.append(PROVISIONAL_SLOT - slot)
         self.policy_slots.append(-1)
 
-    def judged(self, record: Flow, j: Judgement, dedup_key: int, connection: int) -> None:
-        """A final verdict: its edge's counts and times, its example slot and its policy candidate."""
+    def judged(
+        self,
+        record: Flow,
+        j: Judgement,
+        dedup_key: int,
+        connection: int,
+        source: Resolution,
+        destination: Resolution,
+    ) -> None:
+        """A final verdict: its edge's counts and times, its example slot and its policy candidate
+        (``source`` and ``destination``: the auditor's resolutions of the connection's ends)."""
         reply = j.reply
         self.outcomes[REPLY if reply else JUDGED] += 1
         edge = j.edge
@@ -211,26 +217,23 @@ class Chunk:
         elif cls == EXPECTED_DROPPED:
             self.policy_slots.append(_dropped_slot(self.policy_index, self.r.policy, index, j))
         else:  # delivered: the label sets of both ends, what the label history reads
-            self.policy_slots.append(self._delivered_slot(index, edge, src, dst))
+            self.policy_slots.append(self._delivered_slot(index, edge, source, destination))
 
-    def _delivered_slot(self, index: int, edge: Edge, src: Endpoint, dst: Endpoint) -> int:
-        """The policy slot of a delivered event: one per distinct (edge, namespaces, label sets) of the
-        chunk. Looked up by the ends' identities, cheap to hash, then told apart by comparing the label
-        sets (a reused identity): hashing two label sets of fresh strings per event cost more than
-        judging the event. Two slots with equal contents (one label set under two identities) are
-        remembered alike by the label history."""
-        key = (index, src.identity, dst.identity, src.namespace, dst.namespace)
-        found = self.delivered_index.get(key)
-        if found is None:
-            found = self.delivered_index[key] = []
-        else:
-            src_labels, dst_labels = src.labels, dst.labels
-            for labels_a, labels_b, slot in found:
-                if same_labels(labels_a, src_labels) and same_labels(labels_b, dst_labels):
-                    return slot
-        slot = len(self.r.policy)
-        self.r.policy.append(_delivered(edge, src, dst, self.labels_of))
-        found.append((src.labels, dst.labels, slot))
+    def _delivered_slot(self, index: int, edge: Edge, src: Resolution, dst: Resolution) -> int:
+        """The policy slot of a delivered event: one per (edge, resolution of each end) of the chunk.
+
+        A resolution is the auditor's cache entry for the end, whose namespace and label set equal the
+        event's (the auditor compared them to use it): hashing it is hashing its identity, where hashing
+        two label sets of fresh strings per event cost more than judging the event. Two slots with equal
+        contents (one label set under two identities, or a cache entry replaced) are remembered alike by
+        the label history."""
+        key = (index, src, dst)
+        slot = self.delivered_index.get(key)
+        if slot is None:
+            slot = self.delivered_index[key] = len(self.r.policy)
+            self.r.policy.append(
+                (edge.source, src.namespace, src.labels, edge.destination, dst.namespace, dst.labels)
+            )
         return slot
 
     def _new_edge(self, edge: Edge, rule: int) -> int:
@@ -291,21 +294,6 @@ def _dropped_slot(
         slot = index_of[key] = len(taken)
         taken.append(j)
     return slot
-
-
-def _delivered(
-    edge: Edge, src: Endpoint, dst: Endpoint, labels_of: dict[tuple[str, ...], tuple[str, ...]]
-) -> Delivered:
-    """A delivered connection as the label history reads it: both ends' component, namespace and labels
-    (interned, so that a chunk's result carries each label set once)."""
-    return (
-        edge.source,
-        src.namespace,
-        labels_of.setdefault(src.labels, src.labels),
-        edge.destination,
-        dst.namespace,
-        labels_of.setdefault(dst.labels, dst.labels),
-    )
 
 
 def _pod(namespace: str, name: str, ip: str) -> str:

@@ -170,7 +170,14 @@ def _judge_lines(
             if result == PROVISIONAL:  # the merge decides whether the pending table holds it
                 chunk.provisional(record, pending)
         else:
-            chunk.judged(record, cast(Judgement, result), dedup.key, pending.key)
+            chunk.judged(
+                record,
+                cast(Judgement, result),
+                dedup.key,
+                pending.key,
+                auditor.resolved_before,
+                auditor.resolved,
+            )
     return chunk.result(number, nonblank, events)
 
 

@@ -391,9 +391,16 @@ MUTANTS: list[tuple[str, str, str, str, list[str]]] = [
     (
         "--jobs: a reused identity's label sets merged into one policy slot",
         "auditor/replay_chunk.py",
-        "                if same_labels(labels_a, src_labels) and same_labels(labels_b, dst_labels):",
-        "                if True:",
+        "        key = (index, src, dst)",
+        "        key = (index, src, src)",
         ["tests/test_replay_parallel.py::test_label_history_tells_a_reused_identity_apart_within_a_chunk"],
+    ),
+    (
+        "--jobs: the connection's source end read as its destination's resolution",
+        "auditor/classify.py",
+        "        self.resolved_before, self.resolved = self.resolved, r",
+        "        self.resolved_before, self.resolved = r, r",
+        ["tests/test_replay_parallel.py"],
     ),
     (
         "address selectors: pods and nodes inside a CIDR are that component",

@@ -41,7 +41,7 @@ def huge_endpoint(i: int, identity: int) -> Endpoint:
     )
 
 
-def retained(resolved: dict[object, classify._Resolved]) -> int:
+def retained(resolved: dict[object, classify.Resolution]) -> int:
     return sum(len(label) for r in resolved.values() for label in r.labels)
 
 
