@@ -249,22 +249,21 @@ class Merger:
     ) -> None:
         sink = self.sink
         classes, aggregated = sink.classes, sink.aggregated
-        seen = auditor.dedup.seen
-        pending = auditor.pending
+        dedup, pending = auditor.dedup, auditor.pending
         unproven = r.unproven
         policy, sample_policy, remember = r.policy, sink.sample_policy, sink.label_history.remember
         for t, conn, key, kind, pslot in zip(r.times, r.conns, r.keys, r.kinds, r.policy_slots, strict=True):
             if kind >= 0:
                 if pending is not None:
                     pending.resolve(conn, t)
-                if seen(key, t):
+                if dedup.seen(key, t):
                     continue
                 (edge, stats, folded), verdict, drop, ex = slots[kind]
                 if pslot >= 0 and not folded:
                     item = policy[pslot]
                     if type(item) is tuple:
-                        remember(*item[:3])
-                        remember(*item[3:])
+                        remember(item[0], item[1], item[2])
+                        remember(item[3], item[4], item[5])
                     else:
                         sample_policy(edge, item)  # type: ignore[arg-type]  # a Judgement
                 classes[edge.cls] += 1
