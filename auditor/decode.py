@@ -109,6 +109,7 @@ _FLOW_TYPES: Final = FLOW_TYPES
 _DIRECTIONS: Final = DIRECTIONS
 _POINTS: Final = POINTS
 _TRACE_REASONS: Final = TRACE_REASONS
+_SECONDS: Final = datetime.timestamp  # called unbound: no method lookup per flow
 
 
 def _check_positions() -> None:
@@ -234,7 +235,7 @@ def _flow(f: tuple[Any, ...], envelope_node: str, envelope_time: datetime | None
     seconds = 0.0
     if t is not None:
         # Hot path inlined: an aware time inside the model's range; _timestamp handles the rest.
-        seconds = t.timestamp() if t.tzinfo is not None else _timestamp(t)
+        seconds = _SECONDS(t) if t.tzinfo is not None else _timestamp(t)
         if not MIN_TIME <= seconds < END_TIME:
             _timestamp(t)  # raises DecodeError naming the time
     # An endpoint decoded into the model's own type with its namespace set is used as it is.

@@ -100,9 +100,11 @@ def feed_file(
     """Decode and feed the lines of one input, given in blocks (``FlowFile.blocks``): every line, blank ones
     included, numbered from 1 across blocks; ``name`` is used in invalid reports."""
     summary = InputSummary(name)
-    feed, invalid, decode, check = pipeline.feed, pipeline.invalid, decode_line, unjudgeable.check
-    # Flows, the common line, skip Pipeline.feed's dispatch: the same calls, made here.
-    process, sinks, pending = pipeline.auditor.process, pipeline.sinks, pipeline.auditor.pending
+    feed, invalid, check = pipeline.feed, pipeline.invalid, unjudgeable.check
+    # Flows, the common line, skip Pipeline.feed's dispatch: the same calls, made here. Compiled functions
+    # and methods are called by name: a local alias would be a generic call that parses its arguments.
+    auditor = pipeline.auditor
+    sinks, pending = pipeline.sinks, auditor.pending
     number = count = events = 0
     for block in blocks:
         for line in block:
@@ -111,7 +113,7 @@ def feed_file(
                 continue
             count += 1
             try:
-                record = decode(line)
+                record = decode_line(line)
             except DecodeError as e:
                 invalid(f"{name}:{number}", str(e))
                 if summary.first_error is None:
@@ -121,7 +123,7 @@ def feed_file(
                 events += 1
                 if not record.event_type or not (record.traffic_direction or record.observation_point):
                     check(record)
-                result = process(record)
+                result = auditor.process(record)
                 if type(result) is str:
                     for sink in sinks:
                         sink.on_outcome(result)

@@ -146,7 +146,6 @@ def _judge_lines(
 ) -> ChunkResult:
     chunk = Chunk(UnjudgeableCheck(matrix), max_edges)
     outcomes, check = chunk.outcomes, chunk.unjudgeable.check
-    process, decode = auditor.process, decode_line
     number = nonblank = events = 0
     for line in lines:
         number += 1
@@ -154,7 +153,7 @@ def _judge_lines(
             continue
         nonblank += 1
         try:
-            record = decode(line)
+            record = decode_line(line)
         except DecodeError as e:
             chunk.invalid(number, str(e))
             continue
@@ -164,7 +163,7 @@ def _judge_lines(
         events += 1
         if not record.event_type or not (record.traffic_direction or record.observation_point):
             check(record)
-        result = process(record)
+        result = auditor.process(record)
         if type(result) is str:
             outcomes[result] += 1
             if result == PROVISIONAL:  # the merge decides whether the pending table holds it
