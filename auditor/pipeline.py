@@ -142,16 +142,15 @@ class Pipeline:
     def feed_blocks(self, name: str, blocks: Iterable[list[bytes]]) -> None:
         """Decode and feed the lines of one input given in blocks (``FlowFile.blocks``: every line, blank
         ones included, numbered from 1 across blocks); blank lines are skipped."""
-        feed, decode = self.feed, decode_line
-        number = 0
+        number = 0  # compiled: decode_line and self.feed called by name are native calls
         for block in blocks:
             for line in block:
                 number += 1
                 if blank(line):
                     continue
                 try:
-                    record = decode(line)
+                    record = decode_line(line)
                 except DecodeError as e:
                     self.invalid(f"{name}:{number}", str(e))
                     continue
-                feed(record)
+                self.feed(record)
