@@ -110,6 +110,17 @@ _DIRECTIONS: Final = DIRECTIONS
 _POINTS: Final = POINTS
 _TRACE_REASONS: Final = TRACE_REASONS
 _SECONDS: Final = datetime.timestamp  # called unbound: no method lookup per flow
+# Each enum's commonest name, compared before its table is looked up (see _number)
+_FORWARDED: Final = "FORWARDED"
+_FORWARDED_NUMBER: Final = VERDICTS[_FORWARDED]
+_L3_L4: Final = "L3_L4"
+_L3_L4_NUMBER: Final = FLOW_TYPES[_L3_L4]
+_EGRESS: Final = "EGRESS"
+_EGRESS_NUMBER: Final = DIRECTIONS[_EGRESS]
+_TO_ENDPOINT: Final = "TO_ENDPOINT"
+_TO_ENDPOINT_NUMBER: Final = POINTS[_TO_ENDPOINT]
+_NEW: Final = "NEW"
+_NEW_NUMBER: Final = TRACE_REASONS[_NEW]
 
 
 def _check_positions() -> None:
@@ -249,7 +260,7 @@ def _flow(f: tuple[Any, ...], envelope_node: str, envelope_time: datetime | None
         source_ip = destination_ip = ""
     return Flow(
         seconds,
-        verdict if type(verdict) is int else _VERDICTS.get(verdict, 0),
+        verdict if type(verdict) is int else _number(verdict, _VERDICTS, _FORWARDED, _FORWARDED_NUMBER),
         drop_reason_name(drop) if drop else "",
         src,
         dst,
@@ -261,15 +272,23 @@ def _flow(f: tuple[Any, ...], envelope_node: str, envelope_time: datetime | None
         icmp_type,
         flags,
         is_reply,
-        ftype if type(ftype) is int else _FLOW_TYPES.get(ftype, 0),
+        ftype if type(ftype) is int else _number(ftype, _FLOW_TYPES, _L3_L4, _L3_L4_NUMBER),
         event.type if event is not None else 0,
-        direction if type(direction) is int else _DIRECTIONS.get(direction, 0),
-        point if type(point) is int else _POINTS.get(point, 0),
+        direction if type(direction) is int else _number(direction, _DIRECTIONS, _EGRESS, _EGRESS_NUMBER),
+        point if type(point) is int else _number(point, _POINTS, _TO_ENDPOINT, _TO_ENDPOINT_NUMBER),
         node or envelope_node,
         source_names,
         destination_names,
-        reason if type(reason) is int else _TRACE_REASONS.get(reason, 0),
+        reason if type(reason) is int else _number(reason, _TRACE_REASONS, _NEW, _NEW_NUMBER),
     )
+
+
+def _number(name: str, table: dict[str, int], common: str, number: int) -> int:
+    """An enum name's number; its commonest name compared first (compiled: length, then bytes), which
+    is cheaper than hashing the freshly decoded name for the table."""
+    if name == common:
+        return number
+    return table.get(name, 0)
 
 
 def _timestamp(t: datetime) -> float:

@@ -396,6 +396,13 @@ MUTANTS: list[tuple[str, str, str, str, list[str]]] = [
         ["tests/test_replay_parallel.py::test_label_history_tells_a_reused_identity_apart_within_a_chunk"],
     ),
     (
+        "decode: an enum's commonest name given another name's number",
+        "auditor/decode.py",
+        "_EGRESS_NUMBER: Final = DIRECTIONS[_EGRESS]",
+        '_EGRESS_NUMBER: Final = DIRECTIONS["INGRESS"]',
+        ["tests/test_decode_json.py"],
+    ),
+    (
         "--jobs: the connection's source end read as its destination's resolution",
         "auditor/classify.py",
         "        self.resolved_before, self.resolved = self.resolved, r",

@@ -12,8 +12,13 @@ import pytest
 
 from auditor.decode import DecodeError, decode_line, parse_time
 from auditor.model import (
+    DIRECTION_NAMES,
+    FLOW_TYPE_NAMES,
+    OBSERVATION_POINT_NAMES,
     TCP_ACK,
     TCP_SYN,
+    TRACE_REASON_NAMES,
+    VERDICT_NAMES,
     Direction,
     EventType,
     Flow,
@@ -114,6 +119,23 @@ def test_enums_as_numbers() -> None:
     f = dict(FLOW, verdict=2, Type=1, traffic_direction=1, drop_reason_desc=133, trace_observation_point=101)
     flow = _check(decode_line(json.dumps({"flow": f}).encode()))
     assert flow.observation_point == ObservationPoint.TO_ENDPOINT
+
+
+@pytest.mark.parametrize(
+    ("field", "attribute", "names"),
+    [
+        ("verdict", "verdict", VERDICT_NAMES),
+        ("Type", "flow_type", FLOW_TYPE_NAMES),
+        ("traffic_direction", "traffic_direction", DIRECTION_NAMES),
+        ("trace_observation_point", "observation_point", OBSERVATION_POINT_NAMES),
+        ("trace_reason", "trace_reason", TRACE_REASON_NAMES),
+    ],
+)
+def test_every_enum_name_decodes_to_its_number(field: str, attribute: str, names: dict[int, str]) -> None:
+    """Each name of the published enums, the commonest ones (compared before the table lookup) included."""
+    for number, name in names.items():
+        flow = decode_line(json.dumps({"flow": dict(FLOW, **{field: name})}).encode())
+        assert isinstance(flow, Flow) and getattr(flow, attribute) == number, (field, name)
 
 
 def test_unknown_enum_names_and_numbers() -> None:
