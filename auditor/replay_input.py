@@ -100,7 +100,6 @@ def feed_file(
     """Decode and feed the lines of one input, given in blocks (``FlowFile.blocks``): every line, blank ones
     included, numbered from 1 across blocks; ``name`` is used in invalid reports."""
     summary = InputSummary(name)
-    feed, invalid, check = pipeline.feed, pipeline.invalid, unjudgeable.check
     # Flows, the common line, skip Pipeline.feed's dispatch: the same calls, made here. Compiled functions
     # and methods are called by name: a local alias would be a generic call that parses its arguments.
     auditor = pipeline.auditor
@@ -115,14 +114,14 @@ def feed_file(
             try:
                 record = decode_line(line)
             except DecodeError as e:
-                invalid(f"{name}:{number}", str(e))
+                pipeline.invalid(f"{name}:{number}", str(e))
                 if summary.first_error is None:
                     summary.first_error = (number, str(e))
                 continue
             if type(record) is Flow:
                 events += 1
                 if not record.event_type or not (record.traffic_direction or record.observation_point):
-                    check(record)
+                    unjudgeable.check(record)
                 result = auditor.process(record)
                 if type(result) is str:
                     for sink in sinks:
@@ -135,7 +134,7 @@ def feed_file(
                 continue
             if type(record) is not OtherRecord or record.kind != UNKNOWN_KIND:
                 events += 1
-            feed(record)
+            pipeline.feed(record)
     summary.lines, summary.events = count, events
     return summary
 

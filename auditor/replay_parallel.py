@@ -145,7 +145,7 @@ def _judge_lines(
     matrix: Matrix,
 ) -> ChunkResult:
     chunk = Chunk(UnjudgeableCheck(matrix), max_edges)
-    outcomes, check = chunk.outcomes, chunk.unjudgeable.check
+    outcomes, unjudgeable = chunk.outcomes, chunk.unjudgeable
     number = nonblank = events = 0
     for line in lines:
         number += 1
@@ -162,7 +162,7 @@ def _judge_lines(
             continue
         events += 1
         if not record.event_type or not (record.traffic_direction or record.observation_point):
-            check(record)
+            unjudgeable.check(record)
         result = auditor.process(record)
         if type(result) is str:
             outcomes[result] += 1
@@ -250,7 +250,7 @@ class Merger:
         classes, aggregated = sink.classes, sink.aggregated
         dedup, pending = auditor.dedup, auditor.pending
         unproven = r.unproven
-        policy, sample_policy, remember = r.policy, sink.sample_policy, sink.label_history.remember
+        policy, remember = r.policy, sink.label_history.remember  # remember: interpreted code
         for t, conn, key, kind, pslot in zip(r.times, r.conns, r.keys, r.kinds, r.policy_slots, strict=True):
             if kind >= 0:
                 if pending is not None:
@@ -264,7 +264,7 @@ class Merger:
                         remember(item[0], item[1], item[2])
                         remember(item[3], item[4], item[5])
                     else:
-                        sample_policy(edge, item)  # type: ignore[arg-type]  # a Judgement
+                        sink.sample_policy(edge, item)  # type: ignore[arg-type]  # a Judgement
                 classes[edge.cls] += 1
                 stats.connections += 1
                 stats.verdicts[verdict] = stats.verdicts.get(verdict, 0) + 1
