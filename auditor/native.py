@@ -1,15 +1,15 @@
 """The compiled judging core (``make native``): which modules are compiled, which are loaded, pure mode.
 
 Stage: none (packaging). The per-event hot path — the conversion half of the JSON decoder, judging,
-classification, the pipeline, replay's input loop and ``--jobs`` workers, the report sink, and on the live
-path the protobuf decoder and the metrics and live-page sinks — is compiled with mypyc by
-``scripts/build_native.py`` into extension modules that sit beside their sources in this package; Python
-imports an extension module in preference to the ``.py`` file of the same name. The
-Python sources stay the truth: the build records in :data:`MANIFEST` the sha256 of every source it
-compiled and of every ``auditor`` module those import (mypyc reads their types and inlines their ``Final``
-constants), ``make`` rebuilds when one of them changes, and :func:`stale` names the ones that changed since.
-A stale build is never run: :func:`select_build`, called by ``auditor/__init__.py``, then loads the
-sources instead and warns ("run make native"); ``tests/test_native.py`` fails on it.
+classification, the pipeline, replay's input loop and ``--jobs`` workers, the report sink and its label
+history, and on the live path the protobuf decoder and the metrics and live-page sinks — is compiled with
+mypyc by ``scripts/build_native.py`` into extension modules that sit beside their sources in this package;
+Python imports an extension module in preference to the ``.py`` file of the same name. The Python sources stay
+the truth: the build records in :data:`MANIFEST` the sha256 of every source it compiled and of every
+``auditor`` module those import (mypyc reads their types and inlines their ``Final`` constants), ``make``
+rebuilds when one of them changes, and :func:`stale` names the ones that changed since. A stale build is never
+run: :func:`select_build`, called by ``auditor/__init__.py``, then loads the sources instead and warns ("run
+make native"); ``tests/test_native.py`` fails on it.
 
 ``FLOW_AUDITOR_PURE=1`` loads every ``auditor`` module from its ``.py`` source even when a compiled one is
 present (:class:`SourceOnlyFinder`): mutation tests, debugging and comparing the two builds. Without a
@@ -43,6 +43,7 @@ MODULES: Final = (
     "auditor.replay_input",
     "auditor.replay_chunk",
     "auditor.replay_parallel",
+    "auditor.sinks.label_history",
     "auditor.sinks.report",
     "auditor.decode_pb",
     "auditor.decode_wire",

@@ -250,7 +250,7 @@ class Merger:
         classes, aggregated = sink.classes, sink.aggregated
         dedup, pending = auditor.dedup, auditor.pending
         unproven = r.unproven
-        policy, remember = r.policy, sink.label_history.remember  # remember: interpreted code
+        policy, history = r.policy, sink.label_history
         for t, conn, key, kind, pslot in zip(r.times, r.conns, r.keys, r.kinds, r.policy_slots, strict=True):
             if kind >= 0:
                 if pending is not None:
@@ -261,8 +261,8 @@ class Merger:
                 if pslot >= 0 and not folded:
                     item = policy[pslot]
                     if type(item) is tuple:
-                        remember(item[0], item[1], item[2])
-                        remember(item[3], item[4], item[5])
+                        history.remember(item[0], item[1], item[2])
+                        history.remember(item[3], item[4], item[5])
                     else:
                         sink.sample_policy(edge, item)  # type: ignore[arg-type]  # a Judgement
                 classes[edge.cls] += 1

@@ -396,6 +396,13 @@ MUTANTS: list[tuple[str, str, str, str, list[str]]] = [
         ["tests/test_replay_parallel.py::test_label_history_tells_a_reused_identity_apart_within_a_chunk"],
     ),
     (
+        "label history: one more label set per component than it keeps",
+        "auditor/sinks/label_history.py",
+        "        elif len(seen) < self.per_key and labels not in seen:",
+        "        elif len(seen) <= self.per_key and labels not in seen:",
+        ["tests/test_policy_hint.py::test_the_label_history_keeps_the_first_label_sets_of_a_component"],
+    ),
+    (
         "decode: an enum's commonest name given another name's number",
         "auditor/decode.py",
         "_EGRESS_NUMBER: Final = DIRECTIONS[_EGRESS]",

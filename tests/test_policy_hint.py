@@ -15,10 +15,11 @@ from factory import POSTGRES, denied_scrape, flow, pod
 
 from auditor.classify import Auditor, Judgement
 from auditor.kube.cluster import compile_cluster
-from auditor.learn.policy_hint import LabelHistory, PolicyAdvisor, advice_text, subject
+from auditor.learn.policy_hint import PolicyAdvisor, advice_text, subject
 from auditor.matrix import load_matrix
 from auditor.model import Endpoint, EventType, Verdict
 from auditor.render import render
+from auditor.sinks.label_history import LabelHistory
 from auditor.sinks.report import ReportSink
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -241,6 +242,15 @@ def test_the_label_history_is_bounded() -> None:
     assert len(change["labels"]) == 8
     advice = PolicyAdvisor(MATRIX).advise(j, [change])
     assert advice is not None and len(advice["cause"]) < 8 * 300
+
+
+def test_the_label_history_keeps_the_first_label_sets_of_a_component() -> None:
+    history = LabelHistory(per_key=2)
+    sets = [("k8s:app=web", f"k8s:v={i}") for i in range(5)]
+    for labels in (sets[0], sets[0], *sets[1:]):  # a set seen again takes no second place
+        history.remember("webserver", "airflow", labels)
+    history.remember("webserver", "", sets[4])  # an end outside a namespace: not remembered
+    assert history.labels == {("webserver", "airflow"): [sets[0], sets[1]]}
 
 
 def test_cluster_text_in_the_cause_is_escaped_in_every_format() -> None:

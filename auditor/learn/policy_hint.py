@@ -2,8 +2,9 @@
 
 Stage: suggestion, pure (no I/O); called by the replay report at its end and by the daemon's log when it
 writes a violation line. Input: the matrix, one judgement of an ``expected_dropped`` edge (the matrix
-allows it; the network dropped it, or would under enforcement: ``AUDIT``) and a :class:`LabelHistory`
-(the labels each component's pods carried on delivered connections). Output (:meth:`PolicyAdvisor.advise`):
+allows it; the network dropped it, or would under enforcement: ``AUDIT``) and the label changes of its
+ends (:meth:`auditor.sinks.label_history.LabelHistory.changes_of`: against the labels each component's
+pods carried on delivered connections). Output (:meth:`PolicyAdvisor.advise`):
 
 - ``rule``: the matrix rule that allows the edge;
 - ``flavors``: per flavor (``kubernetes``, ``cilium``) the generated objects that implement that rule for
@@ -20,124 +21,28 @@ allows it; the network dropped it, or would under enforcement: ``AUDIT``) and a 
   policies cannot express.
 
 Cost: only the objects of the two ends' namespaces are rendered (once per namespace and matrix) and
-compiled (once per pair of namespaces); one advice is two static evaluations.
-Memory: :class:`LabelHistory` keeps the first few label sets (four) per
-(component, namespace), for at most ``max_entries`` keys. Error policy: none raised for a valid matrix and
-judgement; callers on the daemon's pipeline thread guard the call anyway.
+compiled (once per pair of namespaces); one advice is two static evaluations. Error policy: none raised
+for a valid matrix and judgement; callers on the daemon's pipeline thread guard the call anyway.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
 from auditor.classify import Judgement
 from auditor.kube.cluster import Cluster, compile_cluster
 from auditor.kube.flavors import CiliumRenderer, KubernetesRenderer, Renderer
-from auditor.kube.model import NAMESPACE_NAME_LABEL, External, Node, Pod, Reserved, Subject
+from auditor.kube.model import External, Node, Pod, Reserved, Subject
 from auditor.kube.policies import FLAVORS, Flavor, ObjectNames, placement
-from auditor.learn.labels import VOLATILE_KEYS, VOLATILE_PREFIXES, k8s_labels
 from auditor.matrix import Matrix, Rule, endpoint_labels
 from auditor.model import Endpoint
+from auditor.sinks.label_history import NS_LABEL_PREFIX
 
-NS_LABEL_PREFIX: Final = "io.cilium.k8s.namespace.labels."
 SERVICE_ACCOUNT_KEY: Final = "io.cilium.k8s.policy.serviceaccount"
-MAX_LABEL_CHANGES: Final = 8  # per end and kind (pod labels, namespace labels)
 MAX_TEXT: Final = 120  # characters of a cluster-supplied value in a cause sentence
-DEFAULT_MAX_HISTORY: Final = 10_000
-DEFAULT_PER_KEY: Final = 4
 MAX_CLUSTERS: Final = 256  # compiled pairs of namespaces per flavor
-
-
-# --------------------------------------------------------------------------------------------------
-# Label history
-
-
-class LabelHistory:
-    """The Cilium label sets the pods of each (component, namespace) carried on delivered connections:
-    the first ``per_key`` distinct ones, for at most ``max_entries`` keys (later ones are not remembered)."""
-
-    def __init__(self, max_entries: int = DEFAULT_MAX_HISTORY, per_key: int = DEFAULT_PER_KEY) -> None:
-        self.max_entries = max_entries
-        self.per_key = per_key
-        self.labels: dict[tuple[str, str], list[tuple[str, ...]]] = {}
-
-    def on_delivered(self, j: Judgement) -> None:
-        """Remember both ends of a delivered connection (cheap once known: a lookup and a length check)."""
-        edge, flow = j.edge, j.flow
-        source, destination = (flow.destination, flow.source) if j.reply else (flow.source, flow.destination)
-        self.remember(edge.source, source.namespace, source.labels)
-        self.remember(edge.destination, destination.namespace, destination.labels)
-
-    def remember(self, component: str, namespace: str, labels: tuple[str, ...]) -> None:
-        """Remember the labels one end of a delivered connection carried (ends outside a namespace: not)."""
-        if not namespace:
-            return
-        key = (component, namespace)
-        seen = self.labels.get(key)
-        if seen is None:
-            if len(self.labels) < self.max_entries:
-                self.labels[key] = [labels]
-        elif len(seen) < self.per_key and labels not in seen:
-            seen.append(labels)
-
-    def merge(self, other: LabelHistory) -> None:
-        """Fold in another history (the earlier input's entries win: call in input order)."""
-        for key, sets in other.labels.items():
-            for labels in sets:
-                self.remember(*key, labels)
-
-    def changes_of(self, j: Judgement) -> list[dict[str, Any]]:
-        """How the labels of both ends of ``j`` differ from those remembered (see :meth:`changes`)."""
-        out = []
-        for end, name, ep in (
-            ("source", j.edge.source, j.source),
-            ("destination", j.edge.destination, j.destination),
-        ):
-            diff = self.changes(name, ep)
-            if diff is not None:
-                out.append({"end": end, "component": name, "namespace": ep.namespace, **diff})
-        return out
-
-    def changes(self, name: str, ep: Endpoint) -> dict[str, Any] | None:
-        """How ``ep``'s labels differ from the first set remembered for its component and namespace;
-        ``None`` when nothing is remembered or its labels were seen on a delivered connection."""
-        seen = self.labels.get((name, ep.namespace)) if ep.namespace else None
-        if seen is None or ep.labels in seen:
-            return None
-        before = seen[0]
-        old_pod, old_ns = _split(before)
-        new_pod, new_ns = _split(ep.labels)
-        out = {
-            kind: diff
-            for kind, diff in (
-                ("labels", _diff(old_pod, new_pod)),
-                ("namespace_labels", _diff(old_ns, new_ns)),
-            )
-            if diff
-        }
-        return out or None
-
-
-def _split(labels: Sequence[str]) -> tuple[dict[str, str], dict[str, str]]:
-    """Cilium labels → (pod labels worth comparing, namespace labels)."""
-    pod: dict[str, str] = {}
-    ns: dict[str, str] = {}
-    for key, value in k8s_labels(labels):
-        if key.startswith(NS_LABEL_PREFIX):
-            key = key[len(NS_LABEL_PREFIX) :]
-            if key != NAMESPACE_NAME_LABEL:
-                ns[key] = value
-        elif key and key not in VOLATILE_KEYS and not key.startswith(VOLATILE_PREFIXES):
-            pod[key] = value
-    return pod, ns
-
-
-def _diff(old: Mapping[str, str], new: Mapping[str, str]) -> dict[str, list[str | None]]:
-    """Keys whose value differs: ``[before, now]`` (``None``: absent), sorted, at most a few."""
-    keys = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
-    return {k: [old.get(k), new.get(k)] for k in keys[:MAX_LABEL_CHANGES]}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -241,7 +146,8 @@ class PolicyAdvisor:
 
     def advise(self, j: Judgement, changes: list[dict[str, Any]] | None = None) -> dict[str, Any] | None:
         """The policy change for one ``expected_dropped`` judgement, given the label changes of its ends
-        (:meth:`LabelHistory.changes_of`, taken when the judgement was seen); ``None`` without a rule."""
+        (:meth:`~auditor.sinks.label_history.LabelHistory.changes_of`, taken when the judgement was
+        seen); ``None`` without a rule."""
         rule = self._rules.get(j.rule)
         if rule is None:
             return None

@@ -54,10 +54,11 @@ from auditor.classify import (
     Judgement,
     Unproven,
 )
-from auditor.learn.policy_hint import LabelHistory, PolicyAdvisor, advice_text
+from auditor.learn.policy_hint import PolicyAdvisor, advice_text
 from auditor.learn.suggest import suggestion_text, suggestions
 from auditor.matrix import Matrix
 from auditor.model import LostEvents, NodeStatus
+from auditor.sinks.label_history import LabelHistory
 
 log = structlog.get_logger("flow-auditor")
 

@@ -38,10 +38,11 @@ from auditor.classify import (
     Judgement,
     Unproven,
 )
-from auditor.learn.policy_hint import LabelHistory, PolicyAdvisor
+from auditor.learn.policy_hint import PolicyAdvisor
 from auditor.learn.suggest import suggestions
 from auditor.matrix import Matrix
 from auditor.model import LostEvents, NodeStatus
+from auditor.sinks.label_history import LabelHistory
 
 MAX_EXAMPLES: Final = 3
 MAX_INVALID_SAMPLES: Final = 10
