@@ -67,9 +67,10 @@ def run_stage(stage: str, path: Path, chunk_bytes: int) -> None:
 
     matrix = load_matrix(MATRIX)
     if stage == "floor":
-        with FlowFile(str(path)) as f:
-            for _, line in f:
-                LINE_DECODER.decode(line)
+        with FlowFile(str(path)) as f:  # read as replay reads (bench/run.py's floor)
+            for block in f.blocks():
+                for line in block:
+                    LINE_DECODER.decode(line)
     elif stage == "replay":
         sink = ReportSink(matrix)
         with FlowFile(str(path)) as f:
