@@ -19,22 +19,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Sequence
-from typing import Final, Protocol
+from typing import Protocol
 
 from mypy_extensions import mypyc_attr
 
 from auditor.classify import IGNORED, INVALID, Auditor, Judgement, Unproven
-from auditor.decode import DecodeError, decode_line
+from auditor.decode import decode_block
 from auditor.matrix import Matrix
 from auditor.model import Flow, LostEvents, NodeStatus, Record
-
-_BRACE: Final = 0x7B
-
-
-def blank(line: bytes) -> bool:
-    """Whether a line of a flow file holds nothing but whitespace (skipped, not invalid). A line that starts
-    with ``{``, nearly every one, is told apart before the copy ``strip()`` makes."""
-    return not line or (line[0] != _BRACE and not line.strip())
 
 
 class Sink(Protocol):
@@ -141,16 +133,22 @@ class Pipeline:
 
     def feed_blocks(self, name: str, blocks: Iterable[list[bytes]]) -> None:
         """Decode and feed the lines of one input given in blocks (``FlowFile.blocks``: every line, blank
-        ones included, numbered from 1 across blocks); blank lines are skipped."""
-        number = 0  # compiled: decode_line and self.feed called by name are native calls
+        ones included, numbered from 1 across blocks); blank lines are skipped. Each block is decoded
+        whole (:func:`~auditor.decode.decode_block`) before its records are fed, in line order with its
+        undecodable lines."""
+        number = 0  # compiled: decode_block and self.feed called by name are native calls
+        records: list[Record] = []
+        errors: list[tuple[int, int, str]] = []
         for block in blocks:
-            for line in block:
-                number += 1
-                if blank(line):
-                    continue
-                try:
-                    record = decode_line(line)
-                except DecodeError as e:
-                    self.invalid(f"{name}:{number}", str(e))
-                    continue
-                self.feed(record)
+            decode_block(block, 0, len(block), number + 1, records, errors)
+            number += len(block)
+            e = 0  # the next undecodable line to report: before the record at its position
+            for k in range(len(records)):
+                while e < len(errors) and errors[e][0] == k:
+                    self.invalid(f"{name}:{errors[e][1]}", errors[e][2])
+                    e += 1
+                self.feed(records[k])
+            for k in range(e, len(errors)):
+                self.invalid(f"{name}:{errors[k][1]}", errors[k][2])
+            errors.clear()
+            records.clear()

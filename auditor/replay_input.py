@@ -1,8 +1,9 @@
 """Replay input: feeding recorded files into the pipeline, and what the input itself says about them.
 
 Stage: source → decode → pipeline, for ``replay`` (the live source has its own loop). Input: the lines of
-one file at a time, in blocks (``FlowFile.blocks`` in ``auditor.sources.files``: this compiled loop numbers
-them and skips the blank ones, so no Python iterator runs per line). Output: the records fed to the
+one file at a time, in blocks (``FlowFile.blocks`` in ``auditor.sources.files``), each decoded whole by
+:func:`auditor.decode.decode_block` (which numbers the lines and skips the blank ones) and judged whole
+before its results go to the sinks (see :func:`feed_file`). Output: the records fed to the
 :class:`Pipeline`, plus an :class:`InputSummary` per file and an :class:`UnjudgeableCheck` over all files,
 from which the CLI tells the user two things the report's numbers alone do not:
 
@@ -18,8 +19,8 @@ from which the CLI tells the user two things the report's numbers alone do not:
   ``event_type`` (every datapath event has one) or both ``traffic_direction`` and
   ``trace_observation_point`` (a trace event has a point, a policy verdict a direction).
 
-The per-line cost over ``Pipeline.feed_blocks`` is one type test per record and, for flows, a test of two
-ints; the judge runs a second time only for events that lack those fields.
+The per-line cost of the check is a test of two ints for each flow; the judge runs a second time only for
+events that lack those fields.
 
 Error policy: undecodable lines are counted as ``invalid`` (with ``file:line``) and skipped, as in
 ``Pipeline.feed_blocks``; nothing here raises on input.
@@ -32,10 +33,11 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from auditor import judge
-from auditor.decode import DecodeError, decode_line
+from auditor.classify import Judgement
+from auditor.decode import decode_block
 from auditor.matrix import Matrix
-from auditor.model import Flow, FlowType, OtherRecord, Verdict
-from auditor.pipeline import Pipeline, blank
+from auditor.model import Flow, FlowType, OtherRecord, Record, Verdict
+from auditor.pipeline import Pipeline, Sink
 
 RECORD_HINT: Final = "record flows with `hubble observe -o jsonpb`"
 UNKNOWN_KIND: Final = "unknown"  # the OtherRecord kind of a JSON object that is no Hubble event
@@ -98,45 +100,68 @@ def feed_file(
     pipeline: Pipeline, name: str, blocks: Iterable[list[bytes]], unjudgeable: UnjudgeableCheck
 ) -> InputSummary:
     """Decode and feed the lines of one input, given in blocks (``FlowFile.blocks``): every line, blank ones
-    included, numbered from 1 across blocks; ``name`` is used in invalid reports."""
+    included, numbered from 1 across blocks; ``name`` is used in invalid reports.
+
+    A block goes through in passes, each over all its lines, so that each pass's code stays in the core's
+    instruction cache from one line to the next: decoding (:func:`~auditor.decode.decode_block`: parse,
+    then records), judging the flows, and handing the results over to the sinks. Sinks never feed back
+    into the auditor, so the sinks receive the very calls, in the very order, of a line-by-line loop:
+    the results gathered so far are handed over before a connection that expired unproven
+    (:meth:`Pipeline.emit_unproven`), an undecodable line and a record that is not a flow."""
     summary = InputSummary(name)
     # Flows, the common line, skip Pipeline.feed's dispatch: the same calls, made here. Compiled functions
     # and methods are called by name: a local alias would be a generic call that parses its arguments.
     auditor = pipeline.auditor
     sinks, pending = pipeline.sinks, auditor.pending
     number = count = events = 0
+    records: list[Record] = []
+    errors: list[tuple[int, int, str]] = []
+    results: list[Judgement | str] = []
     for block in blocks:
-        for line in block:
-            number += 1
-            if blank(line):
-                continue
-            count += 1
-            try:
-                record = decode_line(line)
-            except DecodeError as e:
-                pipeline.invalid(f"{name}:{number}", str(e))
-                if summary.first_error is None:
-                    summary.first_error = (number, str(e))
-                continue
+        count += decode_block(block, 0, len(block), number + 1, records, errors)
+        number += len(block)
+        if errors and summary.first_error is None:
+            summary.first_error = (errors[0][1], errors[0][2])
+        e = 0  # the next undecodable line to report: before the record at its position
+        for k in range(len(records)):
+            if e < len(errors) and errors[e][0] == k:
+                hand_over(sinks, results)
+                while e < len(errors) and errors[e][0] == k:
+                    pipeline.invalid(f"{name}:{errors[e][1]}", errors[e][2])
+                    e += 1
+            record = records[k]
             if type(record) is Flow:
                 events += 1
                 if not record.event_type or not (record.traffic_direction or record.observation_point):
                     unjudgeable.check(record)
-                result = auditor.process(record)
-                if type(result) is str:
-                    for sink in sinks:
-                        sink.on_outcome(result)
-                else:
-                    for sink in sinks:
-                        sink.on_judgement(result)  # type: ignore[arg-type]  # a Judgement
+                results.append(auditor.process(record))
                 if pending is not None and pending.expired:
+                    hand_over(sinks, results)
                     pipeline.emit_unproven()
                 continue
             if type(record) is not OtherRecord or record.kind != UNKNOWN_KIND:
                 events += 1
+            hand_over(sinks, results)
             pipeline.feed(record)
+        hand_over(sinks, results)
+        for k in range(e, len(errors)):
+            pipeline.invalid(f"{name}:{errors[k][1]}", errors[k][2])
+        errors.clear()
+        records.clear()
     summary.lines, summary.events = count, events
     return summary
+
+
+def hand_over(sinks: tuple[Sink, ...], results: list[Judgement | str]) -> None:
+    """The sinks' calls for ``results`` (outcome names and judgements, in order), which it empties."""
+    for result in results:
+        if type(result) is str:
+            for sink in sinks:
+                sink.on_outcome(result)
+        else:
+            for sink in sinks:
+                sink.on_judgement(result)  # type: ignore[arg-type]  # a Judgement
+    results.clear()
 
 
 def no_events_reason(summary: InputSummary) -> str | None:

@@ -403,6 +403,27 @@ MUTANTS: list[tuple[str, str, str, str, list[str]]] = [
         ["tests/test_policy_hint.py::test_the_label_history_keeps_the_first_label_sets_of_a_component"],
     ),
     (
+        "decode_block: a second-pass error reported after later first-pass ones",
+        "auditor/decode.py",
+        "        if late:\n            failed.sort()",
+        "        if False:\n            failed.sort()",
+        ["tests/test_decode_json.py::test_a_block_decodes_as_its_lines_do_errors_in_line_order"],
+    ),
+    (
+        "replay in blocks: results handed over after an expired connection's unproven call",
+        "auditor/replay_input.py",
+        "                if pending is not None and pending.expired:\n                    hand_over(sinks, results)\n",
+        "                if pending is not None and pending.expired:\n",
+        ["tests/test_replay_input.py::test_sinks_see_a_file_in_blocks_as_they_see_it_line_by_line"],
+    ),
+    (
+        "replay in blocks: results handed over after an undecodable line's report",
+        "auditor/replay_input.py",
+        "            if e < len(errors) and errors[e][0] == k:\n                hand_over(sinks, results)\n",
+        "            if e < len(errors) and errors[e][0] == k:\n",
+        ["tests/test_replay_input.py::test_sinks_see_a_file_in_blocks_as_they_see_it_line_by_line"],
+    ),
+    (
         "decode: an enum's commonest name given another name's number",
         "auditor/decode.py",
         "_EGRESS_NUMBER: Final = DIRECTIONS[_EGRESS]",

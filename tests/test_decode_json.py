@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from auditor.decode import DecodeError, decode_line, parse_time
+from auditor.decode import DecodeError, decode_block, decode_line, parse_time
 from auditor.model import (
     DIRECTION_NAMES,
     FLOW_TYPE_NAMES,
@@ -27,11 +27,13 @@ from auditor.model import (
     NodeStatus,
     ObservationPoint,
     OtherRecord,
+    Record,
     Verdict,
     Workload,
 )
 
 SAMPLES = Path(__file__).parent / "data" / "hubble-samples"
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "airflow"
 
 FLOW = {
     "time": "2026-11-23T09:00:01.123456789Z",
@@ -254,6 +256,40 @@ def test_lost_events_and_node_status_are_records_not_flows() -> None:
 def test_undecodable_lines_raise_decode_error(line: bytes) -> None:
     with pytest.raises(DecodeError):
         decode_line(line)
+
+
+def test_a_block_decodes_as_its_lines_do_errors_in_line_order() -> None:
+    """``decode_block`` parses every line, then turns every parsed line into its record: a line the second
+    pass refuses (a time past 9999 in UTC) is still reported before a later line the first pass refused
+    (broken JSON), each with the index of the record it comes before, and every line gets what
+    ``decode_line`` gives it."""
+    flows = (EXAMPLE / "flows.jsonl").read_bytes().splitlines(keepends=True)[:3]
+    lines = [
+        b"\n",
+        flows[0],
+        b'{"flow": {"time": "9999-12-31T23:59:59-23:00"}}\n',  # refused by the second pass (year 10000)
+        b'{"flow": {"verdict": \n',  # refused by the first pass
+        b"   \n",
+        flows[1],
+        b'{"lost_events": {"num_events_lost": "many"}}\n',  # the second pass again
+        flows[2],
+    ]
+    expected: list[object] = []
+    expected_errors: list[tuple[int, str]] = []
+    for number, line in enumerate(lines[1:], 11):  # decode from the second line, numbered from 11
+        if line.strip():
+            try:
+                expected.append(decode_line(line))
+            except DecodeError as e:
+                expected_errors.append((number, str(e)))
+    before = OtherRecord("unknown")  # a record of an earlier block, still in the list
+    records: list[Record] = [before]
+    errors: list[tuple[int, int, str]] = []
+    assert decode_block(lines, 1, len(lines), 11, records, errors) == 6  # lines not blank
+    assert [(n, reason) for _, n, reason in errors] == expected_errors
+    assert [(position, n) for position, n, _ in errors] == [(2, 12), (2, 13), (3, 16)]  # before records 2, 3
+    assert records == [before, *expected]
+    assert len(expected) == 3 and all(isinstance(r, Flow) for r in expected)
 
 
 SAMPLE_FILES = sorted(p for p in SAMPLES.glob("**/*.json*") if p.is_file())

@@ -17,11 +17,15 @@ from typing import Any
 
 import pytest
 
-from auditor.classify import Auditor
+from auditor.classify import Auditor, Judgement, Unproven
+from auditor.decode import DecodeError, decode_line
 from auditor.matrix import load_matrix, parse_matrix
-from auditor.pipeline import Pipeline
+from auditor.model import LostEvents
+from auditor.pipeline import Pipeline, QuietSink
 from auditor.replay_input import UnjudgeableCheck, feed_file, no_events_reason
+from auditor.scenario import synthetic_events
 from auditor.sinks.report import ReportSink
+from auditor.sources.files import FlowFile
 
 ROOT = Path(__file__).resolve().parent.parent
 FLOWS = ROOT / "examples" / "airflow" / "flows.jsonl"
@@ -149,3 +153,72 @@ def test_no_events_reason_names_the_file_and_the_first_error() -> None:
         reason == "f: none of its 3 lines is a Hubble event (line 2: bad); "
         "record flows with `hubble observe -o jsonpb`"
     )
+
+
+class Recorder(QuietSink):
+    """Every call a sink receives, in order (judgements by their flow's time and edge)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[object, ...]] = []
+
+    def on_outcome(self, outcome: str) -> None:
+        self.calls.append(("outcome", outcome))
+
+    def on_judgement(self, judgement: Judgement) -> None:
+        self.calls.append(("judgement", judgement.flow.time, judgement.edge, judgement.new_connection))
+
+    def on_unproven(self, connection: Unproven) -> None:
+        self.calls.append(("unproven", connection.key, connection.flow.time))
+
+    def on_lost(self, record: LostEvents) -> None:
+        self.calls.append(("lost", record.num_events))
+
+    def on_invalid(self, where: str, reason: str) -> None:
+        self.calls.append(("invalid", where, reason))
+
+
+def proof_cut(flow: dict[str, Any]) -> bool:
+    """Whether a generated event is cut, to leave its connection unproven: every event but the egress-side
+    one of a connection whose client port is a multiple of 4 (its delivery, policy verdict and replies)."""
+    ports = next(iter((flow.get("l4") or {"-": {}}).values()))
+    client = ports.get("destination_port", 0) if flow.get("is_reply") else ports.get("source_port", 0)
+    egress_side = flow.get("traffic_direction") == "EGRESS" and not flow.get("is_reply")
+    return client % 4 == 0 and not (egress_side and flow.get("trace_observation_point") != "TO_ENDPOINT")
+
+
+def test_sinks_see_a_file_in_blocks_as_they_see_it_line_by_line(tmp_path: Path) -> None:
+    """``feed_file`` decodes a block whole, judges its flows, then hands the results over: the sinks must
+    receive the very calls, in the very order, of feeding the same lines one by one through ``Pipeline.feed``
+    (the truth here). Small blocks put undecodable lines, lost events and connections that expire unproven
+    (generated traffic whose proofs are cut for one connection in four, a 1 ms window) inside and across
+    blocks."""
+    lines = [json.dumps(e) for e in synthetic_events(3000, distinct_pods=50) if not proof_cut(e["flow"])]
+    for at, extra in ((7, '{"flow": '), (40, '{"lost_events": {"num_events_lost": 3}}'), (41, "")):
+        lines.insert(at, extra)
+    lines.insert(90, '{"flow": {"time": "9999-12-31T23:59:59-23:00"}}')
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    matrix = load_matrix(MATRIX)
+
+    expected = Recorder()
+    pipeline = Pipeline(Auditor(matrix, 0.001), [expected])
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = decode_line(line)
+        except DecodeError as e:
+            pipeline.invalid(f"{path}:{number}", str(e))
+            continue
+        pipeline.feed(record)
+
+    got = Recorder()
+    with FlowFile(str(path)) as f:
+        blocks = f.blocks(16384)
+        summary = feed_file(
+            Pipeline(Auditor(matrix, 0.001), [got]), str(path), blocks, UnjudgeableCheck(matrix)
+        )
+    kinds = [c[0] for c in expected.calls]
+    assert kinds.count("unproven") > 20 and kinds.count("invalid") == 2 and kinds.count("lost") == 1
+    assert got.calls == expected.calls
+    assert summary.first_error is not None and summary.first_error[0] == 8
