@@ -79,7 +79,9 @@ class OrderedPool(Generic[T, R]):
         self._workers: list[tuple[BaseProcess, Connection]] = []
         self._idle = True  # no task is out: close() may let the workers end on their own
         # The parent's objects out of the workers' collections (as CPython advises before a fork): their
-        # pages stay shared instead of being copied when a worker's collector walks them.
+        # pages stay shared instead of being copied when a worker's collector walks them. A caller that
+        # froze them already (a batch run: commands.common.batch_collector) keeps them frozen.
+        frozen_before = gc.get_freeze_count() > 0
         gc.freeze()
         try:
             for _ in range(jobs):
@@ -92,7 +94,8 @@ class OrderedPool(Generic[T, R]):
             self.close()
             raise
         finally:
-            gc.unfreeze()
+            if not frozen_before:
+                gc.unfreeze()
 
     def map(self, tasks: Iterable[T], ahead: int) -> Iterator[R]:
         """The results of ``tasks``, in their order; at most ``ahead`` tasks are sent beyond the oldest

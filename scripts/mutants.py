@@ -424,6 +424,13 @@ MUTANTS: list[tuple[str, str, str, str, list[str]]] = [
         ["tests/test_replay_input.py::test_sinks_see_a_file_in_blocks_as_they_see_it_line_by_line"],
     ),
     (
+        "replay: the worker pool unfreezes what a batch run froze",
+        "auditor/workers.py",
+        "            if not frozen_before:\n                gc.unfreeze()",
+        "            gc.unfreeze()",
+        ["tests/test_workers.py::test_the_pool_leaves_the_collector_as_it_found_it"],
+    ),
+    (
         "decode: an enum's commonest name given another name's number",
         "auditor/decode.py",
         "_EGRESS_NUMBER: Final = DIRECTIONS[_EGRESS]",

@@ -338,3 +338,27 @@ def test_edges_past_the_cap_are_aggregated_with_exact_totals() -> None:
     assert capped["edge_limit"]["aggregated_connections"] > 0
     proc = run_cli("replay", str(path), "--matrix", str(MATRIX), "--max-edges", "5", "--fail-on", "none")
     assert "aggregated into 'other'" in proc.stdout
+
+
+def test_replay_judges_under_the_batch_collector(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """``replay`` runs its inputs with the setup frozen and the young generation collected rarely
+    (``batch_collector``), and leaves the collector as it found it."""
+    import gc
+
+    import auditor.commands.replay as command
+    from auditor.commands.common import BATCH_YOUNG_COLLECTION
+
+    seen: list[tuple[int, int]] = []
+    feed = command.feed_file
+
+    def watched(*args: Any) -> Any:
+        seen.append((gc.get_threshold()[0], gc.get_freeze_count()))
+        return feed(*args)
+
+    monkeypatch.setattr(command, "feed_file", watched)
+    before = gc.get_threshold()
+    out = tmp_path / "report.json"
+    code = main(["replay", str(FLOWS), "--matrix", str(MATRIX), "--format", "json", "--output", str(out)])
+    assert code in (0, 1) and json.loads(out.read_text())["flows"]["received"] > 0
+    assert len(seen) == 1 and seen[0][0] == BATCH_YOUNG_COLLECTION and seen[0][1] > 0
+    assert gc.get_threshold() == before and gc.get_freeze_count() == 0

@@ -6,6 +6,8 @@ how long a task takes is chosen by the test, so that results come back out of or
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import signal
 import threading
@@ -14,6 +16,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from auditor.commands.common import BATCH_YOUNG_COLLECTION, batch_collector
 from auditor.workers import OrderedPool, WorkerDied
 
 _setup: list[str] = []
@@ -159,3 +162,25 @@ def test_a_worker_killed_by_a_signal_is_named_so() -> None:
             bounded(lambda: list(pool.map(range(4), ahead=4)))
     finally:
         pool.close()
+
+
+def young_threshold(task: int) -> tuple[int, int]:
+    return gc.get_threshold()[0], gc.get_freeze_count()
+
+
+@pytest.mark.parametrize("batch", [False, True], ids=["plain", "in a batch run"])
+def test_the_pool_leaves_the_collector_as_it_found_it(batch: bool) -> None:
+    """The pool freezes the parent's objects for the fork and unfreezes them after, unless a batch run
+    (``batch_collector``) had frozen them already: then they stay frozen, and its workers inherit its
+    thresholds."""
+    gc.collect()
+    with batch_collector() if batch else contextlib.nullcontext():
+        pool: OrderedPool[int, tuple[int, int]] = OrderedPool(2, young_threshold, init, ("x",))
+        try:
+            inside = gc.get_freeze_count()
+            (young, frozen_in_worker), _ = pool.map([0, 1], ahead=2)
+        finally:
+            pool.close()
+        assert (inside > 0) is batch
+        assert frozen_in_worker > 0 and young == (BATCH_YOUNG_COLLECTION if batch else 700)
+    assert gc.get_freeze_count() == 0 and gc.get_threshold()[0] == 700

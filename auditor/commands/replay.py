@@ -28,6 +28,7 @@ from auditor.commands.common import (
     UsageError,
     add_dedup_window_option,
     add_matrix_option,
+    batch_collector,
     check_output,
     env_default,
     read_matrix,
@@ -114,6 +115,33 @@ def cmd_replay(args: argparse.Namespace) -> int:
     sink = ReportSink(matrix, max_edges=args.max_edges, inputs=inputs)
     pipeline = Pipeline(Auditor(matrix, args.dedup_window), [sink])
     unjudgeable = UnjudgeableCheck(matrix)
+    with batch_collector():
+        _feed_inputs(args, matrix, pipeline, sink, unjudgeable)
+        pipeline.finish()
+        report = sink.report()
+    problem = no_scope_reason(report["flows"], matrix, args.matrix)
+    if problem:
+        raise UsageError(problem)
+    color = args.output is None and sys.stdout.isatty()
+    # The terminal's width ($COLUMNS, else the terminal itself); 160 columns when there is none.
+    width = shutil.get_terminal_size((160, 24)).columns
+    text = render(report, args.format, color=color, width=max(width, 40))
+    if args.output:
+        write_output(args.output, text)
+    else:
+        sys.stdout.write(text)
+    warn(unjudgeable.warning())
+    return exit_code(report["classes"], fail_on)
+
+
+def _feed_inputs(
+    args: argparse.Namespace,
+    matrix: Matrix,
+    pipeline: Pipeline,
+    sink: ReportSink,
+    unjudgeable: UnjudgeableCheck,
+) -> None:
+    """Judge every input file in turn: split among ``--jobs`` workers, or read by this process."""
     show_progress = not args.no_progress and sys.stderr.isatty()
     parallel: ParallelReplay | None = None
     try:
@@ -140,21 +168,6 @@ def cmd_replay(args: argparse.Namespace) -> int:
     finally:
         if parallel is not None:
             parallel.close()
-    pipeline.finish()
-    report = sink.report()
-    problem = no_scope_reason(report["flows"], matrix, args.matrix)
-    if problem:
-        raise UsageError(problem)
-    color = args.output is None and sys.stdout.isatty()
-    # The terminal's width ($COLUMNS, else the terminal itself); 160 columns when there is none.
-    width = shutil.get_terminal_size((160, 24)).columns
-    text = render(report, args.format, color=color, width=max(width, 40))
-    if args.output:
-        write_output(args.output, text)
-    else:
-        sys.stdout.write(text)
-    warn(unjudgeable.warning())
-    return exit_code(report["classes"], fail_on)
 
 
 def no_scope_reason(flows: dict[str, int], matrix: Matrix, matrix_file: str) -> str | None:
