@@ -1,7 +1,9 @@
 """Decoding recorded Hubble JSON lines into the flow model (DESIGN §3).
 
-Stage: decode (JSON edge; the protobuf edge is ``auditor.decode_pb``). Input: one line of bytes. Output:
-one :data:`auditor.model.Record` — a :class:`~auditor.model.Flow`, :class:`~auditor.model.LostEvents`,
+Stage: decode (JSON edge; the protobuf edge is ``auditor.decode_pb``). Input: one line of bytes
+(:func:`decode_line`), or a block of lines (:func:`decode_block`: the same result per line, in two passes
+over the block, for replay, its ``--jobs`` workers and ``matrix learn``). Output: one
+:data:`auditor.model.Record` per line — a :class:`~auditor.model.Flow`, :class:`~auditor.model.LostEvents`,
 :class:`~auditor.model.NodeStatus`, or :class:`~auditor.model.OtherRecord`.
 
 Accepted forms, all in one pass: ``hubble observe -o jsonpb``/``-o json`` and Hubble exporter lines
