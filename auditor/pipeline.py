@@ -142,13 +142,19 @@ class Pipeline:
         for block in blocks:
             decode_block(block, 0, len(block), number + 1, records, errors)
             number += len(block)
-            e = 0  # the next undecodable line to report: before the record at its position
+            e = 0  # the next undecodable line to report
             for k in range(len(records)):
-                while e < len(errors) and errors[e][0] == k:
-                    self.invalid(f"{name}:{errors[e][1]}", errors[e][2])
-                    e += 1
+                e = self.invalid_before(name, errors, e, k)
                 self.feed(records[k])
-            for k in range(e, len(errors)):
-                self.invalid(f"{name}:{errors[k][1]}", errors[k][2])
+            self.invalid_before(name, errors, e, len(records))
             errors.clear()
             records.clear()
+
+    def invalid_before(self, name: str, errors: list[tuple[int, int, str]], e: int, position: int) -> int:
+        """Report the undecodable lines of ``errors`` (``(position, number, reason)``, from
+        :func:`~auditor.decode.decode_block`), from the ``e``-th on, that stand before the record at
+        ``position``; returns the index of the first one left."""
+        while e < len(errors) and errors[e][0] <= position:
+            self.invalid(f"{name}:{errors[e][1]}", errors[e][2])
+            e += 1
+        return e

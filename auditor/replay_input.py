@@ -122,13 +122,11 @@ def feed_file(
         number += len(block)
         if errors and summary.first_error is None:
             summary.first_error = (errors[0][1], errors[0][2])
-        e = 0  # the next undecodable line to report: before the record at its position
+        e = 0  # the next undecodable line to report
         for k in range(len(records)):
             if e < len(errors) and errors[e][0] == k:
                 hand_over(sinks, results)
-                while e < len(errors) and errors[e][0] == k:
-                    pipeline.invalid(f"{name}:{errors[e][1]}", errors[e][2])
-                    e += 1
+                e = pipeline.invalid_before(name, errors, e, k)
             record = records[k]
             if type(record) is Flow:
                 events += 1
@@ -144,8 +142,7 @@ def feed_file(
             hand_over(sinks, results)
             pipeline.feed(record)
         hand_over(sinks, results)
-        for k in range(e, len(errors)):
-            pipeline.invalid(f"{name}:{errors[k][1]}", errors[k][2])
+        pipeline.invalid_before(name, errors, e, len(records))
         errors.clear()
         records.clear()
     summary.lines, summary.events = count, events

@@ -180,8 +180,7 @@ def _judge_lines(
                     auditor.resolved,
                 )
         records.clear()
-    number = len(lines)
-    return chunk.result(number, nonblank, events)
+    return chunk.result(len(lines), nonblank, events)
 
 
 # -- merge side -------------------------------------------------------------------------------------
