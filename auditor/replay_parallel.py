@@ -35,8 +35,8 @@ from __future__ import annotations
 import itertools
 import os
 import stat
-from collections.abc import Callable
-from typing import Final, cast
+from collections.abc import Callable, Iterable, Iterator
+from typing import BinaryIO, Final, cast
 
 from auditor.classify import (
     PROVISIONAL,
@@ -66,11 +66,10 @@ from auditor.sinks.report import (
     ReportSink,
     add_example,
 )
-from auditor.sources.files import SourceError, split_lines
+from auditor.sources.files import BLOCK_BYTES, SourceError, split_lines
 from auditor.workers import OrderedPool
 
 DEFAULT_CHUNK_BYTES: Final = 4 * 1024 * 1024
-BATCH_LINES: Final = 64  # lines a worker decodes before it judges them: about a 128 KiB block of 2 KB lines
 
 
 def default_jobs() -> int:
@@ -129,16 +128,40 @@ def judge_chunk(task: tuple[str, int, int]) -> ChunkResult:
     assert _worker is not None
     name, start, end = task
     try:
-        with open(name, "rb") as f:
-            f.seek(start)
-            data = f.read(end - start)
+        f = open(name, "rb")  # noqa: SIM115 - closed below, after the blocks are read
     except OSError as e:
         raise SourceError(f"{name}: cannot read: {e.strerror or e}") from None
-    return _judge_lines(split_lines(data), *_worker)
+    with f:
+        return _judge_lines(_blocks(f, name, start, end), *_worker)
+
+
+def _blocks(f: BinaryIO, name: str, start: int, end: int) -> Iterator[list[bytes]]:
+    """The lines of ``f`` in ``[start, end)`` (both at line boundaries) as ``FlowFile.blocks`` gives a
+    file's: read a block at a time, so that each block's lines are decoded while the core's cache still
+    holds them (reading the whole chunk at once and splitting it was 5 % slower with ``--jobs 2``)."""
+    left = end - start
+    rest: list[bytes] = []  # the start of a line that goes on in the next read
+    try:
+        f.seek(start)
+        while left > 0 and (data := f.read(min(BLOCK_BYTES, left))):
+            left -= len(data)
+            lines = split_lines(data)
+            if rest:
+                lines[0] = b"".join((*rest, lines[0]))
+                rest.clear()
+            if not lines[-1].endswith(b"\n"):
+                rest.append(lines.pop())
+                if not lines:
+                    continue
+            yield lines
+    except OSError as e:
+        raise SourceError(f"{name}: cannot read: {e.strerror or e}") from None
+    if rest:  # the range ends without a newline: the end of the file (or it shrank since it was cut)
+        yield [b"".join(rest)]
 
 
 def _judge_lines(
-    lines: list[bytes],
+    blocks: Iterable[list[bytes]],
     auditor: Auditor,
     dedup: DedupRecorder,
     pending: PendingRecorder,
@@ -147,14 +170,13 @@ def _judge_lines(
 ) -> ChunkResult:
     chunk = Chunk(UnjudgeableCheck(matrix), max_edges)
     outcomes, unjudgeable = chunk.outcomes, chunk.unjudgeable
-    nonblank = events = 0
+    nonblank = events = number = 0
     records: list[Record] = []
     errors: list[tuple[int, int, str]] = []
-    # In batches of lines, decoded whole before they are judged (as replay_input.feed_file does a block).
-    for start in range(0, len(lines), BATCH_LINES):
-        nonblank += decode_block(
-            lines, start, min(start + BATCH_LINES, len(lines)), start + 1, records, errors
-        )
+    # A block at a time, decoded whole before it is judged (as replay_input.feed_file does).
+    for lines in blocks:
+        nonblank += decode_block(lines, 0, len(lines), number + 1, records, errors)
+        number += len(lines)
         for _, at, reason in errors:  # the chunk keeps them apart from its results: in line order
             chunk.invalid(at, reason)
         errors.clear()
@@ -180,7 +202,7 @@ def _judge_lines(
                     auditor.resolved,
                 )
         records.clear()
-    return chunk.result(len(lines), nonblank, events)
+    return chunk.result(number, nonblank, events)
 
 
 # -- merge side -------------------------------------------------------------------------------------

@@ -396,6 +396,13 @@ MUTANTS: list[tuple[str, str, str, str, list[str]]] = [
         ["tests/test_replay_parallel.py::test_label_history_tells_a_reused_identity_apart_within_a_chunk"],
     ),
     (
+        "--jobs: a line across a worker's reads loses its start",
+        "auditor/replay_parallel.py",
+        '                lines[0] = b"".join((*rest, lines[0]))',
+        "                lines[0] = lines[0]",
+        ["tests/test_replay_parallel.py::test_a_worker_reads_its_chunk_in_blocks_with_the_lines_of_the_range"],
+    ),
+    (
         "label history: one more label set per component than it keeps",
         "auditor/sinks/label_history.py",
         "        elif len(seen) < self.per_key and labels not in seen:",

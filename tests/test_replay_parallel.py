@@ -19,8 +19,9 @@ import pytest
 from auditor.cli import main
 from auditor.decode import decode_line
 from auditor.model import Flow
-from auditor.replay_parallel import chunks, splittable
+from auditor.replay_parallel import _blocks, chunks, splittable
 from auditor.scenario import synthetic_events
+from auditor.sources.files import BLOCK_BYTES
 
 ROOT = Path(__file__).resolve().parent.parent
 MATRIX = ROOT / "examples" / "airflow" / "matrix.yaml"
@@ -117,6 +118,8 @@ def test_a_large_generated_file_gives_the_same_bytes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], generated: Path, extra: tuple[str, ...]
 ) -> None:
     report = assert_identical(tmp_path, capsys, [generated], 9_000, *extra)
+    if not extra:  # chunks of many of a worker's reads, lines across them
+        assert assert_identical(tmp_path, capsys, [generated], generated.stat().st_size // 3) == report
     parsed = json.loads(report)
     assert parsed["flows"]["received"] == 4000
     if "--max-edges" in extra:
@@ -192,6 +195,21 @@ def test_chunks_start_at_line_boundaries_and_cover_the_file(tmp_path: Path, chun
     assert all(a[1] == b[0] for a, b in itertools.pairwise(ranges))
     assert all(data[s - 1 : s] == b"\n" for s, _ in ranges[1:])
     assert b"".join(data[s:e] for s, e in ranges) == data
+
+
+@pytest.mark.parametrize("chunk", [1, 70_000, 300_000, 1 << 20])
+def test_a_worker_reads_its_chunk_in_blocks_with_the_lines_of_the_range(tmp_path: Path, chunk: int) -> None:
+    """Lines cross the worker's 128 KiB reads, one is longer than two reads, the last has no newline."""
+    path = tmp_path / "f.jsonl"
+    lines = [b"y" * (i * 7919 % 9000) + b"\n" for i in range(300)]
+    lines[150] = b"z" * (2 * BLOCK_BYTES + 5) + b"\n"
+    data = b"".join(lines) + b"the last line"
+    path.write_bytes(data)
+    for start, end in chunks(str(path), chunk):
+        with path.open("rb") as f:
+            blocks = list(_blocks(f, str(path), start, end))
+        assert [line for block in blocks for line in block] == data[start:end].splitlines(keepends=True)
+        assert all(blocks) and all(sum(map(len, b)) <= BLOCK_BYTES + len(b[0]) for b in blocks)  # a read's
 
 
 def test_one_node_captures_pending_connections_and_replies_in_later_chunks(
