@@ -9,6 +9,13 @@ and slot (edge, verdict, drop reason and example; or the unproven connection it 
 arrays, with each distinct slot, policy candidate and label set once — for the merge to replay in input
 order on the real tables.
 
+What the merge can no longer use is not gathered (:class:`Settled`): the example of an edge that has its
+three, the judgement of a dropped edge that has its sample, the suggestion samples of a violation edge that
+has its 32 distinct pairs, and the pods of a provisional connection whose key has its three examples. The
+merge notes each as it happens; the parent sends each worker what is new since its last task with the
+next one. Each is final once true (the report only ever adds to them), so what a worker learns late costs
+only the gathering it could have skipped, and never changes the report.
+
 Error policy: none needed; records arrive decoded and judged (the caller counts what does not decode).
 """
 
@@ -42,8 +49,30 @@ from auditor.sinks.report import MAX_INVALID_SAMPLES, MAX_SUGGESTION_SAMPLES
 PROVISIONAL_SLOT: Final = -1  # slot values below zero: a provisional event, its Unproven at -slot - 1
 
 Example = tuple[str, str, str]
+UnprovenKey = tuple[str, str, int | None, str]  # Unproven.key: the report's provisional entry
+
+SETTLED_EXAMPLES: Final = 0  # an edge (the report's, after folding) with all its examples
+SETTLED_DROPPED: Final = 1  # an expected_dropped edge with its policy sample
+SETTLED_SAMPLES: Final = 2  # an unexpected_allowed edge with all its suggestion samples
+SETTLED_UNPROVEN: Final = 3  # a provisional key with all its examples
 Delivered = tuple[str, str, tuple[str, ...], str, str, tuple[str, ...]]
 """Both ends of a delivered connection as the label history keeps them: component, namespace, labels."""
+
+
+class Settled:
+    """What the merge no longer uses, as far as this worker was told (see the module's docstring)."""
+
+    def __init__(self) -> None:
+        self.examples: set[Edge] = set()
+        self.dropped: set[Edge] = set()
+        self.samples: set[Edge] = set()
+        self.unproven: set[UnprovenKey] = set()
+
+    def learn(self, news: list[tuple[int, Any]]) -> None:
+        """Add what the merge noted since this worker's last task: ``(SETTLED_..., edge or key)`` pairs."""
+        kinds = (self.examples, self.dropped, self.samples, self.unproven)
+        for kind, item in news:
+            kinds[kind].add(item)
 
 
 class DedupRecorder(DedupTable):
@@ -85,8 +114,9 @@ class ChunkResult:
     # edges in first-appearance order: (edge, rule, flows, first, last, kept); not kept: folded in `other`
     edges: list[tuple[Edge, int, int, float, float, bool]] = field(default_factory=list)
     samples: dict[int, tuple[dict[tuple[object, ...], Judgement], bool]] = field(default_factory=dict)
-    slots: list[tuple[int, str, str, Example]] = field(default_factory=list)  # (edge, verdict, drop, ex.)
-    unproven: list[tuple[str, str, int | None, str, Example]] = field(default_factory=list)
+    # (edge, verdict, drop, example); no example for an edge with all its examples (Settled)
+    slots: list[tuple[int, str, str, Example | None]] = field(default_factory=list)
+    unproven: list[tuple[str, str, int | None, str, Example | None]] = field(default_factory=list)
     times: array[float] = field(default_factory=lambda: array("d"))
     conns: array[int] = field(default_factory=lambda: array("q"))
     keys: array[int] = field(default_factory=lambda: array("q"))
@@ -100,17 +130,17 @@ class Chunk:
     """What a worker gathers over one chunk: counts, edges in first-appearance order, and per event the
     keys and slots the merge replays (see :class:`ChunkResult`)."""
 
-    def __init__(self, unjudgeable: UnjudgeableCheck, max_edges: int) -> None:
+    def __init__(self, unjudgeable: UnjudgeableCheck, max_edges: int, settled: Settled) -> None:
         self.r = ChunkResult()
         self.unjudgeable = unjudgeable
         self.max_edges = max_edges
+        self.settled = settled
         self.outcomes = dict.fromkeys(OUTCOMES, 0)
         self.edge_index: dict[Edge, int] = {}
-        self.edge_rows: list[list[Any]] = []  # [edge, rule, flows, first, last, kept]
-        self.slot_index: dict[tuple[int, str, str, str, str, str, str, str, str, str], int] = {}
-        self.unproven_index: dict[
-            tuple[str, str, int | None, str, str, str, str, str, str, str, str], int
-        ] = {}
+        # [edge, rule, flows, first, last, kept, wants examples, wants samples, wants a dropped sample]
+        self.edge_rows: list[list[Any]] = []
+        self.slot_index: dict[tuple[object, ...], int] = {}  # 10 parts; 3 without the example
+        self.unproven_index: dict[tuple[object, ...], int] = {}  # 11 parts; 4 without the example
         self.samples: dict[int, tuple[dict[tuple[object, ...], Judgement], bool]] = {}
         self.policy_index: dict[tuple[object, ...], int] = {}  # expected_dropped judgements
         self.delivered_index: dict[tuple[int, Resolution, Resolution], int] = {}
@@ -142,19 +172,21 @@ class Chunk:
         assert pending.make is not None
         u = pending.make()
         src, dst = record.source, record.destination
-        ukey = (
-            u.source,
-            u.destination,
-            u.port,
-            u.protocol,
-            src.namespace,
-            src.pod_name,
-            record.source_ip,
-            dst.namespace,
-            dst.pod_name,
-            record.destination_ip,
-            record.node_name,
-        )
+        ukey: tuple[object, ...] = u.key
+        if ukey not in self.settled.unproven:
+            ukey = (
+                u.source,
+                u.destination,
+                u.port,
+                u.protocol,
+                src.namespace,
+                src.pod_name,
+                record.source_ip,
+                dst.namespace,
+                dst.pod_name,
+                record.destination_ip,
+                record.node_name,
+            )
         slot = self.unproven_index.get(ukey)
         if slot is None:
             slot = self.unproven_index[ukey] = len(self.unproven_index)
@@ -189,22 +221,25 @@ class Chunk:
         if t > row[4]:
             row[4] = t
         cls = edge.cls
-        if cls == UNEXPECTED_ALLOWED and row[5]:
+        if cls == UNEXPECTED_ALLOWED and row[5] and row[7]:
             _sample(self.samples, index, j)
-        # The example's parts, raw (pod strings are built once per distinct slot, at the end)
-        src, dst = (record.destination, record.source) if reply else (record.source, record.destination)
-        skey = (
-            index,
-            j.verdict,
-            record.drop_reason,
-            src.namespace,
-            src.pod_name,
-            record.destination_ip if reply else record.source_ip,
-            dst.namespace,
-            dst.pod_name,
-            record.source_ip if reply else record.destination_ip,
-            record.node_name,
-        )
+        skey: tuple[object, ...]
+        if row[6]:  # the example's parts, raw (pod strings are built once per distinct slot, at the end)
+            src, dst = (record.destination, record.source) if reply else (record.source, record.destination)
+            skey = (
+                index,
+                j.verdict,
+                record.drop_reason,
+                src.namespace,
+                src.pod_name,
+                record.destination_ip if reply else record.source_ip,
+                dst.namespace,
+                dst.pod_name,
+                record.source_ip if reply else record.destination_ip,
+                record.node_name,
+            )
+        else:
+            skey = (index, j.verdict, record.drop_reason)
         slot = self.slot_index.get(skey)
         if slot is None:
             slot = self.slot_index[skey] = len(self.slot_index)
@@ -215,7 +250,10 @@ class Chunk:
         if not row[5] or cls not in _POLICY_CLASSES:
             self.policy_slots.append(-1)
         elif cls == EXPECTED_DROPPED:
-            self.policy_slots.append(_dropped_slot(self.policy_index, self.r.policy, index, j))
+            wanted = row[8]
+            self.policy_slots.append(
+                _dropped_slot(self.policy_index, self.r.policy, index, j) if wanted else -1
+            )
         else:  # delivered: the label sets of both ends, what the label history reads
             self.policy_slots.append(self._delivered_slot(index, edge, source, destination))
 
@@ -240,16 +278,22 @@ class Chunk:
         rows, index_of = self.edge_rows, self.edge_index
         if len(rows) < self.max_edges:
             index = index_of[edge] = len(rows)
-            rows.append([edge, rule, 0, float("inf"), float("-inf"), True])
+            rows.append([edge, rule, 0, float("inf"), float("-inf"), True, *self._wants(edge)])
             return index
         # beyond the cap in this chunk: beyond it in the input too
         folded = edge.folded()
         found = index_of.get(folded)
         if found is None:
             found = index_of[folded] = len(rows)
-            rows.append([folded, 0, 0, float("inf"), float("-inf"), False])
+            rows.append([folded, 0, 0, float("inf"), float("-inf"), False, *self._wants(folded)])
         index_of[edge] = found  # bounded by the chunk's lines
         return found
+
+    def _wants(self, edge: Edge) -> tuple[bool, bool, bool]:
+        """Whether the merge may still use an example, a suggestion sample and a dropped sample of
+        ``edge`` (the report's edge: as the merge folds it, the row's edge is the one it counts in)."""
+        settled = self.settled
+        return edge not in settled.examples, edge not in settled.samples, edge not in settled.dropped
 
     def result(self, lines: int, nonblank: int, events: int) -> ChunkResult:
         r = self.r
@@ -257,15 +301,10 @@ class Chunk:
         r.times, r.conns, r.keys = array("d", self.times), array("q", self.conns), array("q", self.keys)
         r.kinds, r.policy_slots = array("q", self.kinds), array("q", self.policy_slots)
         r.unjudgeable_events, r.unjudgeable_missing = self.unjudgeable.events, self.unjudgeable.missing
-        r.edges = [(e, rule, n, first, last, kept) for e, rule, n, first, last, kept in self.edge_rows]
+        r.edges = [(row[0], row[1], row[2], row[3], row[4], row[5]) for row in self.edge_rows]
         r.samples = self.samples
-        r.slots = [
-            (k[0], k[1], k[2], (_pod(k[3], k[4], k[5]), _pod(k[6], k[7], k[8]), k[9]))
-            for k in self.slot_index
-        ]
-        r.unproven = [
-            (*k[:4], (_pod(k[4], k[5], k[6]), _pod(k[7], k[8], k[9]), k[10])) for k in self.unproven_index
-        ]
+        r.slots = [_slot(k) for k in self.slot_index]
+        r.unproven = [_unproven(k) for k in self.unproven_index]
         return r
 
 
@@ -294,6 +333,18 @@ def _dropped_slot(
         slot = index_of[key] = len(taken)
         taken.append(j)
     return slot
+
+
+def _slot(k: tuple[Any, ...]) -> tuple[int, str, str, Example | None]:
+    if len(k) == 3:
+        return (k[0], k[1], k[2], None)
+    return (k[0], k[1], k[2], (_pod(k[3], k[4], k[5]), _pod(k[6], k[7], k[8]), k[9]))
+
+
+def _unproven(k: tuple[Any, ...]) -> tuple[str, str, int | None, str, Example | None]:
+    if len(k) == 4:
+        return (k[0], k[1], k[2], k[3], None)
+    return (k[0], k[1], k[2], k[3], (_pod(k[4], k[5], k[6]), _pod(k[7], k[8], k[9]), k[10]))
 
 
 def _pod(namespace: str, name: str, ip: str) -> str:

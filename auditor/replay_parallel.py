@@ -19,6 +19,10 @@ report is byte-identical to the single-process one **by construction**:
 * Order-dependent parts with a cap are merged in chunk order: the first ``--max-edges`` distinct edges are
   kept (an edge's rank in its chunk is never above its rank in the input, so an edge a worker folded into
   ``other`` is folded in the input too), the first ten invalid samples, the first three distinct examples.
+* What the merge can no longer use, a worker does not gather (:class:`~auditor.replay_chunk.Settled`): the
+  merge notes each edge or provisional key whose examples or samples are complete as it completes them,
+  and each task carries what was noted since its worker's previous task. The report only adds to them, so
+  a worker that learns late gathers more, never something else.
 
 What a worker gathers over one chunk (the recorders, the per-event entries, the result) is
 :mod:`auditor.replay_chunk`; this module cuts files, runs the workers and merges.
@@ -36,7 +40,7 @@ import itertools
 import os
 import stat
 from collections.abc import Callable, Iterable, Iterator
-from typing import BinaryIO, Final, cast
+from typing import Any, BinaryIO, Final, cast
 
 from auditor.classify import (
     PROVISIONAL,
@@ -52,11 +56,17 @@ from auditor.model import EMPTY_ENDPOINT, Flow, Record
 from auditor.pipeline import Pipeline
 from auditor.replay_chunk import (
     PROVISIONAL_SLOT,
+    SETTLED_DROPPED,
+    SETTLED_EXAMPLES,
+    SETTLED_SAMPLES,
+    SETTLED_UNPROVEN,
     Chunk,
     ChunkResult,
     DedupRecorder,
     Example,
     PendingRecorder,
+    Settled,
+    UnprovenKey,
 )
 from auditor.replay_input import InputSummary, UnjudgeableCheck
 from auditor.sinks.report import (
@@ -111,7 +121,11 @@ def chunks(name: str, chunk_bytes: int) -> list[tuple[int, int]]:
 
 
 # -- worker side ------------------------------------------------------------------------------------
-_worker: tuple[Auditor, DedupRecorder, PendingRecorder, int, Matrix] | None = None
+Task = tuple[str, int, int, list[tuple[int, Any]]]
+"""A chunk to judge: file name, byte range, and what the merge noted as settled since the worker's last
+task (``(SETTLED_..., edge or key)`` pairs)."""
+
+_worker: tuple[Auditor, DedupRecorder, PendingRecorder, int, Matrix, Settled] | None = None
 
 
 def init_worker(matrix: Matrix, window: float, max_edges: int) -> None:
@@ -120,13 +134,14 @@ def init_worker(matrix: Matrix, window: float, max_edges: int) -> None:
     auditor = Auditor(matrix, window)
     dedup, pending = DedupRecorder(window), PendingRecorder(window)
     auditor.dedup, auditor.pending = dedup, pending
-    _worker = (auditor, dedup, pending, max_edges, matrix)
+    _worker = (auditor, dedup, pending, max_edges, matrix, Settled())
 
 
-def judge_chunk(task: tuple[str, int, int]) -> ChunkResult:
+def judge_chunk(task: Task) -> ChunkResult:
     """Decode and judge the lines of ``name`` in ``[start, end)`` (a worker's whole job)."""
     assert _worker is not None
-    name, start, end = task
+    name, start, end, news = task
+    _worker[5].learn(news)
     try:
         f = open(name, "rb")  # noqa: SIM115 - closed below, after the blocks are read
     except OSError as e:
@@ -167,8 +182,9 @@ def _judge_lines(
     pending: PendingRecorder,
     max_edges: int,
     matrix: Matrix,
+    settled: Settled,
 ) -> ChunkResult:
-    chunk = Chunk(UnjudgeableCheck(matrix), max_edges)
+    chunk = Chunk(UnjudgeableCheck(matrix), max_edges, settled)
     outcomes, unjudgeable = chunk.outcomes, chunk.unjudgeable
     nonblank = events = number = 0
     records: list[Record] = []
@@ -207,10 +223,15 @@ def _judge_lines(
 
 # -- merge side -------------------------------------------------------------------------------------
 class Merger:
-    """Applies chunk results, in input order, to the run's auditor (its dedup and pending tables) and sink."""
+    """Applies chunk results, in input order, to the run's auditor (its dedup and pending tables) and sink.
+
+    One per run: :attr:`settled` notes, in order, each edge and provisional key whose examples or samples
+    the merge completed (what the workers need not gather any more; see :class:`ParallelReplay`)."""
 
     def __init__(self, pipeline: Pipeline, sink: ReportSink, unjudgeable: UnjudgeableCheck) -> None:
         self.pipeline, self.sink, self.unjudgeable = pipeline, sink, unjudgeable
+        self.settled: list[tuple[int, Any]] = []
+        self._noted_unproven: set[UnprovenKey] = set()  # bounded as the report's provisional table
 
     def apply(self, name: str, base: int, r: ChunkResult, summary: InputSummary) -> None:
         sink, auditor = self.sink, self.pipeline.auditor
@@ -259,23 +280,24 @@ class Merger:
         for key, j in taken.items():
             if key not in samples:
                 if len(samples) >= MAX_SUGGESTION_SAMPLES:
-                    sink.samples_full.add(edge)
-                    return
+                    full = True
+                    break
                 samples[key] = j
-        if full:  # the chunk alone held more distinct pairs than are kept
+        if full:  # more distinct pairs than are kept: in the input so far, or in the chunk alone
             sink.samples_full.add(edge)
+            self.settled.append((SETTLED_SAMPLES, edge))
 
     def _apply_events(
         self,
         r: ChunkResult,
-        slots: list[tuple[tuple[Edge, EdgeStats, bool], str, str, Example]],
+        slots: list[tuple[tuple[Edge, EdgeStats, bool], str, str, Example | None]],
         auditor: Auditor,
     ) -> None:
         sink = self.sink
         classes, aggregated = sink.classes, sink.aggregated
         dedup, pending = auditor.dedup, auditor.pending
         unproven = r.unproven
-        policy, history = r.policy, sink.label_history
+        policy, history, dropped, settled = r.policy, sink.label_history, sink.dropped_samples, self.settled
         for t, conn, key, kind, pslot in zip(r.times, r.conns, r.keys, r.kinds, r.policy_slots, strict=True):
             if kind >= 0:
                 if pending is not None:
@@ -288,27 +310,45 @@ class Merger:
                     if type(item) is tuple:
                         history.remember(item[0], item[1], item[2])
                         history.remember(item[3], item[4], item[5])
-                    else:
-                        sink.sample_policy(edge, item)  # type: ignore[arg-type]  # a Judgement
+                    elif edge not in dropped:  # a Judgement: the dropped edge's first connection
+                        sink.sample_policy(edge, item)  # type: ignore[arg-type]
+                        settled.append((SETTLED_DROPPED, edge))
                 classes[edge.cls] += 1
                 stats.connections += 1
                 stats.verdicts[verdict] = stats.verdicts.get(verdict, 0) + 1
                 if drop:
                     stats.drop_reasons[drop] = stats.drop_reasons.get(drop, 0) + 1
                 if len(stats.examples) < MAX_EXAMPLES:
+                    assert ex is not None  # settled only once it has them all, which it keeps
                     add_example(stats.examples, ex)
+                    if len(stats.examples) == MAX_EXAMPLES:
+                        settled.append((SETTLED_EXAMPLES, edge))
                 if folded:
                     aggregated["edges"] += 1
             elif pending is not None:
                 pending.hold(conn, t, _maker(unproven[PROVISIONAL_SLOT - kind], t))
+        if pending is not None and pending.expired:
+            self._emit_unproven([u.key for u in pending.expired])
+
+    def _emit_unproven(self, keys: list[UnprovenKey]) -> None:
+        """Report what expired unproven; note the provisional keys that now have all their examples."""
         self.pipeline.emit_unproven()
+        provisional, noted = self.sink.provisional, self._noted_unproven
+        for key in keys:
+            if key not in noted:
+                stats = provisional.get(key)
+                if stats is not None and len(stats.examples) >= MAX_EXAMPLES:
+                    noted.add(key)
+                    self.settled.append((SETTLED_UNPROVEN, key))
 
 
-def _maker(item: tuple[str, str, int | None, str, Example], t: float) -> Callable[[], Unproven]:
-    """Build the Unproven the report needs (its key, its first event's time, pods and node)."""
+def _maker(item: tuple[str, str, int | None, str, Example | None], t: float) -> Callable[[], Unproven]:
+    """Build the Unproven the report needs (its key, its first event's time, pods and node: none when the
+    key has all its examples, see :class:`~auditor.replay_chunk.Settled`)."""
 
     def make() -> Unproven:
-        source, destination, port, protocol, (src, dst, node) = item
+        source, destination, port, protocol, example = item
+        src, dst, node = example if example is not None else ("", "", "")
         flow = Flow(
             t, 0, "", EMPTY_ENDPOINT, EMPTY_ENDPOINT, src, dst, protocol, 0, 0, 0, 0, None, 0, 0, 0, 0, node
         )
@@ -321,26 +361,39 @@ class ParallelReplay:
     """``jobs`` worker processes for one replay run (fork: workers share the parent's matrix)."""
 
     def __init__(self, matrix: Matrix, window: float, max_edges: int, jobs: int) -> None:
-        self.pool: OrderedPool[tuple[str, int, int], ChunkResult] = OrderedPool(
+        self.pool: OrderedPool[Task, ChunkResult] = OrderedPool(
             jobs, judge_chunk, init_worker, (matrix, window, max_edges)
         )
         self.ahead = 4 * jobs
+        self.merger: Merger | None = None  # the run's one merger (its notes are what the workers learn)
+        self.told = [0] * jobs  # per worker: how many of the merger's notes it was sent
 
     def feed(
         self, merger: Merger, name: str, chunk_bytes: int, progress: Callable[[int], None] | None = None
     ) -> InputSummary:
         """Judge one splittable file; returns its summary, as :func:`auditor.replay_input.feed_file`."""
+        if self.merger is None:
+            self.merger = merger
+        assert merger is self.merger, "one Merger per ParallelReplay: the workers learnt from its notes"
         summary = InputSummary(name)
         ranges = chunks(name, chunk_bytes)
-        tasks = [(name, start, end) for start, end in ranges]
+        tasks: list[Task] = [(name, start, end, []) for start, end in ranges]
         base = 0
         # At most a few chunks per worker ahead of the merge: memory does not grow with the file.
-        for (_, _, end), result in zip(tasks, self.pool.map(tasks, self.ahead), strict=True):
+        results = self.pool.map(tasks, self.ahead, self._stamp)
+        for (_, _, end, _), result in zip(tasks, results, strict=True):
             merger.apply(name, base, result, summary)
             base += result.lines
             if progress is not None:
                 progress(end)
         return summary
+
+    def _stamp(self, worker: int, task: Task) -> Task:
+        """``task`` as sent to ``worker``: with the merger's notes it has not been sent yet."""
+        assert self.merger is not None
+        notes, told = self.merger.settled, self.told[worker]
+        self.told[worker] = len(notes)
+        return (task[0], task[1], task[2], notes[told:])
 
     def close(self) -> None:
         self.pool.close()

@@ -97,11 +97,15 @@ class OrderedPool(Generic[T, R]):
             if not frozen_before:
                 gc.unfreeze()
 
-    def map(self, tasks: Iterable[T], ahead: int) -> Iterator[R]:
+    def map(self, tasks: Iterable[T], ahead: int, stamp: Callable[[int, T], T] | None = None) -> Iterator[R]:
         """The results of ``tasks``, in their order; at most ``ahead`` tasks are sent beyond the oldest
-        result not yet taken. Stop iterating early only by closing the pool."""
+        result not yet taken. ``stamp(worker, task)``, when given, is what is sent instead of ``task``,
+        made as it is sent (``worker``: the index of the worker it goes to, from 0), so that it can carry
+        what the caller learnt from the results taken so far. Stop iterating early only by closing the
+        pool."""
         todo = iter(tasks)
         queued: dict[Connection, deque[int]] = {conn: deque() for _, conn in self._workers}
+        index_of = {conn: i for i, (_, conn) in enumerate(self._workers)}
         process_of = {conn: process for process, conn in self._workers}
         answers: dict[int, tuple[bool, Any]] = {}  # (ok, result or the task's exception)
         sent = taken = 0
@@ -115,7 +119,7 @@ class OrderedPool(Generic[T, R]):
                         more = False
                         break
                     try:
-                        conn.send(task)
+                        conn.send(task if stamp is None else stamp(index_of[conn], task))
                     except OSError:  # the worker is gone (its end of the pipe closed)
                         raise WorkerDied(_died(process_of[conn])) from None
                     waiting.append(sent)

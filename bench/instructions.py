@@ -8,7 +8,9 @@ a stage that only imports and sets up (``setup``) is subtracted from the others:
   * floor   — read the file and parse every line with the replay path's typed decoder;
   * replay  — one process: read → decode → judge → classify → report (``feed_file`` and ``ReportSink``);
   * workers — what the ``--jobs`` workers execute in all: every chunk judged (``judge_chunk``'s work) and
-              its result pickled;
+              its result pickled; each chunk is given what the merge had noted as settled when a
+              ``--jobs 2`` run would have sent it (four chunks behind: two queued per worker), noted
+              beforehand by this script outside callgrind (:func:`settled_notes`);
   * merge   — what the main process of ``--jobs`` executes: results unpickled and merged in order
               (``workers + merge`` minus ``workers``);
   * live floor / live pipeline — the live path on the same number of pre-serialized ``GetFlowsResponse``
@@ -39,9 +41,13 @@ import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
+
+if TYPE_CHECKING:
+    from auditor.matrix import Matrix
+    from auditor.sinks.report import ReportSink
 
 ROOT: Final = Path(__file__).resolve().parent.parent
 MATRIX: Final = ROOT / "examples" / "airflow" / "matrix.yaml"
@@ -60,8 +66,8 @@ def run_stage(stage: str, path: Path, chunk_bytes: int) -> None:
     from auditor.decode import LINE_DECODER
     from auditor.matrix import load_matrix
     from auditor.pipeline import Pipeline
-    from auditor.replay_input import InputSummary, UnjudgeableCheck, feed_file
-    from auditor.replay_parallel import Merger, chunks, init_worker, judge_chunk
+    from auditor.replay_input import UnjudgeableCheck, feed_file
+    from auditor.replay_parallel import chunks, init_worker, judge_chunk
     from auditor.sinks.report import ReportSink
     from auditor.sources.files import FlowFile
 
@@ -76,18 +82,62 @@ def run_stage(stage: str, path: Path, chunk_bytes: int) -> None:
         with FlowFile(str(path)) as f:
             feed_file(Pipeline(Auditor(matrix), [sink]), str(path), f.blocks(), UnjudgeableCheck(matrix))
         sink.report()
-    elif stage.startswith("workers"):
-        init_worker(matrix, 30.0, 10_000)
-        results = [pickle.dumps(judge_chunk((str(path), a, b))) for a, b in chunks(str(path), chunk_bytes)]
-        if stage == "workers+merge":
-            sink = ReportSink(matrix)
-            merger = Merger(Pipeline(Auditor(matrix), [sink]), sink, UnjudgeableCheck(matrix))
-            summary, base = InputSummary(str(path)), 0
-            for data in results:
-                result = pickle.loads(data)
-                merger.apply(str(path), base, result, summary)
-                base += result.lines
-            sink.report()
+    elif stage == "workers":
+        init_worker(matrix, WINDOW, 10_000)
+        notes = pickle.loads(Path(f"{path}.notes").read_bytes())
+        for (a, b), news in zip(chunks(str(path), chunk_bytes), notes, strict=True):
+            pickle.dumps(judge_chunk((str(path), a, b, news)))
+    elif stage == "workers+merge":
+        sink = ReportSink(matrix)
+        merge_in_turn(matrix, sink, path, chunk_bytes)
+        sink.report()
+
+
+WINDOW: Final = 30.0
+LAG: Final = 4
+"""Chunks sent before the oldest one is merged, in a ``--jobs 2`` run (two queued per worker)."""
+
+
+def merge_in_turn(matrix: Matrix, sink: ReportSink, path: Path, chunk_bytes: int) -> list[list[Any]]:
+    """Judge and merge every chunk as a ``--jobs 2`` run does, in one process: chunk ``i`` judged once
+    chunks before ``i - LAG`` are merged, with what their merge noted. Returns each chunk's notes."""
+    from auditor.classify import Auditor
+    from auditor.pipeline import Pipeline
+    from auditor.replay_input import InputSummary, UnjudgeableCheck
+    from auditor.replay_parallel import Merger, chunks, init_worker, judge_chunk
+
+    init_worker(matrix, WINDOW, 10_000)
+    merger = Merger(Pipeline(Auditor(matrix), [sink]), sink, UnjudgeableCheck(matrix))
+    summary, base, told = InputSummary(str(path)), 0, 0
+    waiting: list[bytes] = []
+    sent: list[list[Any]] = []
+
+    def merge_oldest() -> None:
+        nonlocal base
+        result = pickle.loads(waiting.pop(0))
+        merger.apply(str(path), base, result, summary)
+        base += result.lines
+
+    for a, b in chunks(str(path), chunk_bytes):
+        while len(waiting) >= LAG:
+            merge_oldest()
+        news = merger.settled[told:]
+        told = len(merger.settled)
+        sent.append(news)
+        waiting.append(pickle.dumps(judge_chunk((str(path), a, b, news))))
+    while waiting:
+        merge_oldest()
+    return sent
+
+
+def settled_notes(path: Path, chunk_bytes: int) -> None:
+    """What each chunk's task carries in a ``--jobs 2`` run, for the ``workers`` stage (``<path>.notes``)."""
+    from auditor.matrix import load_matrix
+    from auditor.sinks.report import ReportSink
+
+    matrix = load_matrix(MATRIX)
+    notes = merge_in_turn(matrix, ReportSink(matrix), path, chunk_bytes)
+    Path(f"{path}.notes").write_bytes(pickle.dumps(notes))
 
 
 def run_live_stage(stage: str, path: Path) -> None:
@@ -165,6 +215,7 @@ def main() -> int:
         live = Path(tmp) / "messages.pb"
         generate_messages(live, events)
         chunk = max(1, path.stat().st_size // 16)  # 16 chunks, as a large file gives many
+        settled_notes(path, chunk)
         if args.smoke:
             for stage in STAGES:
                 run_stage(stage, path, chunk)

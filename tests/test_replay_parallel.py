@@ -16,12 +16,32 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from auditor.classify import PROVISIONAL, Auditor
 from auditor.cli import main
 from auditor.decode import decode_line
+from auditor.matrix import load_matrix
 from auditor.model import Flow
-from auditor.replay_parallel import _blocks, chunks, splittable
+from auditor.pipeline import Pipeline
+from auditor.render import render
+from auditor.replay_chunk import (
+    SETTLED_DROPPED,
+    SETTLED_EXAMPLES,
+    SETTLED_SAMPLES,
+    SETTLED_UNPROVEN,
+)
+from auditor.replay_input import UnjudgeableCheck, feed_file
+from auditor.replay_parallel import (
+    Merger,
+    ParallelReplay,
+    _blocks,
+    chunks,
+    init_worker,
+    judge_chunk,
+    splittable,
+)
 from auditor.scenario import synthetic_events
-from auditor.sources.files import BLOCK_BYTES
+from auditor.sinks.report import ReportSink
+from auditor.sources.files import BLOCK_BYTES, FlowFile
 
 ROOT = Path(__file__).resolve().parent.parent
 MATRIX = ROOT / "examples" / "airflow" / "matrix.yaml"
@@ -224,6 +244,116 @@ def test_one_node_captures_pending_connections_and_replies_in_later_chunks(
     for extra in ((), ("--dedup-window", "200ms"), ("--max-edges", "2")):
         report = json.loads(assert_identical(tmp_path, capsys, [capture], 1, *extra))
         assert report["provisional"] and report["flows"]["reply"] and report["flows"]["provisional"]
+
+
+def one_node(generated: Path, tmp_path: Path) -> Path:
+    """The events of one node of the generated traffic: connections that wait for proof, some in vain."""
+    lines = generated.read_bytes().splitlines(keepends=True)
+    node = json.loads(lines[0])["node_name"]
+    capture = tmp_path / "one-node.jsonl"
+    capture.write_bytes(b"".join(line for line in lines if json.loads(line)["node_name"] == node))
+    return capture
+
+
+def violation_pairs(tmp_path: Path, pairs: int) -> Path:
+    """The example's connections of one pod to an ``unexpected_allowed`` edge, from ``pairs`` pods."""
+    base = [line for line in EXAMPLES[0].read_bytes().splitlines(keepends=True) if b'10.244.1.201"' in line]
+    path = tmp_path / "pairs.jsonl"
+    path.write_bytes(
+        b"".join(
+            line.replace(b'10.244.1.201"', b'10.244.9.%d"' % k).replace(
+                b'policy.serviceaccount=default"', b'policy.serviceaccount=sa%d"' % k
+            )
+            for k in range(pairs)
+            for line in base
+        )
+    )
+    return path
+
+
+def unproven_spread(tmp_path: Path, generated: Path, pods: int) -> Path:
+    """One provisional connection of the generated traffic sent again from ``pods`` pods a second apart,
+    never proven, ten blank lines between them (with one line per chunk, many tasks apart)."""
+    auditor = Auditor(load_matrix(MATRIX), 0.01)
+    records = [(line, decode_line(line)) for line in generated.read_bytes().splitlines()]
+    flows = [(line, r) for line, r in records if type(r) is Flow]
+    [line] = [line for line, r in flows if auditor.process(r) == PROVISIONAL][:1]
+    event = json.loads(line)
+    out = []
+    for k in range(pods):
+        flow = event["flow"]
+        flow["source"]["pod_name"] = f"pod-{k}"
+        flow["l4"]["TCP"]["source_port"] = 40000 + k
+        flow["time"] = event["time"] = f"2026-11-23T10:00:{k:02d}Z"
+        out.append(json.dumps(event).encode() + b"\n" + b"\n" * 10)
+    path = tmp_path / "unproven.jsonl"
+    path.write_bytes(b"".join(out))
+    return path
+
+
+def both_ways(path: Path, chunk: int, window: float) -> tuple[str, str, list[tuple[int, object]], list[int]]:
+    """The JSON report of one process and of two workers, the merge's notes and how many each worker got."""
+    matrix = load_matrix(MATRIX)
+    reports = []
+    for parallel in (False, True):
+        sink = ReportSink(matrix)
+        pipeline = Pipeline(Auditor(matrix, window), [sink])
+        if parallel:
+            merger, workers = (
+                Merger(pipeline, sink, UnjudgeableCheck(matrix)),
+                ParallelReplay(matrix, window, 10_000, 2),
+            )
+            try:
+                workers.feed(merger, str(path), chunk)
+            finally:
+                workers.close()
+        else:
+            with FlowFile(str(path)) as f:
+                feed_file(pipeline, str(path), f.blocks(), UnjudgeableCheck(matrix))
+        pipeline.finish()
+        reports.append(render(sink.report(), "json"))
+    return reports[0], reports[1], merger.settled, workers.told
+
+
+def test_the_workers_learn_what_the_merge_settled_and_the_report_stays_the_same(
+    tmp_path: Path, generated: Path
+) -> None:
+    """The merge notes what it will not use any more (an edge's examples, a dropped edge's sample, a violation
+    edge's suggestion samples, a provisional key's examples) as it completes it; later tasks carry the notes,
+    the workers skip what they name, and the report is byte-identical to one process's."""
+    noted: set[int] = set()
+    for path, chunk, window in (
+        (one_node(generated, tmp_path), 9_000, 0.01),
+        (violation_pairs(tmp_path, 60), 9_000, 5.0),
+        (unproven_spread(tmp_path, generated, 20), 1, 0.01),
+    ):
+        one, two, notes, told = both_ways(path, chunk, window)
+        assert two == one
+        assert all(told)  # every worker was sent notes
+        noted |= {kind for kind, _ in notes}
+        assert len(notes) == len(set(notes))  # each noted once
+    assert noted == {SETTLED_EXAMPLES, SETTLED_DROPPED, SETTLED_SAMPLES, SETTLED_UNPROVEN}
+
+
+def test_a_worker_skips_what_the_notes_name(tmp_path: Path, generated: Path) -> None:
+    """Given every edge and provisional key as settled, a worker's result for a chunk holds no example, no
+    dropped judgement and no suggestion sample — and the same events, keys and counts."""
+    capture = one_node(generated, tmp_path)
+    size = capture.stat().st_size
+    init_worker(load_matrix(MATRIX), 0.01, 10_000)
+    before = judge_chunk((str(capture), 0, size, []))
+    assert any(ex for *_, ex in before.slots) and any(ex for *_, ex in before.unproven)
+    assert any(type(p) is not tuple for p in before.policy)  # a dropped edge's judgement
+    assert before.samples  # a violation edge's suggestion samples
+    edges = [edge for edge, *_ in before.edges]
+    keys = [(s, d, port, protocol) for s, d, port, protocol, _ in before.unproven]
+    notes: list[tuple[int, object]] = [(SETTLED_UNPROVEN, key) for key in keys]
+    notes += [(kind, edge) for edge in edges for kind in (SETTLED_EXAMPLES, SETTLED_DROPPED, SETTLED_SAMPLES)]
+    after = judge_chunk((str(capture), 0, size, notes))
+    assert not any(ex for *_, ex in after.slots) and not any(ex for *_, ex in after.unproven)
+    assert all(type(p) is tuple for p in after.policy) and not after.samples
+    for name in ("times", "conns", "keys", "outcomes", "edges", "events", "lines"):
+        assert getattr(after, name) == getattr(before, name), name
 
 
 def test_many_endpoint_pairs_on_one_violation_edge_mark_the_suggestion_partial(

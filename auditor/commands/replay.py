@@ -144,12 +144,12 @@ def _feed_inputs(
     """Judge every input file in turn: split among ``--jobs`` workers, or read by this process."""
     show_progress = not args.no_progress and sys.stderr.isatty()
     parallel: ParallelReplay | None = None
+    merger = Merger(pipeline, sink, unjudgeable)  # one per run, whatever the inputs
     try:
         for name in args.files:
             if args.jobs > 1 and splittable(name, args.chunk_bytes):
                 if parallel is None:
                     parallel = ParallelReplay(matrix, args.dedup_window, args.max_edges, args.jobs)
-                merger = Merger(pipeline, sink, unjudgeable)
                 if show_progress and Path(name).stat().st_size >= _PROGRESS_MIN_BYTES:
                     summary = _parallel_with_progress(parallel, merger, name, args.chunk_bytes)
                 else:
