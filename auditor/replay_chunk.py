@@ -250,10 +250,8 @@ class Chunk:
         if not row[5] or cls not in _POLICY_CLASSES:
             self.policy_slots.append(-1)
         elif cls == EXPECTED_DROPPED:
-            wanted = row[8]
-            self.policy_slots.append(
-                _dropped_slot(self.policy_index, self.r.policy, index, j) if wanted else -1
-            )
+            slot = _dropped_slot(self.policy_index, self.r.policy, index, j) if row[8] else -1
+            self.policy_slots.append(slot)
         else:  # delivered: the label sets of both ends, what the label history reads
             self.policy_slots.append(self._delivered_slot(index, edge, source, destination))
 

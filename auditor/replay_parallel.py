@@ -76,7 +76,7 @@ from auditor.sinks.report import (
     ReportSink,
     add_example,
 )
-from auditor.sources.files import BLOCK_BYTES, SourceError, split_lines
+from auditor.sources.files import BLOCK_BYTES, SourceError, line_blocks
 from auditor.workers import OrderedPool
 
 DEFAULT_CHUNK_BYTES: Final = 4 * 1024 * 1024
@@ -155,24 +155,18 @@ def _blocks(f: BinaryIO, name: str, start: int, end: int) -> Iterator[list[bytes
     file's: read a block at a time, so that each block's lines are decoded while the core's cache still
     holds them (reading the whole chunk at once and splitting it was 5 % slower with ``--jobs 2``)."""
     left = end - start
-    rest: list[bytes] = []  # the start of a line that goes on in the next read
+
+    def read() -> bytes:  # the next block of the range; b"" at its end (or the file's, if it shrank)
+        nonlocal left
+        data = f.read(min(BLOCK_BYTES, left)) if left > 0 else b""
+        left -= len(data)
+        return data
+
     try:
         f.seek(start)
-        while left > 0 and (data := f.read(min(BLOCK_BYTES, left))):
-            left -= len(data)
-            lines = split_lines(data)
-            if rest:
-                lines[0] = b"".join((*rest, lines[0]))
-                rest.clear()
-            if not lines[-1].endswith(b"\n"):
-                rest.append(lines.pop())
-                if not lines:
-                    continue
-            yield lines
+        yield from line_blocks(read)
     except OSError as e:
         raise SourceError(f"{name}: cannot read: {e.strerror or e}") from None
-    if rest:  # the range ends without a newline: the end of the file (or it shrank since it was cut)
-        yield [b"".join(rest)]
 
 
 def _judge_lines(
@@ -360,21 +354,19 @@ def _maker(item: tuple[str, str, int | None, str, Example | None], t: float) -> 
 class ParallelReplay:
     """``jobs`` worker processes for one replay run (fork: workers share the parent's matrix)."""
 
-    def __init__(self, matrix: Matrix, window: float, max_edges: int, jobs: int) -> None:
+    def __init__(self, matrix: Matrix, window: float, max_edges: int, jobs: int, merger: Merger) -> None:
         self.pool: OrderedPool[Task, ChunkResult] = OrderedPool(
             jobs, judge_chunk, init_worker, (matrix, window, max_edges)
         )
         self.ahead = 4 * jobs
-        self.merger: Merger | None = None  # the run's one merger (its notes are what the workers learn)
+        self.merger = merger  # the run's one merger: its notes are what the workers learn
         self.told = [0] * jobs  # per worker: how many of the merger's notes it was sent
 
     def feed(
-        self, merger: Merger, name: str, chunk_bytes: int, progress: Callable[[int], None] | None = None
+        self, name: str, chunk_bytes: int, progress: Callable[[int], None] | None = None
     ) -> InputSummary:
         """Judge one splittable file; returns its summary, as :func:`auditor.replay_input.feed_file`."""
-        if self.merger is None:
-            self.merger = merger
-        assert merger is self.merger, "one Merger per ParallelReplay: the workers learnt from its notes"
+        merger = self.merger
         summary = InputSummary(name)
         ranges = chunks(name, chunk_bytes)
         tasks: list[Task] = [(name, start, end, []) for start, end in ranges]
@@ -390,7 +382,6 @@ class ParallelReplay:
 
     def _stamp(self, worker: int, task: Task) -> Task:
         """``task`` as sent to ``worker``: with the merger's notes it has not been sent yet."""
-        assert self.merger is not None
         notes, told = self.merger.settled, self.told[worker]
         self.told[worker] = len(notes)
         return (task[0], task[1], task[2], notes[told:])

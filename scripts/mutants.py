@@ -396,10 +396,10 @@ MUTANTS: list[tuple[str, str, str, str, list[str]]] = [
         ["tests/test_replay_parallel.py::test_label_history_tells_a_reused_identity_apart_within_a_chunk"],
     ),
     (
-        "--jobs: a line across a worker's reads loses its start",
-        "auditor/replay_parallel.py",
-        '                lines[0] = b"".join((*rest, lines[0]))',
-        "                lines[0] = lines[0]",
+        "blocks: a line across two reads loses its start (replay's and the workers' reads)",
+        "auditor/sources/files.py",
+        '            lines[0] = b"".join((*start, lines[0]))',
+        "            lines[0] = lines[0]",
         ["tests/test_replay_parallel.py::test_a_worker_reads_its_chunk_in_blocks_with_the_lines_of_the_range"],
     ),
     (

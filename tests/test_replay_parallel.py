@@ -237,10 +237,7 @@ def test_one_node_captures_pending_connections_and_replies_in_later_chunks(
 ) -> None:
     """Events of one node only: connections seen leaving it stay provisional unless a forwarded reply from
     the other node proves them — the pending table crosses every chunk boundary."""
-    lines = generated.read_bytes().splitlines(keepends=True)
-    node = json.loads(lines[0])["node_name"]
-    capture = tmp_path / "one-node.jsonl"
-    capture.write_bytes(b"".join(line for line in lines if json.loads(line)["node_name"] == node))
+    capture = one_node(generated, tmp_path)
     for extra in ((), ("--dedup-window", "200ms"), ("--max-edges", "2")):
         report = json.loads(assert_identical(tmp_path, capsys, [capture], 1, *extra))
         assert report["provisional"] and report["flows"]["reply"] and report["flows"]["provisional"]
@@ -255,19 +252,21 @@ def one_node(generated: Path, tmp_path: Path) -> Path:
     return capture
 
 
-def violation_pairs(tmp_path: Path, pairs: int) -> Path:
-    """The example's connections of one pod to an ``unexpected_allowed`` edge, from ``pairs`` pods."""
+def violation_pair(k: int) -> bytes:
+    """The example's connections of one pod on an ``unexpected_allowed`` edge, made pod ``k``'s."""
     base = [line for line in EXAMPLES[0].read_bytes().splitlines(keepends=True) if b'10.244.1.201"' in line]
-    path = tmp_path / "pairs.jsonl"
-    path.write_bytes(
-        b"".join(
-            line.replace(b'10.244.1.201"', b'10.244.9.%d"' % k).replace(
-                b'policy.serviceaccount=default"', b'policy.serviceaccount=sa%d"' % k
-            )
-            for k in range(pairs)
-            for line in base
+    return b"".join(
+        line.replace(b'10.244.1.201"', b'10.244.9.%d"' % k).replace(
+            b'policy.serviceaccount=default"', b'policy.serviceaccount=sa%d"' % k
         )
+        for line in base
     )
+
+
+def violation_pairs(tmp_path: Path, pairs: int) -> Path:
+    """:func:`violation_pair` of ``pairs`` pods, in one file."""
+    path = tmp_path / "pairs.jsonl"
+    path.write_bytes(b"".join(violation_pair(k) for k in range(pairs)))
     return path
 
 
@@ -299,12 +298,10 @@ def both_ways(path: Path, chunk: int, window: float) -> tuple[str, str, list[tup
         sink = ReportSink(matrix)
         pipeline = Pipeline(Auditor(matrix, window), [sink])
         if parallel:
-            merger, workers = (
-                Merger(pipeline, sink, UnjudgeableCheck(matrix)),
-                ParallelReplay(matrix, window, 10_000, 2),
-            )
+            merger = Merger(pipeline, sink, UnjudgeableCheck(matrix))
+            workers = ParallelReplay(matrix, window, 10_000, 2, merger)
             try:
-                workers.feed(merger, str(path), chunk)
+                workers.feed(str(path), chunk)
             finally:
                 workers.close()
         else:
@@ -360,19 +357,9 @@ def test_many_endpoint_pairs_on_one_violation_edge_mark_the_suggestion_partial(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """More than 32 distinct endpoint pairs on an ``unexpected_allowed`` edge, spread over chunks or not."""
-    base = [line for line in EXAMPLES[0].read_bytes().splitlines(keepends=True) if b'10.244.1.201"' in line]
-
-    def variant(k: int) -> bytes:
-        return b"".join(
-            line.replace(b'10.244.1.201"', b'10.244.9.%d"' % k).replace(
-                b'policy.serviceaccount=default"', b'policy.serviceaccount=sa%d"' % k
-            )
-            for line in base
-        )
-
-    first = b"".join(variant(k) for k in range(40))
+    first = b"".join(violation_pair(k) for k in range(40))
     many = tmp_path / "many.jsonl"
-    many.write_bytes(first + variant(0) + variant(1))  # the second chunk brings no new pair
+    many.write_bytes(first + violation_pair(0) + violation_pair(1))  # the second chunk brings no new pair
     for chunk in (1, 20_000, len(first)):  # len(first): the first chunk alone has more than 32 pairs
         report = json.loads(assert_identical(tmp_path, capsys, [many], chunk))
         [edge] = [e for e in report["edges"] if e["class"] == "unexpected_allowed"]

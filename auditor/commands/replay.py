@@ -149,11 +149,11 @@ def _feed_inputs(
         for name in args.files:
             if args.jobs > 1 and splittable(name, args.chunk_bytes):
                 if parallel is None:
-                    parallel = ParallelReplay(matrix, args.dedup_window, args.max_edges, args.jobs)
+                    parallel = ParallelReplay(matrix, args.dedup_window, args.max_edges, args.jobs, merger)
                 if show_progress and Path(name).stat().st_size >= _PROGRESS_MIN_BYTES:
-                    summary = _parallel_with_progress(parallel, merger, name, args.chunk_bytes)
+                    summary = _parallel_with_progress(parallel, name, args.chunk_bytes)
                 else:
-                    summary = parallel.feed(merger, name, args.chunk_bytes)
+                    summary = parallel.feed(name, args.chunk_bytes)
             else:
                 with FlowFile(name) as f:
                     blocks: Iterator[list[bytes]] = f.blocks()
@@ -240,13 +240,11 @@ def _with_progress(f: FlowFile, blocks: Iterator[list[bytes]]) -> Iterator[list[
             yield block
 
 
-def _parallel_with_progress(
-    parallel: ParallelReplay, merger: Merger, name: str, chunk_bytes: int
-) -> InputSummary:
+def _parallel_with_progress(parallel: ParallelReplay, name: str, chunk_bytes: int) -> InputSummary:
     from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
     columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn())
     with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
         task = progress.add_task(Path(name).name, total=Path(name).stat().st_size)
-        return parallel.feed(merger, name, chunk_bytes, lambda done: progress.update(task, completed=done))
+        return parallel.feed(name, chunk_bytes, lambda done: progress.update(task, completed=done))

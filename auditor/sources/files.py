@@ -17,7 +17,7 @@ import gzip
 import io
 import sys
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -32,6 +32,25 @@ def split_lines(data: bytes) -> list[bytes]:
     """The lines of ``data`` as iterating a binary file gives them (``BytesIO`` finds newlines with
     ``memchr``, where ``bytes.split`` looks at every byte)."""
     return io.BytesIO(data).readlines()
+
+
+def line_blocks(read: Callable[[], bytes]) -> Iterator[list[bytes]]:
+    """The lines of what successive ``read()`` calls return (until ``b""``), one list per read: a line
+    that goes on in the next read is joined to its end first (lines as iterating a file gives them, the
+    last one may lack its newline). Read errors propagate to the caller."""
+    start: list[bytes] = []  # the start of a line that goes on in the next read
+    while data := read():
+        lines = split_lines(data)  # not empty: data is not
+        if start:
+            lines[0] = b"".join((*start, lines[0]))
+            start.clear()
+        if not lines[-1].endswith(b"\n"):
+            start.append(lines.pop())  # goes on in the next read
+            if not lines:
+                continue
+        yield lines
+    if start:
+        yield [b"".join(start)]
 
 
 class SourceError(OSError):
@@ -82,22 +101,11 @@ class FlowFile:
         stream = self._stream
         # A damaged gzip stream fails the read that meets the damage: small reads name the line closely.
         read = stream.read1 if isinstance(stream, gzip.GzipFile) else stream.read
-        start: list[bytes] = []  # the start of a line that goes on in the next read
         number = 0
         try:
-            while data := read(size):
-                lines = split_lines(data)  # not empty: data is not
-                if start:
-                    lines[0] = b"".join((*start, lines[0]))
-                    start.clear()
-                if not lines[-1].endswith(b"\n"):
-                    start.append(lines.pop())  # goes on in the next read
-                    if not lines:
-                        continue
+            for lines in line_blocks(lambda: read(size)):
                 number += len(lines)
                 yield lines
-            if start:
-                yield [b"".join(start)]
         except (EOFError, zlib.error, gzip.BadGzipFile) as e:
             raise SourceError(f"{self.name}: compressed stream is damaged after line {number}: {e}") from None
 
