@@ -164,7 +164,7 @@ def _blocks(f: BinaryIO, name: str, start: int, end: int) -> Iterator[list[bytes
 
     try:
         f.seek(start)
-        yield from line_blocks(read)
+        yield from line_blocks(read, file_start=start == 0)
     except OSError as e:
         raise SourceError(f"{name}: cannot read: {e.strerror or e}") from None
 

@@ -403,6 +403,20 @@ MUTANTS: list[tuple[str, str, str, str, list[str]]] = [
         ["tests/test_replay_parallel.py::test_a_worker_reads_its_chunk_in_blocks_with_the_lines_of_the_range"],
     ),
     (
+        "blocks: a byte order mark split across the first reads is kept",
+        "auditor/sources/files.py",
+        "    while len(head) < len(BOM) and BOM.startswith(head) and (data := read()):",
+        "    if data := read():",
+        ["tests/test_sources_files.py::test_a_byte_order_mark_at_the_start_is_not_part_of_the_first_line"],
+    ),
+    (
+        "--jobs: every chunk read as the start of the file (a line's own byte order mark dropped)",
+        "auditor/replay_parallel.py",
+        "file_start=start == 0",
+        "file_start=True",
+        ["tests/test_replay_parallel.py::test_a_worker_drops_a_byte_order_mark_only_at_the_start_of_the_file"],
+    ),
+    (
         "--jobs: an edge noted settled one example early",
         "auditor/replay_parallel.py",
         "                    if len(stats.examples) == MAX_EXAMPLES:",

@@ -41,7 +41,7 @@ from auditor.replay_parallel import (
 )
 from auditor.scenario import synthetic_events
 from auditor.sinks.report import ReportSink
-from auditor.sources.files import BLOCK_BYTES, FlowFile
+from auditor.sources.files import BLOCK_BYTES, BOM, FlowFile
 
 ROOT = Path(__file__).resolve().parent.parent
 MATRIX = ROOT / "examples" / "airflow" / "matrix.yaml"
@@ -205,6 +205,25 @@ def test_stdin_gzip_and_pipes_stay_in_one_process(tmp_path: Path) -> None:
     assert not splittable("-", 1) and not splittable(str(gz), 1) and not splittable(str(fifo), 1)
 
 
+def test_a_byte_order_mark_changes_nothing_with_or_without_workers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file saved with a UTF-8 byte order mark (as Windows tools write one) gives the report of the same
+    file without it, in one process and in chunks (the first chunk starts with the mark)."""
+    data = EXAMPLES[0].read_bytes()
+    plain, marked = tmp_path / "plain" / "flows.jsonl", tmp_path / "marked" / "flows.jsonl"
+    for path, content in ((plain, data), (marked, BOM + data)):
+        path.parent.mkdir()
+        path.write_bytes(content)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(tmp_path / "plain")
+    expected = replay(work, capsys, [Path("flows.jsonl")], "--jobs", "1")
+    assert b'"invalid": 0' in expected[1]
+    monkeypatch.chdir(tmp_path / "marked")
+    assert assert_identical(work, capsys, [Path("flows.jsonl")], 3000) == expected[1]
+
+
 @pytest.mark.parametrize("chunk", [1, 100, 4096])
 def test_chunks_start_at_line_boundaries_and_cover_the_file(tmp_path: Path, chunk: int) -> None:
     path = tmp_path / "f.jsonl"
@@ -230,6 +249,17 @@ def test_a_worker_reads_its_chunk_in_blocks_with_the_lines_of_the_range(tmp_path
             blocks = list(_blocks(f, str(path), start, end))
         assert [line for block in blocks for line in block] == data[start:end].splitlines(keepends=True)
         assert all(blocks) and all(sum(map(len, b)) <= BLOCK_BYTES + len(b[0]) for b in blocks)  # a read's
+
+
+def test_a_worker_drops_a_byte_order_mark_only_at_the_start_of_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "f.jsonl"
+    path.write_bytes(BOM + b'{"a":1}\n' + BOM + b'{"b":2}\n{"c":3}\n')
+    ranges = chunks(str(path), 1)  # a chunk a line: the second one starts with a mark of its line's
+    got = []
+    for start, end in ranges:
+        with path.open("rb") as f:
+            got.append([line for block in _blocks(f, str(path), start, end) for line in block])
+    assert got == [[b'{"a":1}\n'], [BOM + b'{"b":2}\n'], [b'{"c":3}\n']]
 
 
 def test_one_node_captures_pending_connections_and_replies_in_later_chunks(

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from auditor.replay_input import feed_file
-from auditor.sources.files import FlowFile, SourceError, split_lines
+from auditor.sources.files import BOM, FlowFile, SourceError, split_lines
 
 SHAPES = {
     "plain": b'{"a":1}\n{"b":2}\n',
@@ -47,6 +47,31 @@ def test_blocks_give_every_line_as_file_iteration_does(
     path = tmp_path / "flows.jsonl"
     path.write_bytes(gzip.compress(data) if compressed else data)
     assert lines_of(path, size) == list(io.BytesIO(data))
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 7, 1 << 20])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("compressed", [False, True])
+def test_a_byte_order_mark_at_the_start_is_not_part_of_the_first_line(
+    tmp_path: Path, shape: str, size: int, compressed: bool
+) -> None:
+    """As jq reads such a file (RFC 8259 lets a parser ignore the mark): the lines of the same file without
+    it, in blocks of any size (reads of 1 and 2 bytes split the mark) and line by line."""
+    data = SHAPES[shape]
+    path = tmp_path / "flows.jsonl"
+    path.write_bytes(gzip.compress(BOM + data) if compressed else BOM + data)
+    assert lines_of(path, size) == list(io.BytesIO(data))
+    with FlowFile(str(path)) as f:
+        assert [line for _, line in f] == [line for line in io.BytesIO(data) if line.strip()]
+
+
+def test_a_byte_order_mark_elsewhere_stays_where_it_is(tmp_path: Path) -> None:
+    data = b'{"a":1}\n' + BOM + b'{"b":2}\n'
+    path = tmp_path / "flows.jsonl"
+    path.write_bytes(data)
+    assert lines_of(path, 3) == list(io.BytesIO(data))
+    path.write_bytes(BOM * 2 + data)  # only the first mark is the file's
+    assert lines_of(path, 3) == list(io.BytesIO(BOM + data))
 
 
 def test_split_lines_is_file_iteration() -> None:

@@ -6,6 +6,9 @@ Stage: source. Input: paths of JSON-lines files (plain or gzip, detected by cont
 input in one list, blank ones included, so that a compiled loop numbers and tests them and the per-line
 cost of a Python iterator is paid once per block); plus a byte counter for progress display.
 
+A UTF-8 byte order mark at the start of a file (as some editors and Windows tools write one) is not part of
+its first line: JSON parsers may ignore it (RFC 8259 §8.1), and jq does.
+
 Error policy: a file that cannot be opened raises :class:`SourceError` naming it (the CLI turns that into
 exit code 2 before any report is printed); a gzip stream that is cut short raises :class:`SourceError`
 with the file name and the last complete line number.
@@ -22,6 +25,8 @@ from pathlib import Path
 from typing import IO
 
 _GZIP_MAGIC = b"\x1f\x8b"
+BOM = b"\xef\xbb\xbf"
+"""UTF-8's byte order mark, dropped from the start of a file."""
 BLOCK_BYTES = 1 << 17
 """About how much input one block of :meth:`FlowFile.blocks` holds (a line is never cut). Small enough that
 a block and its lines stay in the core's cache while they are decoded: in runs alternating block sizes,
@@ -34,11 +39,14 @@ def split_lines(data: bytes) -> list[bytes]:
     return io.BytesIO(data).readlines()
 
 
-def line_blocks(read: Callable[[], bytes]) -> Iterator[list[bytes]]:
+def line_blocks(read: Callable[[], bytes], file_start: bool = True) -> Iterator[list[bytes]]:
     """The lines of what successive ``read()`` calls return (until ``b""``), one list per read: a line
     that goes on in the next read is joined to its end first (lines as iterating a file gives them, the
-    last one may lack its newline). Read errors propagate to the caller."""
+    last one may lack its newline). With ``file_start`` (the reads begin at the file's first byte), a byte
+    order mark there is dropped. Read errors propagate to the caller."""
     start: list[bytes] = []  # the start of a line that goes on in the next read
+    if file_start:
+        read = _without_bom(read)
     while data := read():
         lines = split_lines(data)  # not empty: data is not
         if start:
@@ -51,6 +59,21 @@ def line_blocks(read: Callable[[], bytes]) -> Iterator[list[bytes]]:
         yield lines
     if start:
         yield [b"".join(start)]
+
+
+def _without_bom(read: Callable[[], bytes]) -> Callable[[], bytes]:
+    """``read`` with a byte order mark at the start of what it returns dropped (even across reads)."""
+    head = b""
+    while len(head) < len(BOM) and BOM.startswith(head) and (data := read()):
+        head += data
+    if head.startswith(BOM):
+        head = head[len(BOM) :]
+    first = [head] if head else []
+
+    def then() -> bytes:
+        return first.pop() if first else read()
+
+    return then
 
 
 class SourceError(OSError):
@@ -89,6 +112,8 @@ class FlowFile:
         number = 0
         try:
             for number, line in enumerate(self._stream, 1):
+                if number == 1 and line.startswith(BOM):
+                    line = line[len(BOM) :]
                 if line.strip():
                     yield number, line
         except (EOFError, zlib.error, gzip.BadGzipFile) as e:
