@@ -76,7 +76,7 @@ from auditor.sinks.report import (
     ReportSink,
     add_example,
 )
-from auditor.sources.files import BLOCK_BYTES, SourceError, line_blocks
+from auditor.sources.files import BLOCK_BYTES, BOM, SourceError, line_blocks
 from auditor.workers import OrderedPool
 
 DEFAULT_CHUNK_BYTES: Final = 4 * 1024 * 1024
@@ -107,8 +107,8 @@ def splittable(name: str, chunk_bytes: int) -> bool:
 def chunks(name: str, chunk_bytes: int) -> list[tuple[int, int]]:
     """Byte ranges of ``name`` of about ``chunk_bytes`` each, every one starting at a line boundary."""
     size = os.stat(name).st_size
-    bounds = [0]
     with open(name, "rb") as f:
+        bounds = [len(BOM) if f.read(len(BOM)) == BOM else 0]  # a byte order mark is not part of line 1
         while bounds[-1] + chunk_bytes < size:
             f.seek(bounds[-1] + chunk_bytes - 1)
             f.readline()  # to the end of the line that holds the byte before the cut
@@ -164,7 +164,7 @@ def _blocks(f: BinaryIO, name: str, start: int, end: int) -> Iterator[list[bytes
 
     try:
         f.seek(start)
-        yield from line_blocks(read, file_start=start == 0)
+        yield from line_blocks(read)
     except OSError as e:
         raise SourceError(f"{name}: cannot read: {e.strerror or e}") from None
 

@@ -403,17 +403,17 @@ MUTANTS: list[tuple[str, str, str, str, list[str]]] = [
         ["tests/test_replay_parallel.py::test_a_worker_reads_its_chunk_in_blocks_with_the_lines_of_the_range"],
     ),
     (
-        "blocks: a byte order mark split across the first reads is kept",
+        "input files: a byte order mark at the start kept in line 1",
         "auditor/sources/files.py",
-        "    while len(head) < len(BOM) and BOM.startswith(head) and (data := read()):",
-        "    if data := read():",
+        "        if self._stream.peek(len(BOM))[: len(BOM)] == BOM:  # not part of line 1: read before any line",
+        "        if False:",
         ["tests/test_sources_files.py::test_a_byte_order_mark_at_the_start_is_not_part_of_the_first_line"],
     ),
     (
-        "--jobs: every chunk read as the start of the file (a line's own byte order mark dropped)",
+        "--jobs: the first chunk starts before a byte order mark",
         "auditor/replay_parallel.py",
-        "file_start=start == 0",
-        "file_start=True",
+        "        bounds = [len(BOM) if f.read(len(BOM)) == BOM else 0]  # a byte order mark is not part of line 1",
+        "        bounds = [0]",
         ["tests/test_replay_parallel.py::test_a_worker_drops_a_byte_order_mark_only_at_the_start_of_the_file"],
     ),
     (

@@ -56,7 +56,7 @@ def test_a_byte_order_mark_at_the_start_is_not_part_of_the_first_line(
     tmp_path: Path, shape: str, size: int, compressed: bool
 ) -> None:
     """As jq reads such a file (RFC 8259 lets a parser ignore the mark): the lines of the same file without
-    it, in blocks of any size (reads of 1 and 2 bytes split the mark) and line by line."""
+    it, in blocks of any size (reads shorter than the mark included) and line by line."""
     data = SHAPES[shape]
     path = tmp_path / "flows.jsonl"
     path.write_bytes(gzip.compress(BOM + data) if compressed else BOM + data)

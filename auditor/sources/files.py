@@ -39,14 +39,11 @@ def split_lines(data: bytes) -> list[bytes]:
     return io.BytesIO(data).readlines()
 
 
-def line_blocks(read: Callable[[], bytes], file_start: bool = True) -> Iterator[list[bytes]]:
+def line_blocks(read: Callable[[], bytes]) -> Iterator[list[bytes]]:
     """The lines of what successive ``read()`` calls return (until ``b""``), one list per read: a line
     that goes on in the next read is joined to its end first (lines as iterating a file gives them, the
-    last one may lack its newline). With ``file_start`` (the reads begin at the file's first byte), a byte
-    order mark there is dropped. Read errors propagate to the caller."""
+    last one may lack its newline). Read errors propagate to the caller."""
     start: list[bytes] = []  # the start of a line that goes on in the next read
-    if file_start:
-        read = _without_bom(read)
     while data := read():
         lines = split_lines(data)  # not empty: data is not
         if start:
@@ -59,21 +56,6 @@ def line_blocks(read: Callable[[], bytes], file_start: bool = True) -> Iterator[
         yield lines
     if start:
         yield [b"".join(start)]
-
-
-def _without_bom(read: Callable[[], bytes]) -> Callable[[], bytes]:
-    """``read`` with a byte order mark at the start of what it returns dropped (even across reads)."""
-    head = b""
-    while len(head) < len(BOM) and BOM.startswith(head) and (data := read()):
-        head += data
-    if head.startswith(BOM):
-        head = head[len(BOM) :]
-    first = [head] if head else []
-
-    def then() -> bytes:
-        return first.pop() if first else read()
-
-    return then
 
 
 class SourceError(OSError):
@@ -99,6 +81,8 @@ class FlowFile:
         self._stream: IO[bytes] | gzip.GzipFile = self._raw
         if self.compressed:
             self._stream = gzip.GzipFile(fileobj=self._raw, mode="rb")
+        if self._stream.peek(len(BOM))[: len(BOM)] == BOM:  # not part of line 1: read before any line
+            self._stream.read(len(BOM))
 
     @property
     def position(self) -> int:
@@ -112,8 +96,6 @@ class FlowFile:
         number = 0
         try:
             for number, line in enumerate(self._stream, 1):
-                if number == 1 and line.startswith(BOM):
-                    line = line[len(BOM) :]
                 if line.strip():
                     yield number, line
         except (EOFError, zlib.error, gzip.BadGzipFile) as e:
